@@ -1,0 +1,93 @@
+"""Checkpoints: weights plus JSON-able metadata, written atomically, loaded with ``weights_only=True``.
+
+Layout of ``ckpt.pt`` (a plain dict of tensors and primitives, so the safe unpickler accepts it):
+``model`` (state dict), ``optimizer``, ``scaler`` (optional), ``rng`` (tensors: torch CPU/CUDA,
+data-sampling and corruption generator states), ``meta`` (JSON-able: format version, model_args,
+config, iter_num, best_val_loss, dataset meta). ``meta`` is also written beside it as ``ckpt.json``
+for people and tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+FORMAT_VERSION = 1
+_PREFIXES = ("_orig_mod.", "module.")  # added by torch.compile and DDP
+
+
+def _atomic_write(path: Path, write) -> None:
+    # write to a temp file in the same directory, fsync, then rename: a reader (or a crash, even
+    # kill -9 mid-save) only ever sees the old file or the complete new one
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    path = Path(path)
+    checkpoint = dict(checkpoint)
+    checkpoint["model"] = clean_state_dict(checkpoint["model"])
+    checkpoint.setdefault("meta", {})["format_version"] = FORMAT_VERSION
+    _atomic_write(path, lambda f: torch.save(checkpoint, f))
+    meta_text = json.dumps(checkpoint["meta"], indent=2, default=str).encode()
+    _atomic_write(path.with_suffix(".json"), lambda f: f.write(meta_text))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}: train a model first or check --out_dir")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, foreign or tampered files all end here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} is corrupt or not a nanodlm checkpoint ({first[:160]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+        raise UserError(f"checkpoint {path} is not a nanodlm checkpoint (missing 'model' or 'meta')")
+    ckpt["model"] = clean_state_dict(ckpt["model"])
+    meta = ckpt["meta"]
+    # patch keys that older checkpoints lack, so they keep loading
+    meta.setdefault("format_version", 0)
+    model_args = meta.setdefault("model_args", {})
+    model_args.setdefault("model_type", "gpt2")
+    model_args.setdefault("pos_emb", "learned")
+    return ckpt
+
+
+def find_checkpoint(out_dir: str | Path, which: str = "best") -> Path:
+    """``best`` falls back to ``last`` (``ckpt.pt``) when no best checkpoint was written."""
+    out = Path(out_dir)
+    if which not in ("best", "last"):
+        raise UserError(f"--ckpt must be best or last; got {which!r}")
+    if not out.is_dir():
+        raise UserError(f"out_dir {out} does not exist: train a model first or check --out_dir")
+    best, last = out / "best.pt", out / "ckpt.pt"
+    if which == "best" and best.exists():
+        return best
+    return last

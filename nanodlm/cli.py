@@ -1,0 +1,126 @@
+"""The command line: a thin table of subcommand -> function. Tests call these functions directly."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+
+USAGE = """usage: nanodlm COMMAND [ARGS]
+
+commands:
+  prepare  NAME [--input FILE] ...        tokenize a corpus into data/NAME/{train,val}.bin + meta.json
+  train    [CONFIG] [--key=value ...]     train a gpt2 (autoregressive) or diffusion model
+  sample   --out_dir=DIR [--key=value]    generate text from a checkpoint
+  eval     --out_dir=DIR [--key=value]    loss / NELBO bound and diagnostics on a split
+  judge    --judge=DIR ...                score text with a separate AR model
+  bench    [train|sample|steps|quality]   throughput and quality benchmarks
+
+`nanodlm COMMAND --help` describes a command's keys."""
+
+
+def cmd_prepare(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="nanodlm prepare", description="Tokenize a corpus for training.")
+    p.add_argument("name", choices=["shakespeare_char", "shakespeare", "text"])
+    p.add_argument("--input", help="local text file (default for shakespeare*: download, or $NANODLM_DATA_MIRROR)")
+    p.add_argument("--name", dest="out_name", help="dataset name for `prepare text`")
+    p.add_argument("--tokenizer", default="char", choices=["char", "gpt2"], help="for `prepare text`")
+    p.add_argument("--val_fraction", type=float, default=0.1)
+    p.add_argument("--data_dir", default="data")
+    a = p.parse_args(argv)
+    from .data import prepare
+
+    meta = prepare(a.name, input_path=a.input, data_dir=a.data_dir, out_name=a.out_name, tokenizer=a.tokenizer,
+                   val_fraction=a.val_fraction)
+    name = a.out_name or a.name
+    print(f"{a.data_dir}/{name}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
+          f"val {meta['val_tokens']:,} tokens ({meta['tokenizer']})")
+    return 0
+
+
+def _print_keys(cls) -> None:
+    from dataclasses import MISSING, fields
+
+    for f in fields(cls):
+        if f.init:
+            default = f.default if f.default is not MISSING else "(required)"
+            print(f"  --{f.name}={default!r}")
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .config import TrainConfig, list_presets
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: nanodlm train [CONFIG_FILE|PRESET] [--key=value ...]")
+        print(f"presets: {', '.join(list_presets())}\nkeys (defaults):")
+        _print_keys(TrainConfig)
+        return 0
+    from .train import load_train_config, train
+
+    summary = train(load_train_config(argv))
+    return 130 if summary.get("interrupted") else 0
+
+
+def cmd_sample(argv: list[str]) -> int:
+    from .sample import SampleConfig, sample
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: nanodlm sample --out_dir=DIR [--key=value ...]\nkeys (defaults):")
+        _print_keys(SampleConfig)
+        return 0
+    from .config import load_config
+
+    sample(load_config(SampleConfig, argv))
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from .evaluate import main as eval_main
+
+    return eval_main(argv)
+
+
+def cmd_judge(argv: list[str]) -> int:
+    from .judge import main as judge_main
+
+    return judge_main(argv)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(argv)
+
+
+COMMANDS = {
+    "prepare": cmd_prepare,
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "eval": cmd_eval,
+    "judge": cmd_judge,
+    "bench": cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"error: unknown command '{argv[0]}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

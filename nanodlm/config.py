@@ -1,0 +1,221 @@
+"""Typed, validated configuration: dataclass defaults < config file < ``--key=value`` flags.
+
+A config file is nanoGPT-style Python made of literal assignments (``n_layer = 4``); it is parsed
+with ``ast`` and never executed. JSON files work too. Unknown keys and wrong types are a one-line
+error that names the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import UserError
+
+T = TypeVar("T")
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"
+    eval_interval: int = 2000
+    log_interval: int = 1
+    eval_iters: int = 200
+    eval_only: bool = False
+    always_save_checkpoint: bool = True
+    init_from: str = "scratch"  # scratch | resume
+    # logging
+    wandb_log: bool = False
+    wandb_project: str = "nanodlm"
+    wandb_run_name: str = "run"
+    progress: bool = True  # tqdm progress bar
+    plot: bool = True  # loss-curve PNG in out_dir at each eval (needs matplotlib)
+    # data
+    data_dir: str = "data"
+    dataset: str = "shakespeare_char"
+    gradient_accumulation_steps: int = 1  # global value; divided by the number of DDP processes
+    batch_size: int = 12
+    block_size: int = 1024
+    # model
+    model_type: str = "gpt2"  # gpt2 | diffusion
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False
+    pos_emb: str = "auto"  # learned | rope | auto (learned for gpt2, rope for diffusion)
+    # diffusion objective (see nanodlm/diffusion.py)
+    objective: str = "seed"  # seed (the specification's own) | mdlm | repair
+    penalty_keep_mask: float = 0.25
+    penalty_mask_correct: float = 0.5
+    mdlm_eps: float = 1e-3
+    repair_rate_max: float = 0.1
+    copy_weight: float = 0.0
+    # optimizer
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables
+    # learning-rate schedule: linear warmup, cosine decay to min_lr
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    min_lr: float = 6e-5
+    # system
+    backend: str = "auto"  # DDP backend: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bf16 on capable CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    compile: bool = False
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        choices = {
+            "init_from": ("scratch", "resume"),
+            "model_type": ("gpt2", "diffusion"),
+            "pos_emb": ("auto", "learned", "rope"),
+            "objective": ("seed", "mdlm", "repair"),
+            "backend": ("auto", "nccl", "gloo"),
+            "dtype": ("auto", "float32", "bfloat16", "float16"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        positive = ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "eval_iters",
+                    "log_interval", "gradient_accumulation_steps")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise UserError(f"config key '{key}' must be positive; got {getattr(self, key)}")
+        if self.max_iters < 0:
+            raise UserError(f"config key 'max_iters' must be >= 0; got {self.max_iters}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"config key 'dropout' must be in [0, 1); got {self.dropout}")
+
+    @property
+    def resolved_pos_emb(self) -> str:
+        if self.pos_emb != "auto":
+            return self.pos_emb
+        return "rope" if self.model_type == "diffusion" else "learned"
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check (and for strings from the command line, convert) ``value`` against a field's type."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        hint = args[0]
+    if isinstance(value, str) and hint is not str:
+        text = value.strip()
+        if hint is bool:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            raise UserError(f"config key '{key}' expects true/false; got {value!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise UserError(f"config key '{key}' expects {hint.__name__}; got {value!r}") from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise UserError(f"config key '{key}' expects true/false; got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UserError(f"config key '{key}' expects int; got {value!r}")
+    if not isinstance(value, hint):
+        raise UserError(f"config key '{key}' expects {hint.__name__}; got {value!r}")
+    return value
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Literal assignments from a nanoGPT-style ``.py`` config (or a ``.json`` object)."""
+    p = Path(path)
+    if not p.exists() and (PRESET_DIR / f"{path}.py").exists():
+        p = PRESET_DIR / f"{path}.py"
+    if not p.exists():
+        raise UserError(f"config file '{path}' not found; presets: {', '.join(list_presets()) or 'none'}")
+    text = p.read_text()
+    if p.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"config file '{path}' is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file '{path}' must hold a JSON object")
+        return data
+    try:
+        tree = ast.parse(text, filename=str(p))
+    except SyntaxError as e:
+        raise UserError(f"config file '{path}' line {e.lineno}: {e.msg}") from None
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # docstring
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise UserError(f"config file '{path}' line {node.lineno}: only `key = literal` assignments are allowed")
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise UserError(f"config file '{path}' line {node.lineno}: the value must be a literal") from None
+    return out
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.py")) if PRESET_DIR.exists() else []
+
+
+def build_config(cls: type[T], values: dict[str, Any]) -> T:
+    known = {f.name: f for f in fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise UserError(f"unknown config key '{key}' (valid keys: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(key, value, hints[key])
+    return cls(**kwargs)
+
+
+def parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``[CONFIG_FILE] [--key=value ...]`` -> (config file, {key: raw value})."""
+    config_file = None
+    overrides: dict[str, str] = {}
+    args = list(args)
+    while args:
+        arg = args.pop(0)
+        if arg.startswith("--"):
+            key, sep, value = arg[2:].partition("=")
+            if not sep:  # `--key value` works too
+                if not args or args[0].startswith("--"):
+                    raise UserError(f"flag '{arg}' needs a value: write --{key}=VALUE")
+                value = args.pop(0)
+            overrides[key.replace("-", "_")] = value
+        elif config_file is None:
+            config_file = arg
+        else:
+            raise UserError(f"unexpected argument '{arg}': give one config file, then --key=value flags")
+    return config_file, overrides
+
+
+def load_config(cls: type[T], args: list[str]) -> T:
+    config_file, overrides = parse_overrides(args)
+    values: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    values.update(overrides)
+    return build_config(cls, values)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,65 @@
+"""torchrun wiring in one place: process group, rank-0 printing, device per rank."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+@dataclass
+class DistInfo:
+    ddp: bool
+    rank: int
+    local_rank: int
+    world_size: int
+    device: str
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device={device} but CUDA is not available here: use --device=cpu (or auto)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device=mps but MPS is not available here: use --device=cpu (or auto)")
+    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def init_distributed(device: str, backend: str = "auto") -> DistInfo:
+    """Under torchrun (RANK set) join the process group; otherwise a single process."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return DistInfo(False, 0, 0, 1, resolve_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    device = resolve_device(device)
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    if backend == "auto":
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistInfo(True, rank, local_rank, world_size, device)
+
+
+def destroy_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(*args, **kwargs) -> None:
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)

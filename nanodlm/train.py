@@ -1,0 +1,326 @@
+"""Training: one linear function, init -> data -> model -> optimizer -> loop (eval, checkpoint, log, step).
+
+All randomness during training (batch offsets, diffusion corruption, dropout) is drawn from
+generators seeded by (seed, rank, iteration), so a resumed run replays exactly the batches and noise
+an uninterrupted run would have seen: ``train 40`` == ``train 20 + resume 20``, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
+from .data import get_batch, load_meta, open_split
+from .distributed import destroy_distributed, init_distributed
+from .errors import UserError
+from .model import GPT, GPTConfig
+from .plotting import plot_loss_curves
+
+MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "model_type", "pos_emb")
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def step_seed(seed: int, rank: int, step: int, stream: str) -> int:
+    """A 63-bit seed that is a pure function of (seed, rank, step, stream)."""
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def lr_at(it: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None):
+    """(model, x, y, generator) -> scalar loss, picked once by model_type and objective."""
+    if cfg.model_type == "gpt2":
+        return lambda model, x, y, gen: model(x, y)[1]
+    from .diffusion import DiffusionOptions, get_objective
+
+    objective = get_objective(cfg.objective)
+    opts = DiffusionOptions(
+        mask_token_id=mask_token_id, penalty_keep_mask=cfg.penalty_keep_mask,
+        penalty_mask_correct=cfg.penalty_mask_correct, eps=cfg.mdlm_eps,
+        repair_rate_max=cfg.repair_rate_max, copy_weight=cfg.copy_weight,
+    )
+    return lambda model, x, y, gen: objective(model, x, gen, opts)
+
+
+def load_train_config(args: list[str]) -> TrainConfig:
+    """CLI args -> config. On resume the checkpoint's config is the base and explicit keys override it."""
+    config_file, overrides = parse_overrides(args)
+    values: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    values.update(overrides)
+    cfg = build_config(TrainConfig, values)
+    if cfg.init_from == "resume":
+        ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+        saved = load_checkpoint(ckpt_path)["meta"].get("config", {})
+        merged = {**saved, **values}
+        cfg = build_config(TrainConfig, merged)
+    return cfg
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    # ------------------------------------------------------------------ setup
+    dist_info = init_distributed(cfg.device, cfg.backend)
+    device, master, rank, world = dist_info.device, dist_info.master, dist_info.rank, dist_info.world_size
+    device_type = device.split(":")[0]
+    if cfg.gradient_accumulation_steps % world:
+        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by "
+                        f"the number of processes ({world})")
+    grad_accum = cfg.gradient_accumulation_steps // world
+    tokens_per_iter = grad_accum * world * cfg.batch_size * cfg.block_size
+    ptdtype = resolve_dtype(cfg.dtype, device)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (torch.autocast(device_type=device_type, dtype=ptdtype) if ptdtype != torch.float32
+                else contextlib.nullcontext())
+    out_dir = Path(cfg.out_dir)
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ data
+    data_meta = load_meta(cfg.data_dir, cfg.dataset)
+    splits = {s: open_split(cfg.data_dir, cfg.dataset, s) for s in ("train", "val")}
+    for split, data in splits.items():
+        if len(data) < cfg.block_size + 1:
+            raise UserError(f"{split} split of '{cfg.dataset}' has {len(data)} tokens, fewer than block_size+1 = "
+                            f"{cfg.block_size + 1}: lower --block_size or use more text")
+
+    # ------------------------------------------------------------------ model
+    ckpt = load_checkpoint(out_dir / "ckpt.pt", device) if cfg.init_from == "resume" else None
+    if ckpt is not None:
+        model_args = dict(ckpt["meta"]["model_args"])  # the checkpoint's architecture wins
+    else:
+        data_vocab = int(data_meta["vocab_size"])
+        diffusion = cfg.model_type == "diffusion"
+        model_args = {k: getattr(cfg, k) for k in MODEL_KEYS}
+        model_args.update(pos_emb=cfg.resolved_pos_emb, vocab_size=data_vocab + int(diffusion),
+                          mask_token_id=data_vocab if diffusion else None)
+    model = GPT(GPTConfig(**model_args))
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.to(device)
+    mask_token_id = model.config.mask_token_id
+
+    # ------------------------------------------------------------------ optimizer
+    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    iter_num, best_val_loss = 0, float("inf")
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        iter_num, best_val_loss = ckpt["meta"]["iter_num"], ckpt["meta"]["best_val_loss"]
+    ckpt = None  # free memory
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if dist_info.ddp:
+        model = DDP(model, device_ids=[dist_info.local_rank] if device_type == "cuda" else None)
+    loss_fn = make_loss_fn(cfg, mask_token_id)
+
+    def new_generator(step: int, stream: str, on_device: bool = False) -> torch.Generator:
+        gen = torch.Generator(device=device if on_device else "cpu")
+        return gen.manual_seed(step_seed(cfg.seed, rank, step, stream))
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        # fixed generators: every eval sees the same batches and noise, so curves are comparable
+        raw_model.eval()
+        out: dict[str, float] = {}
+        for split, data in splits.items():
+            batch_gen, noise_gen = new_generator(-1, f"eval-{split}"), new_generator(-1, f"noise-{split}", True)
+            losses = torch.zeros(cfg.eval_iters)
+            for k in range(cfg.eval_iters):
+                x, y = get_batch(data, cfg.batch_size, cfg.block_size, batch_gen, device)
+                with autocast:
+                    losses[k] = loss_fn(raw_model, x, y, noise_gen).item()
+            out[f"{split}_loss"] = losses.mean().item()
+        if cfg.model_type == "diffusion":
+            from .diffusion import diagnostics
+
+            batch_gen, noise_gen = new_generator(-1, "diag"), new_generator(-1, "diag-noise", True)
+            rows = []
+            for _ in range(max(1, cfg.eval_iters // 4)):
+                x, _ = get_batch(splits["val"], cfg.batch_size, cfg.block_size, batch_gen, device)
+                with autocast:
+                    rows.append(diagnostics(raw_model, x, mask_token_id, noise_gen))
+            out.update({k: sum(r[k] for r in rows) / len(rows) for k in rows[0]})
+        raw_model.train()
+        return out
+
+    def checkpoint_dict() -> dict[str, Any]:
+        return {
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "meta": {
+                "model_args": model_args, "config": config_to_dict(cfg), "iter_num": iter_num,
+                "best_val_loss": best_val_loss, "dataset_meta": {k: v for k, v in data_meta.items() if k != "itos"},
+                "itos": data_meta.get("itos"), "tokenizer": data_meta.get("tokenizer"),
+                "rng": "step-keyed: (seed, rank, iter) seeds every batch, corruption and dropout draw",
+            },
+        }
+
+    # ------------------------------------------------------------------ logging
+    metrics_path = out_dir / "metrics.jsonl"
+
+    def log_row(row: dict[str, Any]) -> None:
+        if master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    if master and cfg.init_from == "scratch" and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+    wandb_run = None
+    if cfg.wandb_log and master:
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("wandb_log=True needs wandb: pip install 'nanodlm[wandb]'") from None
+        wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=config_to_dict(cfg))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not (master and cfg.progress),
+               dynamic_ncols=True, desc=f"{model_args['model_type']}")
+    say = bar.write if master else (lambda *_: None)
+    n_params = raw_model.get_num_params()
+    say(f"{model_args['model_type']} model: {n_params / 1e6:.2f}M params, {tokens_per_iter:,} tokens/iter, "
+        f"device {device}, {ptdtype}, {world} process(es)")
+
+    # Ctrl-C: finish the current step, save, exit; a second Ctrl-C aborts at once
+    stop = {"requested": False}
+    previous_handler = None
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+
+    with contextlib.suppress(ValueError):  # not in the main thread: no handler
+        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+
+    # ------------------------------------------------------------------ loop
+    summary: dict[str, Any] = {"interrupted": False}
+    step_times: list[float] = []
+    last_eval: dict[str, float] = {}
+    lossf = float("nan")
+    try:
+        while True:
+            last_step = iter_num >= cfg.max_iters
+            if master and (iter_num % cfg.eval_interval == 0 or last_step):
+                last_eval = evaluate()
+                val_loss = last_eval["val_loss"]
+                if not math.isfinite(val_loss):
+                    raise TrainingDiverged(f"val loss is {val_loss} at iter {iter_num}: stopped without saving; "
+                                           f"the last good checkpoint is in {out_dir}. Lower learning_rate")
+                extra = "".join(f" {k} {v:.4f}" for k, v in last_eval.items() if k not in ("train_loss", "val_loss"))
+                say(f"iter {iter_num}: train loss {last_eval['train_loss']:.4f}, val loss {val_loss:.4f}{extra}")
+                log_row({"kind": "eval", "iter": iter_num, **last_eval})
+                if wandb_run is not None:
+                    wandb_run.log({"iter": iter_num, **last_eval, "lr": lr_at(iter_num, cfg)})
+                improved = val_loss < best_val_loss
+                best_val_loss = min(best_val_loss, val_loss)
+                if iter_num > 0 and (improved or cfg.always_save_checkpoint or last_step):
+                    state = checkpoint_dict()
+                    save_checkpoint(out_dir / "ckpt.pt", state)
+                    if improved:
+                        save_checkpoint(out_dir / "best.pt", state)
+                if cfg.plot:
+                    plot_loss_curves(metrics_path, out_dir / "loss.png", f"{cfg.dataset} · {model_args['model_type']}")
+            if last_step or cfg.eval_only:
+                break
+            if dist_info.ddp:  # every rank must agree to stop at the same step
+                flag = torch.tensor([float(stop["requested"])], device=device)
+                dist.all_reduce(flag)
+                stop["requested"] = flag.item() > 0
+            if stop["requested"]:
+                if master:
+                    save_checkpoint(out_dir / "ckpt.pt", checkpoint_dict())
+                    say(f"interrupted at iter {iter_num}: checkpoint saved to {out_dir / 'ckpt.pt'}; "
+                        f"continue with --init_from=resume")
+                summary["interrupted"] = True
+                break
+
+            t0 = time.perf_counter()
+            lr = lr_at(iter_num, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(step_seed(cfg.seed, rank, iter_num, "dropout"))
+            batch_gen = new_generator(iter_num, "batch")
+            noise_gen = new_generator(iter_num, "noise", on_device=True)
+            for micro_step in range(grad_accum):
+                x, y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_gen, device)
+                # only the last micro-step all-reduces gradients
+                last_micro = micro_step == grad_accum - 1
+                sync = model.no_sync() if dist_info.ddp and not last_micro else contextlib.nullcontext()
+                with sync:
+                    with autocast:
+                        loss = loss_fn(model, x, y, noise_gen) / grad_accum
+                    scaler.scale(loss).backward()
+            if cfg.grad_clip > 0.0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lossf = loss.item() * grad_accum
+            if not math.isfinite(lossf):
+                raise TrainingDiverged(f"loss is {lossf} at iter {iter_num}: stopped without saving; the last good "
+                                       f"checkpoint is in {out_dir}. Lower learning_rate or set grad_clip")
+            dt = time.perf_counter() - t0
+            step_times.append(dt)
+            bar.update(1)
+            bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_iter / dt:,.0f}", refresh=False)
+            if iter_num % cfg.log_interval == 0:
+                log_row({"kind": "step", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000})
+            iter_num += 1
+    finally:
+        bar.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+        if wandb_run is not None:
+            wandb_run.finish()
+        destroy_distributed()
+
+    timed = step_times[5:] or step_times  # the first steps include warm-up costs
+    ms = 1000 * sum(timed) / len(timed) if timed else float("nan")
+    summary.update(iter_num=iter_num, best_val_loss=best_val_loss, last_loss=lossf, ms_per_iter=ms,
+                   tokens_per_s=tokens_per_iter / (ms / 1000) if timed else float("nan"), **last_eval)
+    if master and timed:
+        mfu = raw_model.estimate_mfu(cfg.batch_size * grad_accum, ms / 1000) if device_type == "cuda" else None
+        say(f"done: {iter_num} iters, {ms:.1f} ms/iter, {summary['tokens_per_s']:,.0f} tokens/s"
+            + (f", MFU {mfu * 100:.1f}%" if mfu is not None else ""))
+    return summary
