@@ -1,0 +1,363 @@
+"""Datasets on disk: prepare, tokenizers, memmapped splits and random batches.
+
+A prepared dataset is a folder ``<data_dir>/<name>/`` holding ``train.bin`` and ``val.bin`` (flat token ids,
+uint16, or uint32 when the vocabulary does not fit) and ``meta.json`` (vocab_size, tokenizer, itos for char,
+dtype, token counts, sha256 of the source text). The split follows nanoGPT: the first 90% of the characters
+train, the last 10% validate; BPE encodes each part separately with ``encode_ordinary``.
+
+The data vocabulary never contains ``[MASK]``; a diffusion model adds it as id ``vocab_size``, which
+``Tokenizer.decode`` renders as ``mask_glyph``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanodlm.errors import UserError
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_FILE = "tinyshakespeare.txt"
+DATASETS = ("shakespeare_char", "shakespeare", "text")
+TOKENIZERS = ("char", "gpt2")
+SPLITS = ("train", "val")
+MASK_GLYPH = "█"  # how decode shows the [MASK] id, so unfinished diffusion samples stay readable
+UNK_GLYPH = "\ufffd"  # any other id outside the vocabulary
+
+
+# --- tokenizers -------------------------------------------------------------------------------------
+
+
+class Tokenizer:
+    """Text <-> ids for one dataset. ``vocab_size`` is the data vocabulary, without [MASK]."""
+
+    name: str = ""
+    vocab_size: int = 0
+    mask_glyph: str = MASK_GLYPH
+    unk_glyph: str = UNK_GLYPH
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size  # a diffusion model appends [MASK] after the data vocabulary
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+
+class CharTokenizer(Tokenizer):
+    name = "char"
+
+    def __init__(self, itos: list[str]) -> None:
+        self.itos = list(itos)
+        self.stoi = {ch: i for i, ch in enumerate(self.itos)}
+        self.vocab_size = len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        stoi = self.stoi
+        try:
+            return [stoi[ch] for ch in text]
+        except KeyError:
+            unknown = sorted({ch for ch in text if ch not in stoi})
+            shown = ", ".join(repr(ch) for ch in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+            raise UserError(
+                f"characters not in the vocabulary of this dataset: {shown}; "
+                "remove them from the text (or prepare a dataset whose text contains them)"
+            ) from None
+
+    def decode(self, ids) -> str:
+        itos, n = self.itos, self.vocab_size
+        out = []
+        for i in _as_int_list(ids):
+            out.append(itos[i] if 0 <= i < n else self.mask_glyph if i == n else self.unk_glyph)
+        return "".join(out)
+
+
+class GPT2Tokenizer(Tokenizer):
+    name = "gpt2"
+
+    def __init__(self) -> None:
+        self.enc = _tiktoken_gpt2()
+        self.vocab_size = self.enc.n_vocab  # 50257
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)  # special tokens in the text are plain text, never an error
+
+    def decode(self, ids) -> str:
+        # tiktoken raises on unknown ids, so decode runs of valid ids and put glyphs between them
+        parts: list[str] = []
+        run: list[int] = []
+        for i in _as_int_list(ids):
+            if 0 <= i < self.vocab_size:
+                run.append(i)
+                continue
+            if run:
+                parts.append(self.enc.decode(run))
+                run = []
+            parts.append(self.mask_glyph if i == self.vocab_size else self.unk_glyph)
+        if run:
+            parts.append(self.enc.decode(run))
+        return "".join(parts)
+
+
+def _as_int_list(ids) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        return ids.reshape(-1).tolist()
+    if isinstance(ids, np.ndarray):
+        return ids.reshape(-1).astype(np.int64).tolist()
+    return [int(i) for i in ids]
+
+
+def _tiktoken_gpt2():
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken downloads its files on first use; offline it fails with various errors
+        raise UserError(
+            f"could not load the GPT-2 tokenizer ({type(e).__name__}: {e}); "
+            "connect to the internet once or set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's gpt2 files"
+        ) from None
+
+
+def load_tokenizer(meta: dict) -> Tokenizer:
+    """The tokenizer that ``meta`` (from ``load_meta`` or ``prepare``) describes."""
+    kind = meta.get("tokenizer")
+    if kind == "char":
+        itos = meta.get("itos")
+        if not isinstance(itos, list) or not itos:
+            raise UserError("meta.json of a char dataset has no 'itos' list; prepare the dataset again")
+        tok = CharTokenizer(itos)
+        if "vocab_size" in meta and meta["vocab_size"] != tok.vocab_size:
+            raise UserError(
+                f"meta.json says vocab_size {meta['vocab_size']} but itos has {tok.vocab_size} entries; "
+                "prepare the dataset again"
+            )
+        return tok
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    raise UserError(
+        f"unknown tokenizer {kind!r} in meta.json (expected one of {TOKENIZERS}); prepare the dataset again"
+    )
+
+
+# --- fetching the canonical corpus ------------------------------------------------------------------
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cache_dir() -> Path:
+    """``$NANODLM_CACHE_DIR`` or ``~/.cache/nanodlm``."""
+    env = os.environ.get("NANODLM_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "nanodlm"
+
+
+def fetch_shakespeare() -> tuple[bytes, str]:
+    """The canonical tiny-shakespeare bytes and where they came from: mirror (``$NANODLM_DATA_MIRROR``),
+    else the cache, else a download (then cached). The sha256 is always checked."""
+    mirror = os.environ.get("NANODLM_DATA_MIRROR")
+    if mirror:
+        path = Path(mirror).expanduser() / SHAKESPEARE_FILE
+        if not path.is_file():
+            raise UserError(f"NANODLM_DATA_MIRROR is set but {path} does not exist; put {SHAKESPEARE_FILE} there "
+                            "or unset NANODLM_DATA_MIRROR")
+        data = path.read_bytes()
+        _check_sha(data, str(path), "replace it with the canonical file or unset NANODLM_DATA_MIRROR")
+        return data, str(path)
+
+    cached = cache_dir() / SHAKESPEARE_FILE
+    if cached.is_file():
+        data = cached.read_bytes()
+        if _sha256(data) == SHAKESPEARE_SHA256:
+            return data, str(cached)
+        # a corrupt cache is not the user's fault: fall through and download again
+
+    try:
+        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=60) as resp:
+            data = resp.read()
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(
+            f"could not download tiny shakespeare from {SHAKESPEARE_URL} ({reason}); "
+            f"pass --input FILE or set NANODLM_DATA_MIRROR to a folder holding {SHAKESPEARE_FILE}"
+        ) from None
+    _check_sha(data, SHAKESPEARE_URL, "pass --input FILE or set NANODLM_DATA_MIRROR to a folder with the right file")
+    _atomic_write(cached, data)
+    return data, SHAKESPEARE_URL
+
+
+def _check_sha(data: bytes, where: str, fix: str) -> None:
+    got = _sha256(data)
+    if got != SHAKESPEARE_SHA256:
+        raise UserError(f"sha256 of {where} is {got[:12]}..., expected {SHAKESPEARE_SHA256[:12]}... "
+                        f"(not the canonical tiny shakespeare); {fix}")
+
+
+# --- prepare ----------------------------------------------------------------------------------------
+
+
+def dtype_for(vocab_size: int) -> str:
+    """uint16 holds ids up to 65535; bigger vocabularies need uint32."""
+    return "uint16" if vocab_size <= 65535 else "uint32"
+
+
+def prepare(name: str, *, input_path: str | None = None, data_dir: str = "data", out_name: str | None = None,
+            tokenizer: str = "char", val_fraction: float = 0.1) -> dict:
+    """Tokenize a corpus into ``<data_dir>/<out_name or name>/{train,val}.bin`` + ``meta.json``; return meta.
+
+    ``shakespeare_char`` (char) and ``shakespeare`` (gpt2) use the canonical file unless ``input_path`` is
+    given; ``text`` needs ``input_path`` and ``out_name`` and uses ``tokenizer`` (char | gpt2).
+    """
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if tokenizer not in TOKENIZERS:
+        raise UserError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if name == "text":
+        if not input_path or not out_name:
+            raise UserError("dataset 'text' needs --input FILE and --out-name NAME")
+    elif name == "shakespeare_char" and tokenizer != "char":
+        raise UserError("shakespeare_char is character-level; use `nanodlm prepare shakespeare` for GPT-2 BPE")
+    kind = "gpt2" if name == "shakespeare" else tokenizer  # shakespeare is BPE by definition
+    out_name = out_name or name
+    if out_name in ("", ".", "..") or "/" in out_name or os.sep in out_name:
+        raise UserError(f"--out-name must be a plain folder name, got {out_name!r}")
+
+    if input_path:
+        path = Path(input_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"input file {path} does not exist; check the --input path")
+        raw = path.read_bytes()
+        source = str(path)
+    else:
+        raw, source = fetch_shakespeare()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+
+    n = len(text)
+    split = int(n * (1.0 - val_fraction))  # nanoGPT: first 90% of the characters train
+    if split == 0 or split == n:
+        raise UserError(f"{source} has {n} characters, too few to split with val_fraction={val_fraction}; "
+                        "use a longer text")
+    train_text, val_text = text[:split], text[split:]
+
+    if kind == "char":
+        tok: Tokenizer = CharTokenizer(sorted(set(text)))
+    else:
+        tok = GPT2Tokenizer()
+    dtype = dtype_for(tok.vocab_size)
+    train_ids = np.array(tok.encode(train_text), dtype=dtype)
+    val_ids = np.array(tok.encode(val_text), dtype=dtype)
+
+    meta: dict = {
+        "dataset": out_name,
+        "vocab_size": tok.vocab_size,
+        "tokenizer": kind,
+        "dtype": dtype,
+        "train_tokens": int(train_ids.size),
+        "val_tokens": int(val_ids.size),
+        "val_fraction": val_fraction,
+        "source": source,
+        "source_sha256": _sha256(raw),
+    }
+    if isinstance(tok, CharTokenizer):
+        meta["itos"] = tok.itos
+
+    out = Path(data_dir) / out_name
+    _atomic_write(out / "train.bin", train_ids.tobytes())
+    _atomic_write(out / "val.bin", val_ids.tobytes())
+    # meta last: its presence means the bins beside it are complete
+    _atomic_write(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+    return meta
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def _prepare_hint(dataset: str) -> str:
+    if dataset in DATASETS and dataset != "text":
+        return f"run `nanodlm prepare {dataset}`"
+    return (f"run `nanodlm prepare {dataset}` (for your own text: "
+            f"`nanodlm prepare text --input FILE --out-name {dataset}`)")
+
+
+def load_meta(data_dir: str, dataset: str) -> dict:
+    """``<data_dir>/<dataset>/meta.json`` as a dict."""
+    folder = Path(data_dir) / dataset
+    if not folder.is_dir():
+        raise UserError(f"dataset {dataset!r} not found: {folder} does not exist; {_prepare_hint(dataset)}")
+    path = folder / "meta.json"
+    if not path.is_file():
+        raise UserError(f"{path} is missing (dataset not prepared or preparation interrupted); "
+                        f"{_prepare_hint(dataset)}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); {_prepare_hint(dataset)}") from None
+    if not isinstance(meta, dict) or "vocab_size" not in meta:
+        raise UserError(f"{path} has no vocab_size; {_prepare_hint(dataset)}")
+    return meta
+
+
+def open_split(data_dir: str, dataset: str, split: str) -> np.memmap:
+    """The token ids of one split, memory-mapped read-only (1D, dtype from meta.json)."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    meta = load_meta(data_dir, dataset)
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    path = Path(data_dir) / dataset / f"{split}.bin"
+    if not path.is_file():
+        raise UserError(f"{path} is missing; {_prepare_hint(dataset)}")
+    size = path.stat().st_size
+    if size == 0 or size % dtype.itemsize:
+        raise UserError(f"{path} has {size} bytes, not a whole number of {dtype} tokens; {_prepare_hint(dataset)}")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
+              device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """B random windows of ``data``: x (B, T) int64 and y = x shifted left by one (next tokens)."""
+    if batch_size < 1 or block_size < 1:
+        raise UserError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}")
+    if len(data) < block_size + 1:
+        raise UserError(f"corpus has {len(data)} tokens but block_size {block_size} needs at least "
+                        f"{block_size + 1}; use a smaller block_size or more text")
+    # offsets from the (CPU) generator so a seed fixes the batch sequence, as in nanoGPT
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+    rows = ix[:, None] + np.arange(block_size + 1)  # (B, T+1) indices into data
+    chunk = torch.from_numpy(np.asarray(data[rows]).astype(np.int64))  # (B, T+1)
+    x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+    if torch.device(device).type == "cuda":
+        # pinned host memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
