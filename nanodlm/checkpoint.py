@@ -91,3 +91,18 @@ def find_checkpoint(out_dir: str | Path, which: str = "best") -> Path:
     if which == "best" and best.exists():
         return best
     return last
+
+
+def load_model(out_dir: str | Path, which: str = "best", device: str = "cpu"):
+    """(model in eval mode on ``device``, checkpoint meta, tokenizer) from a training run's out_dir."""
+    from .data import load_tokenizer
+    from .model import GPT, GPTConfig
+
+    meta = load_checkpoint(find_checkpoint(out_dir, which), device)
+    state, meta = meta["model"], meta["meta"]
+    model = GPT(GPTConfig(**meta["model_args"]))
+    model.load_state_dict(state)
+    model.to(device).eval()
+    tok_meta = dict(meta.get("dataset_meta", {}))
+    tok_meta.update(tokenizer=meta.get("tokenizer", tok_meta.get("tokenizer")), itos=meta.get("itos"))
+    return model, meta, load_tokenizer(tok_meta)

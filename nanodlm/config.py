@@ -198,10 +198,8 @@ def parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str]]:
         arg = args.pop(0)
         if arg.startswith("--"):
             key, sep, value = arg[2:].partition("=")
-            if not sep:  # `--key value` works too
-                if not args or args[0].startswith("--"):
-                    raise UserError(f"flag '{arg}' needs a value: write --{key}=VALUE")
-                value = args.pop(0)
+            if not sep:  # `--key value` works too, and a bare `--flag` means true
+                value = "true" if not args or args[0].startswith("--") else args.pop(0)
             overrides[key.replace("-", "_")] = value
         elif config_file is None:
             config_file = arg

@@ -1,0 +1,364 @@
+"""Samplers for the masked-diffusion model: turn a canvas with [MASK] holes into text.
+
+Every sampler has the same signature and is picked by name from ``SAMPLERS`` / ``get_sampler``::
+
+    tokens, info = fn(model, canvas, *, mask_token_id, steps, temperature=1.0, top_k=None, top_p=None,
+                      generator, fixed=None, on_step=None, **sampler_opts)
+
+- canvas (B, L) long: ``mask_token_id`` where text is to be generated, given tokens elsewhere.
+- fixed (B, L) bool: positions that never change (default: those not masked in the canvas).
+  A fixed position must hold a token. Non-fixed tokens in the canvas are a draft that ``remask`` may edit.
+- on_step(step, tokens (B, L), revealed (B, L) bool, remasked (B, L) bool): called after every canvas update.
+- info: ``committed_per_step`` (positions revealed per update, summed over the batch), ``remasked_per_step``,
+  ``steps_used`` (denoising steps run, <= steps) and ``forward_passes``.
+
+The model is called as ``logits, _ = model(tokens)`` with logits (B, L, V) for every position. The logits of
+the last forward are cached and reused while the canvas is unchanged (MDLM's caching sampler).
+Token sampling (temperature / top-k / top-p, vectorised over the batch) is ``sample_logits``, shared with
+the autoregressive ``generate_ar``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .ar_sampling import Model, check_sampling_args, generate_ar, inference_mode, sample_logits, sample_with_logprobs
+
+__all__ = ["SAMPLERS", "generate_ar", "generate_long", "get_sampler", "sample_ancestral", "sample_confidence",
+           "sample_logits", "sample_remask", "sample_seed"]
+
+OnStep = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+SamplerFn = Callable[..., tuple[torch.Tensor, dict[str, Any]]]
+SCHEDULES = ("linear", "cosine")
+
+
+# --- shared machinery -------------------------------------------------------------------------------------
+
+class _Forward:
+    """Calls the model, reusing the last logits while the canvas is unchanged; counts real forward passes."""
+
+    def __init__(self, model: Model) -> None:
+        self.model, self.passes = model, 0
+        self.tokens: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.tokens is None or not torch.equal(tokens, self.tokens):
+            self.logits, _ = self.model(tokens)  # (B, L, V)
+            self.tokens = tokens.clone()
+            self.passes += 1
+        return self.logits
+
+
+def _prepare(canvas: torch.Tensor, mask_token_id: int, steps: int, fixed: torch.Tensor | None,
+             temperature: float, top_k: int | None, top_p: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the arguments; return a copy of the canvas and the fixed mask, both (B, L)."""
+    if canvas.dim() != 2:
+        raise ValueError(f"canvas must be (B, L), got shape {tuple(canvas.shape)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_sampling_args(temperature, top_k, top_p)
+    tokens = canvas.clone()
+    masked = tokens == mask_token_id
+    if fixed is None:
+        return tokens, ~masked
+    fixed = fixed.to(device=tokens.device, dtype=torch.bool)
+    if fixed.shape != tokens.shape:
+        raise ValueError(f"fixed has shape {tuple(fixed.shape)}, the canvas {tuple(tokens.shape)}")
+    if (fixed & masked).any():
+        raise ValueError("a fixed position holds [MASK]; fixed positions must hold given tokens")
+    return tokens, fixed
+
+
+def _sample_fill(logits: torch.Tensor, mask_token_id: int, temperature: float, top_k: int | None,
+                 top_p: float | None, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample tokens with [MASK] forbidden: logits (N, V) -> ids (N,), log-prob of each sampled id (N,)."""
+    logits = logits.float().clone()
+    logits[:, mask_token_id] = float("-inf")  # before top-k/top-p, so those pick among real tokens
+    ids, logprobs = sample_with_logprobs(logits, temperature, top_k, top_p, generator)
+    # log p(id) = -log1p(sum_{j != id} p_j / p_id): keeps near-certain tokens apart, where float32
+    # log_softmax rounds them all to 0 and the confidence ranking would turn into ties
+    ratio = (logprobs - logprobs.gather(-1, ids[:, None])).exp()  # (N, V)
+    ratio.scatter_(-1, ids[:, None], 0.0)
+    return ids, -torch.log1p(ratio.sum(-1))
+
+
+def _top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """scores (B, L), k (B,) -> bool (B, L) marking the k[b] highest scores of each row (stable on ties)."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices  # (B, L)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(scores.size(-1), device=scores.device).expand_as(order))
+    return ranks < k[:, None]
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    # float64: float32 Gumbel noise is too coarse in the tail and skews the ranking (LLaDA, Nie et al. 2025)
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    u = u.clamp(torch.finfo(torch.float64).tiny, 1.0 - 1e-16)
+    return -torch.log(-torch.log(u))
+
+
+def _masked_fraction(schedule: str, r: float) -> float:
+    """Fraction of the masks still hidden after a fraction r of the steps (MaskGIT, Chang et al. 2022)."""
+    if schedule == "linear":
+        return 1.0 - r
+    if schedule == "cosine":
+        return math.cos(math.pi / 2 * r)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def _confident_fill(logits: torch.Tensor, tokens: torch.Tensor, k: torch.Tensor, mask_token_id: int,
+                    temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None,
+                    noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reveal the k[b] most confident masked positions of each row -> (new tokens, revealed), both (B, L).
+
+    Confidence = log-prob of the sampled token (+ ``noise`` x Gumbel when noise > 0).
+    """
+    masked = tokens == mask_token_id
+    ids, conf = _sample_fill(logits[masked], mask_token_id, temperature, top_k, top_p, generator)
+    scores = torch.full(tokens.shape, float("-inf"), dtype=torch.float64, device=tokens.device)
+    scores[masked] = conf.double()  # log-confidence
+    if noise > 0:
+        scores = scores + noise * _gumbel(tokens.shape, generator, tokens.device)
+    revealed = _top_k_mask(scores, k) & masked
+    proposal = tokens.clone()
+    proposal[masked] = ids
+    return torch.where(revealed, proposal, tokens), revealed
+
+
+def _report(info: dict[str, Any], on_step: OnStep | None, step: int, tokens: torch.Tensor,
+            revealed: torch.Tensor, remasked: torch.Tensor | None = None) -> None:
+    remasked = torch.zeros_like(revealed) if remasked is None else remasked
+    info["committed_per_step"].append(int(revealed.sum()))
+    info["remasked_per_step"].append(int(remasked.sum()))
+    if on_step is not None:
+        on_step(step, tokens, revealed, remasked)
+
+
+def _new_info() -> dict[str, Any]:
+    return {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0}
+
+
+# --- samplers ---------------------------------------------------------------------------------------------
+
+def sample_seed(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
+                fixed: torch.Tensor | None = None, on_step: OnStep | None = None) -> tuple[torch.Tensor, dict]:
+    """The user's spec (SPEC.md 2.3): for up to ``steps`` steps sample EVERY position from the model
+    (temperature / top-k / top-p) and overwrite only positions that are still [MASK] -- a sampled [MASK]
+    leaves the position masked. Stop early once no [MASK] remains. If masks remain after the loop, one
+    final pass resamples them with [MASK] forbidden (info["final_pass"]; reported as step steps_used + 1),
+    with the same temperature / top-k / top-p ([MASK] is removed first, so top-k keeps k real tokens).
+    """
+    tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
+    info, forward = _new_info(), _Forward(model)
+    info["final_pass"] = False
+    with inference_mode(model):
+        for step in range(1, steps + 1):
+            masked = tokens == mask_token_id  # (B, L)
+            if not masked.any():
+                break
+            sampled = sample_logits(forward(tokens), temperature, top_k, top_p, generator)  # (B, L), every position
+            tokens = torch.where(masked, sampled, tokens)  # fixed/given positions are never [MASK], never touched
+            info["steps_used"] = step
+            _report(info, on_step, step, tokens, masked & (tokens != mask_token_id))
+        masked = tokens == mask_token_id
+        if masked.any():
+            ids, _ = _sample_fill(forward(tokens)[masked], mask_token_id, temperature, top_k, top_p, generator)
+            tokens = tokens.clone()
+            tokens[masked] = ids
+            info["final_pass"] = True
+            _report(info, on_step, info["steps_used"] + 1, tokens, masked)
+    info["forward_passes"] = forward.passes
+    return tokens, info
+
+
+def sample_ancestral(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int,
+                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                     generator: torch.Generator | None, fixed: torch.Tensor | None = None,
+                     on_step: OnStep | None = None) -> tuple[torch.Tensor, dict]:
+    """MDLM ancestral sampling (Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models").
+
+    Time runs t = 1 -> 0 on a uniform grid of ``steps`` steps. Going from t to s, each masked position is
+    revealed with probability (t - s) / t (the reverse posterior for alpha_t = 1 - t), its token drawn from
+    the model's distribution with [MASK] excluded; revealed tokens stay. At s = 0 the probability is 1, so
+    every mask is revealed. The forward pass is skipped while the canvas is unchanged (cached logits).
+    """
+    tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
+    info, forward = _new_info(), _Forward(model)
+    with inference_mode(model):
+        for step in range(1, steps + 1):
+            masked = tokens == mask_token_id  # (B, L)
+            if not masked.any():
+                break
+            t, s = 1.0 - (step - 1) / steps, 1.0 - step / steps
+            p_reveal = 1.0 if step == steps else (t - s) / t  # = 1 / (steps - step + 1)
+            u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+            revealed = masked & (u < p_reveal)
+            if revealed.any():
+                ids, _ = _sample_fill(forward(tokens)[revealed], mask_token_id, temperature, top_k, top_p, generator)
+                tokens = tokens.clone()
+                tokens[revealed] = ids
+            info["steps_used"] = step
+            _report(info, on_step, step, tokens, revealed)
+    info["forward_passes"] = forward.passes
+    return tokens, info
+
+
+def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int,
+                      temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                      generator: torch.Generator | None, fixed: torch.Tensor | None = None,
+                      on_step: OnStep | None = None, schedule: str = "linear",
+                      noise: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Confidence-ordered unmasking: MaskGIT (Chang et al. 2022), LLaDA low-confidence remasking (Nie et al. 2025).
+
+    Each step samples a token for every masked position ([MASK] excluded) and keeps the k most confident
+    (probability of the sampled token). With N masks at the start, after step i at most
+    floor(N * gamma(i / steps)) stay masked, gamma(r) = 1 - r (``linear``) or cos(pi r / 2) (``cosine``),
+    so all are revealed after ``steps``. ``noise`` > 0 adds noise x (1 - i/steps) x Gumbel (float64) to the
+    log-confidences, MaskGIT's annealed randomised ordering.
+    """
+    tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
+    _masked_fraction(schedule, 0.0)  # validate the name up front
+    info, forward = _new_info(), _Forward(model)
+    n_start = (tokens == mask_token_id).sum(-1)  # (B,)
+    with inference_mode(model):
+        for step in range(1, steps + 1):
+            masked = tokens == mask_token_id
+            if not masked.any():
+                break
+            keep = 0.0 if step == steps else _masked_fraction(schedule, step / steps)
+            k = (masked.sum(-1) - torch.floor(n_start * keep).long()).clamp(min=0)  # (B,) to reveal now
+            revealed = torch.zeros_like(masked)
+            if k.any():
+                tokens, revealed = _confident_fill(forward(tokens), tokens, k, mask_token_id, temperature, top_k,
+                                                   top_p, generator, noise * (1 - step / steps))
+            info["steps_used"] = step
+            _report(info, on_step, step, tokens, revealed)
+    info["forward_passes"] = forward.passes
+    return tokens, info
+
+
+def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  generator: torch.Generator | None, fixed: torch.Tensor | None = None,
+                  on_step: OnStep | None = None, schedule: str = "linear", noise: float = 0.0,
+                  remask_frac: float = 0.2, threshold: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """Fill by confidence and correct: re-mask tokens the model itself flags as wrong.
+
+    The model is trained to predict [MASK] on tokens that were randomly corrupted (SPEC.md 2.2), so
+    P([MASK] | x) at a position holding a token is its estimate that the token is wrong. Each step i:
+    1. one forward on the current canvas x;
+    2. fill: reveal masked positions by confidence (as ``confidence``) until at most
+       floor(E * gamma(i / steps)) masks remain, E = number of non-fixed positions; re-masked positions count
+       as masks again, so they are refilled at the schedule's pace;
+    3. re-mask (not on the last step): among non-fixed positions that held a token in x, those with
+       P([MASK] | x) > ``threshold`` are candidates; the most suspicious
+       budget = floor(remask_frac * R * (1 - i / steps)) of them become [MASK] (R = such positions in the row).
+       The budget shrinks to 0, and the last step fills every mask and re-masks nothing, so the sampler
+       always ends within ``steps`` steps with no masks. It stops early at a fixed point (no mask, nothing
+       flagged). P([MASK] | x) is the untempered softmax; tokens revealed in this step are judged next step.
+    """
+    tokens, fixed = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)
+    _masked_fraction(schedule, 0.0)
+    if not 0.0 <= remask_frac <= 1.0:
+        raise ValueError(f"remask_frac must be in [0, 1], got {remask_frac}")
+    info, forward = _new_info(), _Forward(model)
+    editable = ~fixed  # (B, L)
+    n_edit = editable.sum(-1)  # (B,)
+    with inference_mode(model):
+        for step in range(1, steps + 1):
+            last = step == steps
+            logits = forward(tokens)  # (B, L, V), judged on the canvas before this step's changes
+            masked = tokens == mask_token_id
+            keep = 0.0 if last else _masked_fraction(schedule, step / steps)
+            k = (masked.sum(-1) - torch.floor(n_edit * keep).long()).clamp(min=0)  # (B,)
+            new, revealed = tokens, torch.zeros_like(masked)
+            if k.any():
+                new, revealed = _confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
+                                                generator, noise * (1 - step / steps))
+            remasked = torch.zeros_like(masked)
+            if not last:
+                # P([MASK] | x) = exp(logit_mask - logsumexp): no (B, L, V) softmax needed
+                logits32 = logits.float()
+                p_mask = (logits32[..., mask_token_id] - torch.logsumexp(logits32, dim=-1)).exp()  # (B, L)
+                candidates = editable & ~masked & (p_mask > threshold)
+                budget = torch.floor(remask_frac * (editable & ~masked).sum(-1) * (1 - step / steps)).long()
+                scores = torch.where(candidates, p_mask.double(), float("-inf"))
+                remasked = _top_k_mask(scores, budget) & candidates
+                new = new.masked_fill(remasked, mask_token_id)
+            if not masked.any() and not remasked.any():
+                break  # fixed point: nothing to fill, nothing flagged; later steps would change nothing
+            tokens = new
+            info["steps_used"] = step
+            _report(info, on_step, step, tokens, revealed, remasked)
+    info["forward_passes"] = forward.passes
+    return tokens, info
+
+
+SAMPLERS: dict[str, SamplerFn] = {
+    "seed": sample_seed,
+    "ancestral": sample_ancestral,
+    "confidence": sample_confidence,
+    "remask": sample_remask,
+}
+
+
+def get_sampler(name: str) -> SamplerFn:
+    """The diffusion sampler called ``name``; ValueError listing the choices otherwise."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+# --- semi-autoregressive long generation ------------------------------------------------------------------
+
+def generate_long(model: Model, prefix_ids: torch.Tensor, length: int, block_size: int,
+                  sampler: str | SamplerFn, *, mask_token_id: int, steps: int, generator: torch.Generator | None,
+                  new_block: int | None = None, on_step: OnStep | None = None,
+                  **sampler_opts: Any) -> tuple[torch.Tensor, dict]:
+    """Generate a sequence of ``length`` tokens (prefix included) longer than the model's window, block by block.
+
+    Semi-autoregressive diffusion (SSD-LM, Han et al. 2023; LLaDA semi-AR sampling, Nie et al. 2025): each
+    window holds up to ``block_size - new_block`` tokens of the text so far, fixed, followed by masks that the
+    diffusion ``sampler`` fills in ``steps`` steps; the first window fills all the room the prefix leaves.
+    prefix_ids (B, P) -> tokens (B, length) with tokens[:, :P] == prefix_ids. ``sampler_opts`` (temperature,
+    top_k, top_p, schedule, ...) go to the sampler. ``on_step`` sees the whole text so far, with steps
+    numbered across blocks; info sums the per-block infos and adds ``blocks``.
+    """
+    fn = get_sampler(sampler) if isinstance(sampler, str) else sampler
+    new_block = block_size // 2 if new_block is None else new_block
+    if not 1 <= new_block <= block_size:
+        raise ValueError(f"new_block must be in [1, block_size={block_size}], got {new_block}")
+    if prefix_ids.dim() != 2 or prefix_ids.size(1) > length:
+        raise ValueError(f"prefix_ids must be (B, P) with P <= length={length}, got {tuple(prefix_ids.shape)}")
+    text = prefix_ids
+    info = _new_info()
+    info["blocks"] = 0
+    while text.size(1) < length:
+        cur = text.size(1)
+        ctx = min(cur, block_size - new_block)  # context tokens kept (fixed) in the window
+        n_new = min(block_size - ctx, length - cur)
+        head = text[:, : cur - ctx]  # (B, cur - ctx): text that no longer fits in the window
+        holes = torch.full((text.size(0), n_new), mask_token_id, dtype=text.dtype, device=text.device)
+        canvas = torch.cat((text[:, cur - ctx:], holes), dim=1)  # (B, ctx + n_new)
+        fixed = torch.zeros_like(canvas, dtype=torch.bool)
+        fixed[:, :ctx] = True
+
+        def report(step: int, tokens: torch.Tensor, revealed: torch.Tensor, remasked: torch.Tensor,
+                   _head: torch.Tensor = head, _offset: int = len(info["committed_per_step"])) -> None:
+            pad = torch.zeros_like(_head, dtype=torch.bool)
+            on_step(_offset + step, torch.cat((_head, tokens), 1), torch.cat((pad, revealed), 1),
+                    torch.cat((pad, remasked), 1))
+
+        window, block_info = fn(model, canvas, mask_token_id=mask_token_id, steps=steps, generator=generator,
+                                fixed=fixed, on_step=report if on_step is not None else None, **sampler_opts)
+        text = torch.cat((text, window[:, ctx:]), dim=1)
+        for key in ("committed_per_step", "remasked_per_step", "steps_used", "forward_passes"):
+            info[key] += block_info[key]
+        info["blocks"] += 1
+    return text, info

@@ -1,0 +1,356 @@
+"""Samplers: token sampling, AR generation (KV cache), the diffusion samplers, long generation, the live view.
+
+Fake models return logits we control, so each rule of each sampler is checked directly; a tiny real GPT
+checks the integration (KV cache equivalence, real shapes).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nanodlm.ar_sampling import generate_ar
+from nanodlm.live import LiveView
+from nanodlm.model import GPT, GPTConfig
+from nanodlm.samplers import SAMPLERS, generate_long, get_sampler, sample_logits
+
+V = 11  # vocab size of every fake; the last id is [MASK]
+MASK = V - 1
+NEG = -30.0  # a logit that is never sampled in practice (p ~ 1e-13) but keeps softmax finite
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class Fake(nn.Module):
+    """Logits from ``fn(tokens, call) -> (B, L, V)``; counts calls (= forward passes)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn, self.calls = fn, 0
+
+    def forward(self, idx: torch.Tensor, **_: object) -> tuple[torch.Tensor, None]:
+        self.calls += 1
+        return self.fn(idx, self.calls), None
+
+
+def constant(table: torch.Tensor) -> Fake:
+    """Fake whose logits are table (L, V) or (V,) at every call, whatever the input."""
+    return Fake(lambda idx, call: table.expand(idx.size(0), idx.size(1), V).clone())
+
+
+def one_hot_logits(token: int, high: float = 10.0) -> torch.Tensor:
+    t = torch.zeros(V)
+    t[token] = high
+    return t
+
+
+def masks(B: int, L: int) -> torch.Tensor:
+    return torch.full((B, L), MASK, dtype=torch.long)
+
+
+def tiny_gpt(model_type: str = "gpt2", pos_emb: str = "learned", seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=32, vocab_size=V, n_layer=1, n_head=2, n_embd=16, model_type=model_type,
+                         pos_emb=pos_emb)).eval()
+
+
+# --- sample_logits ------------------------------------------------------------------------------------------
+
+def test_sample_logits_temperature_zero_is_argmax_over_leading_dims():
+    logits = torch.randn(3, 5, V, generator=gen(1))
+    assert torch.equal(sample_logits(logits, 0.0, generator=gen()), logits.argmax(-1))
+
+
+def test_sample_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).expand(4000, 4)
+    ids = sample_logits(logits, 1.0, top_k=2, generator=gen())
+    assert set(ids.tolist()) == {0, 1}
+    assert torch.equal(sample_logits(logits, 1.0, top_k=1, generator=gen()), torch.zeros(4000, dtype=torch.long))
+    assert set(sample_logits(logits, 1.0, top_k=10**6, generator=gen()).tolist()) == {0, 1, 2, 3}  # clamped to V
+    assert set(sample_logits(logits, 1.0, top_p=0.7, generator=gen()).tolist()) == {0, 1}  # 0.5 < 0.7 <= 0.8
+    assert set(sample_logits(logits, 1.0, top_p=0.1, generator=gen()).tolist()) == {0}  # the top token always stays
+    frac0 = (sample_logits(logits, 1.0, generator=gen()) == 0).float().mean().item()
+    assert abs(frac0 - 0.5) < 0.05
+
+
+def test_sample_logits_seeded_and_validated():
+    logits = torch.randn(64, V, generator=gen(2))
+    assert torch.equal(sample_logits(logits, generator=gen(5)), sample_logits(logits, generator=gen(5)))
+    for bad in ({"temperature": -1.0}, {"top_k": -2}, {"top_p": 0.0}, {"top_p": 1.5}):
+        with pytest.raises(ValueError):
+            sample_logits(logits, **bad)
+
+
+# --- autoregressive -----------------------------------------------------------------------------------------
+
+def test_generate_ar_temperature_zero_is_greedy():
+    # fake LM: the next token is (last token + 1) mod V with a clear margin
+    model = Fake(lambda idx, call: nn.functional.one_hot((idx[:, -1:] + 1) % V, V).float() * 5)
+    out = generate_ar(model, torch.tensor([[3], [9]]), 4, temperature=0.0, generator=gen())
+    assert out.tolist() == [[3, 4, 5, 6, 7], [9, 10, 0, 1, 2]]
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("new_tokens", [20, 50])  # 4 + 20 fits block_size 32; 4 + 50 crops
+def test_generate_ar_cache_matches_uncached(pos_emb, new_tokens):
+    model = tiny_gpt(pos_emb=pos_emb).double()  # float64: cached and uncached logits agree to ~1e-15
+    idx = torch.randint(0, V, (3, 4), generator=gen(3))
+    kw = dict(temperature=1.0, top_k=8, generator=None)
+    cached = generate_ar(model, idx, new_tokens, **{**kw, "generator": gen(7)}, use_cache=True)
+    plain = generate_ar(model, idx, new_tokens, **{**kw, "generator": gen(7)}, use_cache=False)
+    assert cached.shape == (3, 4 + new_tokens)
+    assert torch.equal(cached, plain)
+    assert torch.equal(cached[:, :4], idx)
+
+
+def test_generate_ar_seeds():
+    model = tiny_gpt()
+    idx = torch.zeros(2, 1, dtype=torch.long)
+    a = generate_ar(model, idx, 30, generator=gen(1))
+    assert torch.equal(a, generate_ar(model, idx, 30, generator=gen(1)))
+    assert not torch.equal(a, generate_ar(model, idx, 30, generator=gen(2)))
+    assert not model.training
+
+
+# --- seed (the user's spec) ---------------------------------------------------------------------------------
+
+def test_seed_confident_model_finishes_in_one_step():
+    model = constant(one_hot_logits(4, high=50.0))
+    tokens, info = SAMPLERS["seed"](model, masks(2, 6), mask_token_id=MASK, steps=5, generator=gen())
+    assert (tokens == 4).all()
+    assert info["steps_used"] == 1 and info["forward_passes"] == 1 and not info["final_pass"]
+    assert info["committed_per_step"] == [12]
+
+
+def test_seed_sampled_mask_stays_masked_and_final_pass_forbids_mask():
+    table = torch.full((V,), NEG)
+    table[MASK] = 0.0  # the model always says [MASK]
+    model = constant(table)
+    seen = []
+    tokens, info = SAMPLERS["seed"](model, masks(2, 5), mask_token_id=MASK, steps=3, generator=gen(),
+                                    on_step=lambda step, t, rev, rem: seen.append((step, t.clone())))
+    assert [s for s, _ in seen] == [1, 2, 3, 4]
+    assert all((t == MASK).all() for _, t in seen[:3])  # sampled [MASK] left the positions masked
+    assert (tokens != MASK).all()  # the final pass cannot produce [MASK]
+    assert info["steps_used"] == 3 and info["final_pass"]
+    assert info["committed_per_step"] == [0, 0, 0, 10]
+    assert info["forward_passes"] == 1  # the canvas never changed, so the logits were reused
+
+
+def test_seed_overwrites_only_masks():
+    model = constant(one_hot_logits(2, high=50.0))  # wants token 2 everywhere, including given positions
+    canvas = torch.tensor([[5, MASK, 7, MASK], [MASK, 1, MASK, 3]])
+    tokens, _ = SAMPLERS["seed"](model, canvas, mask_token_id=MASK, steps=2, generator=gen())
+    assert tokens.tolist() == [[5, 2, 7, 2], [2, 1, 2, 3]]
+
+
+def test_seed_mixed_model_top_k_clamped():
+    table = torch.zeros(V)
+    table[MASK] = 1.0
+    model = constant(table)
+    tokens, info = SAMPLERS["seed"](model, masks(4, 8), mask_token_id=MASK, steps=4, top_k=10**6, generator=gen())
+    assert (tokens != MASK).all() and sum(info["committed_per_step"]) == 32
+    greedy, _ = SAMPLERS["seed"](model, masks(1, 4), mask_token_id=MASK, steps=2, top_k=1, generator=gen())
+    assert (greedy != MASK).all()  # top-1 is [MASK] every step; the final pass picks a real token
+
+
+# --- ancestral (MDLM) ---------------------------------------------------------------------------------------
+
+def test_ancestral_reveal_probabilities():
+    steps, B, L = 4, 200, 50
+    counts = []
+    model = constant(one_hot_logits(MASK, high=5.0))  # [MASK] is the model's favourite: it must be excluded
+    tokens, info = SAMPLERS["ancestral"](model, masks(B, L), mask_token_id=MASK, steps=steps, generator=gen(),
+                                         on_step=lambda s, t, rev, rem: counts.append(int(rev.sum())))
+    remaining = B * L
+    for i, revealed in enumerate(counts, start=1):
+        p = 1.0 / (steps - i + 1)  # (t - s) / t on the uniform grid
+        sd = math.sqrt(remaining * p * (1 - p))
+        assert abs(revealed - remaining * p) <= 5 * sd + 1e-9, (i, revealed, remaining * p)
+        remaining -= revealed
+    assert remaining == 0 and (tokens != MASK).all()
+    assert info["committed_per_step"] == counts
+
+
+def test_ancestral_caches_forward_passes():
+    model = constant(torch.zeros(V))
+    tokens, info = SAMPLERS["ancestral"](model, masks(1, 4), mask_token_id=MASK, steps=64, generator=gen())
+    assert (tokens != MASK).all()
+    steps_with_reveal = sum(c > 0 for c in info["committed_per_step"])
+    assert info["forward_passes"] == model.calls == steps_with_reveal <= 4 < info["steps_used"]
+
+
+# --- confidence (MaskGIT / LLaDA) ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_confidence_follows_schedule(schedule):
+    steps, L = 8, 32
+    gamma = (lambda r: 1 - r) if schedule == "linear" else (lambda r: math.cos(math.pi / 2 * r))
+    left = [L] + [math.floor(L * gamma(i / steps)) for i in range(1, steps)] + [0]
+    expected = [2 * (a - b) for a, b in zip(left, left[1:])]  # B = 2 rows
+    table = torch.zeros(L, V)
+    table[:, 1] = torch.arange(1, L + 1, dtype=torch.float)  # confidence grows with the position
+    model = constant(table)
+    seen = []
+    tokens, info = SAMPLERS["confidence"](model, masks(2, L), mask_token_id=MASK, steps=steps, temperature=0.0,
+                                          schedule=schedule, generator=gen(), on_step=lambda s, t, r, m: seen.append(r))
+    assert info["committed_per_step"] == expected
+    assert (tokens == 1).all()
+    first = seen[0][0].nonzero().flatten().tolist()
+    assert first == list(range(L - expected[0] // 2, L))  # the most confident positions go first
+
+
+def test_confidence_noise_and_errors():
+    model = constant(torch.randn(6, V, generator=gen(4)))
+    run = lambda seed: SAMPLERS["confidence"](model, masks(3, 6), mask_token_id=MASK, steps=3, noise=1.0,  # noqa: E731
+                                              generator=gen(seed))[0]
+    assert torch.equal(run(1), run(1)) and (run(1) != MASK).all()
+    with pytest.raises(ValueError, match="schedule"):
+        SAMPLERS["confidence"](model, masks(1, 6), mask_token_id=MASK, steps=3, schedule="cubic", generator=gen())
+
+
+# --- remask -------------------------------------------------------------------------------------------------
+
+def test_remask_corrects_a_flagged_token():
+    L = 6
+
+    def fn(idx, call):
+        logits = torch.zeros(idx.size(0), L, V)
+        logits[:, :, 1] = 3.0
+        logits[:, 3, 1] = 8.0 if call == 1 else NEG  # position 3: first the most confident token 1 ...
+        logits[:, 3, 2] = 0.0 if call == 1 else 8.0  # ... later the model prefers 2
+        logits[:, 3, MASK] = torch.where(idx[:, 3] == 1, 20.0, NEG)  # ... and flags 1 at position 3 as wrong
+        return logits
+
+    events = []
+    tokens, info = SAMPLERS["remask"](Fake(fn), masks(1, L), mask_token_id=MASK, steps=4, temperature=0.0,
+                                      remask_frac=1.0, generator=gen(),
+                                      on_step=lambda s, t, rev, rem: events.append((t.clone(), rev, rem)))
+    assert events[0][0][0, 3] == 1 and events[0][1][0, 3]  # step 1 reveals position 3 as 1
+    assert events[1][2][0].nonzero().flatten().tolist() == [3]  # step 2 re-masks it, and only it
+    assert info["remasked_per_step"][1] == 1
+    assert tokens[0, 3] == 2 and (tokens != MASK).all()
+    assert info["steps_used"] <= 4
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_remask_fixed_never_remasked_and_terminates(steps):
+    def fn(idx, call):  # flags every token as wrong: the budget alone limits re-masking
+        logits = torch.zeros(idx.size(0), idx.size(1), V)
+        logits[..., MASK] = torch.where(idx != MASK, 20.0, NEG)
+        return logits
+
+    canvas = masks(2, 12)
+    canvas[:, :3] = torch.tensor([4, 5, 6])
+    tokens, info = SAMPLERS["remask"](Fake(fn), canvas, mask_token_id=MASK, steps=steps, remask_frac=1.0,
+                                      generator=gen())
+    assert torch.equal(tokens[:, :3], canvas[:, :3]) and (tokens != MASK).all()
+    assert info["steps_used"] <= steps and len(info["committed_per_step"]) == info["steps_used"]
+    if steps == 5:
+        assert sum(info["remasked_per_step"]) > 0
+
+
+# --- every sampler ------------------------------------------------------------------------------------------
+
+def _conditioning_canvas() -> tuple[torch.Tensor, torch.Tensor]:
+    # prefix 0:4, gap 4:10, middle 10:14, gap 14:20, suffix 20:24
+    canvas = torch.randint(0, MASK, (3, 24), generator=gen(9))
+    canvas[:, 4:10] = MASK
+    canvas[:, 14:20] = MASK
+    return canvas, canvas != MASK
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_fixed_positions_never_change(name):
+    table = torch.randn(24, V, generator=gen(11))
+
+    def fn(idx, call):  # random preferences, a strong [MASK] on given tokens (tempts remask), varying per call
+        logits = table.expand(idx.size(0), 24, V) + torch.randn(idx.size(0), 24, V, generator=gen(call))
+        return logits + torch.where(idx != MASK, 6.0, 0.0)[..., None] * nn.functional.one_hot(
+            torch.tensor(MASK), V)
+
+    canvas, fixed = _conditioning_canvas()
+    opts = {"remask_frac": 1.0} if name == "remask" else {}
+    tokens, info = get_sampler(name)(Fake(fn), canvas, mask_token_id=MASK, steps=6, generator=gen(), **opts)
+    assert torch.equal(tokens[fixed], canvas[fixed]) and (tokens != MASK).all()
+    assert info["forward_passes"] >= 1
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_samplers_on_tiny_diffusion_gpt(name):
+    model = tiny_gpt("diffusion")
+    canvas, fixed = _conditioning_canvas()
+    tokens, info = get_sampler(name)(model, canvas, mask_token_id=MASK, steps=4, top_k=5, top_p=0.9,
+                                     generator=gen())
+    assert tokens.shape == canvas.shape and (tokens != MASK).all() and torch.equal(tokens[fixed], canvas[fixed])
+    assert not model.training
+
+
+def test_get_sampler_and_argument_errors():
+    with pytest.raises(ValueError, match="seed, ancestral, confidence, remask"):
+        get_sampler("nope")
+    fixed = torch.ones(1, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="fixed"):
+        SAMPLERS["seed"](constant(torch.zeros(V)), masks(1, 3), mask_token_id=MASK, steps=2, fixed=fixed,
+                         generator=gen())
+
+
+# --- long generation ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["seed", "confidence"])
+def test_generate_long_past_block_size(name):
+    model = tiny_gpt("diffusion")
+    prefix = torch.randint(0, MASK, (2, 5), generator=gen(2))
+    widths = []
+    tokens, info = generate_long(model, prefix, 80, 32, name, mask_token_id=MASK, steps=3, generator=gen(),
+                                 temperature=0.8, on_step=lambda s, t, rev, rem: widths.append(t.size(1)))
+    assert tokens.shape == (2, 80) and torch.equal(tokens[:, :5], prefix) and (tokens != MASK).all()
+    assert info["blocks"] == 4  # 5 + 27 new, then 16 of context + 16 new per block: 32, 48, 64, 80
+    assert widths[-1] == 80 and widths == sorted(widths)
+
+
+def test_generate_long_conditions_on_previous_text():
+    windows = []
+
+    def fn(idx, call):
+        windows.append(idx.clone())
+        return one_hot_logits(3).expand(idx.size(0), idx.size(1), V).clone()
+
+    prefix = torch.tensor([[1, 2, 4, 5, 6, 7]])
+    tokens, _ = generate_long(Fake(fn), prefix, 20, 8, get_sampler("seed"), mask_token_id=MASK, steps=2,
+                              new_block=3, generator=gen())
+    assert tokens[0].tolist() == [1, 2, 4, 5, 6, 7] + [3] * 14
+    assert all(w.size(1) <= 8 for w in windows)
+    assert windows[0][0, :5].tolist() == [2, 4, 5, 6, 7]  # the last block_size - new_block tokens, fixed
+
+
+# --- live view ----------------------------------------------------------------------------------------------
+
+def test_live_view_renders_steps():
+    from rich.console import Console
+
+    words = {i: f"w{i} " for i in range(V)}
+    console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    with LiveView(words.__getitem__, mask_token_id=MASK, console=console, total_steps=2, transient=False) as view:
+        no = torch.zeros(1, 3, dtype=torch.bool)
+        view(1, torch.tensor([[1, MASK, 2]]), torch.tensor([[True, False, True]]), no)
+        first = torch.tensor([[True, False, False]])
+        view(2, torch.tensor([[MASK, 4, 2]]), torch.tensor([[False, True, False]]), first)
+    out = console.file.getvalue()
+    assert "w1" in out and "w4" in out and "step 2/2" in out
+
+
+def test_live_view_silent_off_terminal():
+    from rich.console import Console
+
+    console = Console(file=io.StringIO())  # not a terminal
+    view = LiveView(str, mask_token_id=MASK, console=console)
+    with view:
+        view(1, torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.bool))
+    assert not view.enabled and console.file.getvalue() == ""
