@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The main job end to end on a CPU: install, prepare tiny-shakespeare, train the CPU recipe (~2 min
+# on 2 cores), sample. The corpus is downloaded once (sha256-checked) unless NANODLM_DATA_MIRROR
+# names a folder holding tinyshakespeare.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[dev]"
+if [ -z "${NANODLM_DATA_MIRROR:-}" ] && [ -f ../shared/data/tinyshakespeare.txt ]; then
+  export NANODLM_DATA_MIRROR="$(cd ../shared/data && pwd)"
+fi
+nanodlm prepare shakespeare_char
+nanodlm train cpu                                     # autoregressive baseline -> out-cpu/
+nanodlm sample --out_dir=out-cpu --num_samples=2 --max_new_tokens=300
+nanodlm train cpu --model_type=diffusion --objective=mdlm --out_dir=out-cpu-diffusion
+nanodlm sample --out_dir=out-cpu-diffusion --num_samples=2 --sampler=ancestral --length=256
