@@ -1,0 +1,294 @@
+"""``nanodlm eval``: the held-out likelihood of a checkpoint, comparable across model types and runs.
+
+- gpt2: next-token cross-entropy (nats/token).
+- diffusion: the absorbing-mask NELBO, an upper bound on -log p(x) / T (continuous time, SUBS
+  parameterisation: Sahoo et al. 2024, MDLM, arXiv:2406.07524; Shi et al. 2024, MD4, arXiv:2406.04329),
+  plus the denoising diagnostics of ``diffusion.diagnostics`` and the unigram entropy of the split.
+
+Both score the same deterministic, evenly spaced windows of the split (``eval_windows``), so every run and
+every model sees the same text. A window holds T + 1 tokens (T = the model's block_size): the AR model
+predicts tokens 1..T from their left context, the diffusion model scores tokens 0..T-1 jointly. Each
+side scores T tokens of the same passage, each within its own window of T positions, which is the
+standard comparison (MDLM reports AR perplexity next to the diffusion bound the same way). The diffusion
+number is an upper bound on that model's true NLL: the model is at least as good as it reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .data import SPLITS, load_meta, open_split
+from .errors import UserError
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class EvalConfig:
+    out_dir: str = "out"
+    ckpt: str = "best"  # best | last
+    split: str = "val"  # train | val
+    num_batches: int = 20  # windows = num_batches * batch_size, capped at the disjoint windows the split holds
+    batch_size: int | None = None  # default: the checkpoint's training batch_size
+    data_dir: str | None = None  # default: the checkpoint's data_dir
+    dataset: str | None = None  # default: the checkpoint's dataset
+    n_draws: int = 4  # diffusion: stratified (t, mask) draws per window
+    seed: int = 1337  # fixes the diffusion masks: same seed, same numbers
+    device: str = "auto"
+    json: str | None = None  # also write the results to this file
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise UserError(f"--split must be one of {', '.join(SPLITS)}; got {self.split!r}")
+        if self.ckpt not in ("best", "last"):
+            raise UserError(f"--ckpt must be best or last; got {self.ckpt!r}")
+        for key in ("num_batches", "n_draws"):
+            if getattr(self, key) < 1:
+                raise UserError(f"--{key} must be >= 1; got {getattr(self, key)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"--batch_size must be >= 1; got {self.batch_size}")
+
+
+# --- the windows -------------------------------------------------------------------------------------
+
+
+def eval_windows(data: np.ndarray, block_size: int, num_windows: int) -> torch.Tensor:
+    """(num_windows, block_size + 1) int64: windows at evenly spaced offsets from the start to the end of data.
+
+    No randomness, so every run and every model sees the same text. Windows are disjoint while
+    num_windows <= len(data) // (block_size + 1); beyond that they overlap (and the stderr understates).
+    """
+    if block_size < 1 or num_windows < 1:
+        raise UserError(f"block_size and num_windows must be positive, got {block_size} and {num_windows}")
+    width = block_size + 1
+    if len(data) < width:
+        raise UserError(f"the split has {len(data)} tokens but a window needs block_size + 1 = {width}; "
+                        "evaluate on more text or a model with a smaller block_size")
+    starts = np.linspace(0, len(data) - width, num_windows).round().astype(np.int64)  # (N,)
+    rows = starts[:, None] + np.arange(width)  # (N, T+1) indices into data
+    return torch.from_numpy(np.asarray(data[rows]).astype(np.int64))
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+# --- the two likelihoods ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def ar_cross_entropy(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Next-token CE (nats/token) of an AR model on windows (N, T+1): tokens 1..T given their left context.
+
+    Returns ``loss`` (mean over all N*T tokens), ``stderr`` (of the per-window means, which are i.i.d.
+    across disjoint windows) and ``tokens``. The model is called as ``logits, _ = model(x, all_logits=True)``
+    with logits (B, T, V); the CE is computed in fp32.
+    """
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    per_window = []
+    try:
+        for i in range(0, windows.size(0), batch_size):
+            w = windows[i:i + batch_size].to(device)  # (B, T+1)
+            x, y = w[:, :-1], w[:, 1:]  # (B, T) inputs and next-token targets
+            logits, _ = model(x, all_logits=True)  # (B, T, V)
+            ce = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
+            per_window.append(ce.mean(dim=1).cpu())
+    finally:
+        model.train(was_training)
+    from .diffusion import mean_and_stderr
+
+    loss, stderr = mean_and_stderr(torch.cat(per_window))  # equal-length windows: window mean = token mean
+    return {"loss": loss, "stderr": stderr, "tokens": int(windows.size(0) * (windows.size(1) - 1))}
+
+
+@torch.no_grad()
+def diffusion_nelbo(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, generator: torch.Generator,
+                    n_draws: int = 4) -> dict[str, float]:
+    """Absorbing-mask NELBO (nats/token) of a diffusion model on windows[:, :T] (tokens 0..T-1 jointly).
+
+    ``diffusion.nelbo`` per batch: n_draws stratified times t per window (t_k = (k + u) / n_draws), each
+    masking tokens with probability t, the [MASK] logit excluded (SUBS), weighted 1/t (Sahoo et al. 2024
+    eq. 10 with alpha_t = 1 - t; Shi et al. 2024). Returns ``nelbo`` (mean), ``stderr`` (across windows,
+    each window's draws averaged first) and ``tokens``. ``generator`` must live on the model's device.
+    """
+    from .diffusion import mean_and_stderr, nelbo
+
+    device = _model_device(model)
+    T = windows.size(1) - 1
+    mask_id = model.config.mask_token_id
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for i in range(0, windows.size(0), batch_size):
+            x = windows[i:i + batch_size, :T].to(device)  # (B, T): the same T tokens as the AR inputs
+            rows.append(nelbo(model, x, mask_id, generator, n_draws).cpu())  # (B, n_draws)
+    finally:
+        model.train(was_training)
+    value, stderr = mean_and_stderr(torch.cat(rows))
+    return {"nelbo": value, "stderr": stderr, "tokens": int(windows.size(0) * T)}
+
+
+def split_unigram_entropy(data: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> float:
+    """Entropy (nats) of the token frequencies of a whole split, counted in chunks (memmaps stay on disk).
+
+    Same quantity as ``diffusion.unigram_entropy``: the masked CE of a model that ignores context.
+    """
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for i in range(0, len(data), chunk):
+        counts += np.bincount(np.asarray(data[i:i + chunk]), minlength=vocab_size)[:vocab_size]
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+# --- one checkpoint ---------------------------------------------------------------------------------
+
+
+def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
+    """Load a checkpoint, score the split's evaluation windows, return a flat dict of numbers.
+
+    gpt2: loss, stderr, bits_per_token, bits_per_char. diffusion: nelbo, stderr, bits_per_token,
+    bits_per_char, unigram_entropy (nats) and the diagnostics averaged over batches. bits_per_char divides
+    the total nats by the characters the scored tokens decode to (= bits_per_token for char tokenizers),
+    which makes char and BPE models comparable. A fixed seed gives identical dicts on the same device.
+    """
+    from .checkpoint import load_model
+    from .diffusion import diagnostics
+    from .distributed import resolve_device
+
+    device = resolve_device(cfg.device)
+    model, meta, tok = load_model(cfg.out_dir, cfg.ckpt, device)
+    train_cfg = meta.get("config", {})
+    data_dir = cfg.data_dir or train_cfg.get("data_dir", "data")
+    dataset = cfg.dataset or train_cfg.get("dataset", "shakespeare_char")
+    batch_size = cfg.batch_size or int(train_cfg.get("batch_size", 12))
+    data = open_split(data_dir, dataset, cfg.split)
+    T = model.config.block_size
+    model_type = model.config.model_type
+    data_vocab = model.config.vocab_size - int(model_type == "diffusion")
+    ds_meta = load_meta(data_dir, dataset)
+    itos = getattr(tok, "itos", None)  # char models: the same size is not enough, the characters must match
+    if ds_meta["vocab_size"] != data_vocab or ds_meta.get("itos", itos) != itos:
+        raise UserError(f"dataset {dataset!r} ({ds_meta['vocab_size']} tokens) is not the vocabulary the model in "
+                        f"{cfg.out_dir} was trained on ({data_vocab} tokens); pass the --dataset it was trained on")
+    disjoint = max(1, len(data) // (T + 1))
+    num_windows = min(cfg.num_batches * batch_size, disjoint)
+    windows = eval_windows(data, T, num_windows)  # (N, T+1)
+
+    result: dict[str, Any] = {
+        "out_dir": str(cfg.out_dir), "model_type": model_type,
+        "objective": train_cfg.get("objective") if model_type == "diffusion" else "ar",
+        "iter_num": meta.get("iter_num"), "dataset": dataset, "split": cfg.split, "block_size": T,
+        "num_windows": num_windows, "seed": cfg.seed,
+    }
+    if model_type == "gpt2":
+        scored = windows[:, 1:]  # AR targets
+        out = ar_cross_entropy(model, windows, batch_size)
+        mean = out["loss"]
+        result.update(loss=mean, stderr=out["stderr"], tokens=out["tokens"])
+    else:
+        scored = windows[:, :T]
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        out = diffusion_nelbo(model, windows, batch_size, gen, cfg.n_draws)
+        mean = out["nelbo"]
+        result.update(nelbo=mean, stderr=out["stderr"], tokens=out["tokens"])
+    chars = sum(len(tok.decode(row)) for row in scored)  # BPE: tokens decode to several characters
+    result["bits_per_token"] = mean / LN2
+    result["bits_per_char"] = mean * out["tokens"] / max(chars, 1) / LN2
+    result["chars"] = chars
+    if model_type == "diffusion":
+        # a separate generator so the NELBO does not depend on whether diagnostics run
+        diag_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        rows = []
+        for i in range(0, num_windows, batch_size):
+            rows.append(diagnostics(model, windows[i:i + batch_size, :T].to(device), model.config.mask_token_id,
+                                    diag_gen))
+        # nan (an empty position set) stays nan in the mean rather than being skipped silently
+        result.update({k: sum(r[k] for r in rows) / len(rows) for k in rows[0]})
+        result["unigram_entropy"] = split_unigram_entropy(data, data_vocab)
+    return result
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    """nan/inf are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | Path, obj: dict[str, Any]) -> None:
+    def clean(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [clean(v) for v in o]
+        return _json_safe(o)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(obj), indent=2) + "\n", encoding="utf-8")
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def console():
+    """A rich Console; piped output (logs, tests) gets 160 columns instead of rich's 80, so rows stay whole."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def print_result(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    main_key = "loss" if result["model_type"] == "gpt2" else "nelbo"
+    title = f"{result['out_dir']} · {result['model_type']} · {result['split']} · iter {result['iter_num']}"
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    headline = f"{format_value(result[main_key])} ± {format_value(result['stderr'])}"
+    table.add_row(f"{main_key} (nats/token)" + (" [upper bound]" if main_key == "nelbo" else ""), headline)
+    skip = {main_key, "stderr", "out_dir", "model_type", "split", "iter_num"}
+    for key, value in result.items():
+        if key not in skip:
+            table.add_row(key, format_value(value))
+    console().print(table)
+
+
+def main(argv: list[str]) -> int:
+    from .config import load_config
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: nanodlm eval --out_dir=DIR [--key=value ...]\nkeys (defaults):")
+        for name, field in EvalConfig.__dataclass_fields__.items():
+            print(f"  --{name}={field.default!r}")
+        return 0
+    cfg = load_config(EvalConfig, argv)
+    result = evaluate_checkpoint(cfg)
+    print_result(result)
+    if cfg.json:
+        write_json(cfg.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

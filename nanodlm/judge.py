@@ -1,0 +1,294 @@
+"""``nanodlm judge``: score generated text with a separate autoregressive model and surface statistics.
+
+The judge is an AR checkpoint (``configs/judge.py`` trains one). Its perplexity on samples is the
+"generative perplexity" used to evaluate diffusion LMs (MDLM, Sahoo et al. 2024, arXiv:2406.07524).
+Perplexity alone rewards degenerate text (a repeated letter is very predictable), so the table always
+shows the character entropy, distinct-n (Li et al. 2016) and the longest repeated substring beside it,
+and scores real validation text of the same number and length with the same judge as the reference row.
+
+Conventions: a text's first token has no context and is not scored (for samples and real text alike);
+``entropy_bits`` is the character unigram entropy of all texts concatenated (per-text entropies of short
+texts are biased low, and the concatenation is the distribution the sampler actually produces);
+distinct-n and longest repeat are means over texts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .textstats import distinct_n, judge_nll, longest_repeated_substring, unigram_entropy_bits
+
+SEPARATOR = "---------------"  # nanoGPT's sample.py prints this line after every sample
+COLUMNS = (("judge_ppl", "judge PPL"), ("judge_nll", "judge NLL"), ("entropy_bits", "entropy (bits)"),
+           ("distinct_2", "distinct-2"), ("distinct_4", "distinct-4"), ("longest_repeat", "longest repeat"))
+
+
+@dataclass
+class JudgeConfig:
+    judge: str = "out-judge"  # out_dir of the AR judge (train it with `nanodlm train judge`)
+    judge_ckpt: str = "best"  # best | last
+    samples: str | None = None  # a .jsonl (one JSON string per line) or nanoGPT-style text file
+    out_dir: str | None = None  # or: sample from this checkpoint
+    ckpt: str = "best"
+    sampler: str = "seed"  # diffusion sampler (see `nanodlm sample`)
+    steps: int = 64
+    num_samples: int = 8
+    length: int = 256  # tokens per sample (gpt2: new tokens after the "\n" prompt)
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 1337  # sampling and the choice of reference passages
+    device: str = "auto"
+    data_dir: str | None = None  # reference text: default the judge's training data
+    dataset: str | None = None
+    json: str | None = None  # also write both rows here
+
+    def __post_init__(self) -> None:
+        if (self.samples is None) == (self.out_dir is None):
+            raise UserError("give exactly one of --samples=FILE or --out_dir=MODEL_DIR")
+        for key in ("steps", "num_samples", "length"):
+            if getattr(self, key) < 1:
+                raise UserError(f"--{key} must be >= 1; got {getattr(self, key)}")
+
+
+# --- scoring ----------------------------------------------------------------------------------------
+
+
+def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
+    stoi = getattr(tokenizer, "stoi", None)
+    if stoi is not None:  # char tokenizer: name every unknown character at once, and where it first occurs
+        unknown: dict[str, int] = {}
+        for i, text in enumerate(texts):
+            for ch in set(text) - stoi.keys():
+                unknown.setdefault(ch, i)
+        if unknown:
+            shown = ", ".join(f"{ch!r} (text {i})" for ch, i in sorted(unknown.items())[:20])
+            hint = " ([MASK] left in a diffusion sample)" if getattr(tokenizer, "mask_glyph", None) in unknown else ""
+            raise UserError(f"the judge's vocabulary lacks these characters: {shown}{hint}; "
+                            "use a judge trained on the same dataset as the samples")
+    return [tokenizer.encode(text) for text in texts]
+
+
+def score_texts(judge_model: torch.nn.Module, judge_tokenizer, texts: list[str],
+                block_size: int | None = None) -> dict[str, float]:
+    """Judge and surface statistics of a list of texts.
+
+    ``judge_nll``: token-weighted mean CE (nats) over all texts, i.e. total nats / total scored tokens
+    (``textstats.judge_nll`` per text, with a sliding window for texts longer than ``block_size``, default
+    the judge's); texts of fewer than two tokens have nothing to score. ``judge_ppl`` = exp(judge_nll).
+    ``entropy_bits``: character unigram entropy of the concatenation; ``distinct_2``/``distinct_4`` and
+    ``longest_repeat`` (characters): means over texts. Also ``num_texts``, ``chars`` and ``tokens`` (scored).
+    """
+    if not texts:
+        raise UserError("no texts to score")
+    block_size = block_size or judge_model.config.block_size
+    total, count = 0.0, 0
+    for ids in _encode_all(judge_tokenizer, texts):
+        if len(ids) < 2:
+            continue
+        nll, n = judge_nll(judge_model, torch.tensor(ids, dtype=torch.long), block_size)  # moved to the model's device
+        total, count = total + nll * n, count + n
+    mean_nll = total / count if count else float("nan")
+    return {
+        "judge_nll": mean_nll,
+        "judge_ppl": math.exp(mean_nll) if count else float("nan"),
+        "entropy_bits": unigram_entropy_bits("".join(texts)),
+        "distinct_2": sum(distinct_n(t, 2) for t in texts) / len(texts),
+        "distinct_4": sum(distinct_n(t, 4) for t in texts) / len(texts),
+        "longest_repeat": sum(longest_repeated_substring(t) for t in texts) / len(texts),
+        "num_texts": len(texts),
+        "chars": sum(len(t) for t in texts),
+        "tokens": count,
+    }
+
+
+# --- the texts --------------------------------------------------------------------------------------
+
+
+def reference_texts(data_dir: str, dataset: str, tokenizer, num: int, length_chars: int, seed: int,
+                    split: str = "val") -> list[str]:
+    """``num`` passages of real text from a split, each ``length_chars`` characters (fewer only if the
+    decoded window is shorter), at offsets drawn from ``seed``: the same seed gives the same passages.
+
+    A window of ``length_chars`` tokens is decoded and cut to ``length_chars`` characters (a char token is
+    one character, a BPE token usually several).
+    """
+    from .data import open_split
+
+    if num < 1 or length_chars < 1:
+        raise UserError(f"num and length_chars must be positive, got {num} and {length_chars}")
+    data = open_split(data_dir, dataset, split)
+    if len(data) < length_chars:
+        raise UserError(f"the {split} split of {dataset!r} has {len(data)} tokens, too few for passages of "
+                        f"{length_chars} characters; use shorter samples")
+    starts = np.random.default_rng(seed).integers(0, len(data) - length_chars + 1, size=num)  # (num,)
+    return [tokenizer.decode(np.asarray(data[s:s + length_chars]))[:length_chars] for s in starts]
+
+
+def load_samples(path: str | Path) -> list[str]:
+    """Samples from a ``.jsonl`` file (one JSON string per line, as ``nanodlm sample --output`` writes) or
+    from text where each sample is followed by a line of 15 dashes (nanoGPT's sample.py output)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"samples file {path} not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        samples = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {n} is not JSON ({e.msg}); write one JSON string per line") from None
+            if not isinstance(value, str):
+                raise UserError(f"{path} line {n} holds a {type(value).__name__}, not a JSON string")
+            samples.append(value)
+    else:
+        samples, lines = [], []
+        for line in text.split("\n"):
+            if line == SEPARATOR:
+                samples.append("\n".join(lines))  # print() added one newline after the sample: it is gone here
+                lines = []
+            else:
+                lines.append(line)
+        tail = "\n".join(lines)
+        if tail.strip():  # text after the last separator (or a file with none) is one more sample
+            samples.append(tail)
+    if not samples:
+        raise UserError(f"{path} holds no samples")
+    return samples
+
+
+def generate_texts(out_dir: str, *, num_samples: int, length: int, temperature: float, top_k: int | None,
+                   top_p: float | None, seed: int, device: str, sampler: str, steps: int,
+                   ckpt: str = "best") -> tuple[list[str], dict[str, Any]]:
+    """Sample ``num_samples`` texts from a checkpoint; return them (decoded, without the prompt) and info.
+
+    gpt2: ``length`` new tokens after a "\\n" prompt (``sampler`` "ar", one forward per token, so
+    ``steps`` = length). diffusion: a canvas of ``length`` [MASK] tokens through ``sampler`` with ``steps``.
+    info: ``chars_per_s`` (wall clock of the generation alone, synchronised on CUDA), ``seconds``,
+    ``steps``, ``sampler``, ``model_type``, ``forward_passes``.
+    """
+    from .ar_sampling import generate_ar
+    from .checkpoint import load_model
+    from .distributed import resolve_device
+    from .sample import SampleConfig, generate_diffusion
+
+    device = resolve_device(device)
+    model, _, tok = load_model(out_dir, ckpt, device)
+    model_type = model.config.model_type
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    try:
+        if model_type == "gpt2":
+            prompt = tok.encode("\n") or [0]
+            idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)  # (B, P)
+            sync()
+            t0 = time.perf_counter()
+            out = generate_ar(model, idx, length, temperature=temperature, top_k=top_k, top_p=top_p,
+                              generator=generator)[:, len(prompt):]  # (B, length): the prompt dropped
+            sync()
+            info: dict[str, Any] = {"sampler": "ar", "steps": length, "forward_passes": length}
+        else:
+            scfg = SampleConfig(out_dir=out_dir, ckpt=ckpt, num_samples=num_samples, temperature=temperature,
+                                top_k=top_k, top_p=top_p, seed=seed, device=device, sampler=sampler, steps=steps,
+                                length=length)
+            sync()
+            t0 = time.perf_counter()
+            out, sinfo = generate_diffusion(model, tok, scfg, generator, device)  # (B, length)
+            sync()
+            info = {"sampler": sampler, "steps": steps, "steps_used": sinfo.get("steps_used"),
+                    "forward_passes": sinfo.get("forward_passes")}
+    except ValueError as e:  # bad sampling settings (temperature < 0, top_p outside (0, 1], ...)
+        raise UserError(str(e)) from None
+    seconds = time.perf_counter() - t0
+    texts = [tok.decode(row) for row in out.cpu()]
+    chars = sum(len(t) for t in texts)
+    info.update(model_type=model_type, seconds=seconds, chars_per_s=chars / seconds if seconds > 0 else float("inf"))
+    return texts, info
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+
+
+def print_rows(rows: dict[str, dict[str, float]], title: str) -> None:
+    from rich.table import Table
+
+    from .evaluate import console
+
+    table = Table(title=title)
+    table.add_column("text")
+    for _, header in COLUMNS:
+        table.add_column(header, justify="right")
+    table.add_column("texts × chars", justify="right")
+    for name, row in rows.items():
+        cells = ["nan" if isinstance(row[k], float) and math.isnan(row[k]) else f"{row[k]:.3f}" for k, _ in COLUMNS]
+        table.add_row(name, *cells, f"{row['num_texts']} × {row['chars'] / row['num_texts']:.0f}")
+    console().print(table)
+
+
+def main(argv: list[str]) -> int:
+    from .checkpoint import load_model
+    from .config import load_config
+    from .data import load_meta, load_tokenizer
+    from .distributed import resolve_device
+    from .evaluate import write_json
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: nanodlm judge --judge=AR_OUT_DIR (--samples=FILE | --out_dir=MODEL_DIR) [--key=value ...]\n"
+              "keys (defaults):")
+        for name, field in JudgeConfig.__dataclass_fields__.items():
+            print(f"  --{name}={field.default!r}")
+        return 0
+    cfg = load_config(JudgeConfig, argv)
+    if not Path(cfg.judge).is_dir():
+        raise UserError(f"judge {cfg.judge} does not exist: train one with `nanodlm train judge` or check --judge")
+    device = resolve_device(cfg.device)
+    judge, judge_meta, judge_tok = load_model(cfg.judge, cfg.judge_ckpt, device)
+    if judge.config.model_type != "gpt2":
+        raise UserError(f"the judge in {cfg.judge} is a {judge.config.model_type} model; a judge must be "
+                        "autoregressive (gpt2): train one with `nanodlm train judge`")
+    gen_info: dict[str, Any] | None = None
+    if cfg.samples is not None:
+        texts = load_samples(cfg.samples)
+    else:
+        texts, gen_info = generate_texts(cfg.out_dir, num_samples=cfg.num_samples, length=cfg.length,
+                                         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                         seed=cfg.seed, device=device, sampler=cfg.sampler, steps=cfg.steps,
+                                         ckpt=cfg.ckpt)
+    samples_row = score_texts(judge, judge_tok, texts)
+    judge_cfg = judge_meta.get("config", {})
+    # real text of the same number and (mean) length; by default the judge's own validation text
+    data_dir = cfg.data_dir or judge_cfg.get("data_dir", "data")
+    dataset = cfg.dataset or judge_cfg.get("dataset", "shakespeare_char")
+    length_chars = max(2, round(samples_row["chars"] / len(texts)))
+    data_tok = load_tokenizer(load_meta(data_dir, dataset))  # decodes that dataset's ids, whatever the judge's
+    real = reference_texts(data_dir, dataset, data_tok, len(texts), length_chars, cfg.seed)
+    rows = {"real": score_texts(judge, judge_tok, real), "samples": samples_row}
+    source = cfg.samples or cfg.out_dir
+    print_rows(rows, f"judge {cfg.judge} (iter {judge_meta.get('iter_num')}) · samples from {source}")
+    if gen_info is not None:
+        print(f"generation: {gen_info['model_type']}, sampler {gen_info['sampler']}, {gen_info['steps']} steps, "
+              f"{gen_info['chars_per_s']:,.0f} chars/s")
+    if cfg.json:
+        write_json(cfg.json, {**rows, "judge": cfg.judge, "source": source, "generation": gen_info})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
