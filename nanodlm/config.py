@@ -52,6 +52,7 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     pos_emb: str = "auto"  # learned | rope | auto (learned for gpt2, rope for diffusion)
+    qk_norm: bool = False  # RMS-normalised queries and keys
     # diffusion objective (see nanodlm/diffusion.py)
     objective: str = "seed"  # seed (the specification's own) | mdlm | repair
     penalty_keep_mask: float = 0.25

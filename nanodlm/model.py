@@ -35,6 +35,7 @@ class GPTConfig:
     model_type: str = "gpt2"
     mask_token_id: int | None = None
     pos_emb: str = "learned"  # learned (GPT-2 weights load) | rope (rotary, relative order)
+    qk_norm: bool = False  # RMS-normalise queries and keys per head (stabilises higher learning rates)
     padded_vocab_size: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -97,6 +98,7 @@ class SelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.causal = config.model_type == "gpt2"
+        self.qk_norm = config.qk_norm
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 kv_cache: KVCache | None, layer: int) -> torch.Tensor:
@@ -105,6 +107,8 @@ class SelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.qk_norm:  # Dehghani et al. 2023; parameter-free, so old checkpoints keep loading
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         is_causal = self.causal

@@ -1,0 +1,424 @@
+"""The judge-based benchmarks: ``bench steps`` (quality vs diffusion steps) and ``bench quality`` (the protocol).
+
+``bench quality`` in one command: prepare shakespeare_char under ``work_dir/data``; train (or reuse) an AR
+model, a diffusion model and an AR judge, each in ``work_dir/runs/<name>-<hash8>`` keyed by a hash of its
+training config; sample ``num_samples`` texts of ``length`` characters at temperature 1 from both models
+(AR after a "\\n" prompt); score them and real validation passages with the judge; evaluate the AR loss and the
+diffusion NELBO on the same validation windows; write one JSON and print a summary table.
+
+Both models are evaluated at their last checkpoint (after ``max_iters``, the same number of training tokens),
+not the best-on-val one: choosing by val loss and then reporting val numbers would flatter the model.
+Judge perplexity is the "generative perplexity" of MDLM (Sahoo et al. 2024, arXiv:2406.07524); entropy sits
+beside it because a repetitive sampler gets a low perplexity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bench import (
+    BENCH_DEFAULTS,
+    machine_info,
+    now,
+    parse_steps,
+    print_table,
+    reject_extra,
+    split_args,
+    write_json,
+)
+from .config import TrainConfig, build_config, config_to_dict, read_config_file
+from .distributed import resolve_device
+from .errors import UserError
+
+# --- presets --------------------------------------------------------------------------------------------------
+
+# AR and diffusion share one model/optimizer config (the same sizes and the same number of training tokens)
+_CPU_MODEL: dict[str, Any] = dict(
+    n_layer=4, n_head=4, n_embd=128, block_size=256, batch_size=12, dropout=0.0, learning_rate=1e-3, min_lr=1e-4,
+    warmup_iters=100, beta2=0.99, max_iters=5000, lr_decay_iters=5000, eval_interval=500, eval_iters=20,
+    log_interval=10,
+)
+_SMOKE_MODEL: dict[str, Any] = dict(
+    n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, dropout=0.0, learning_rate=1e-3, min_lr=1e-4,
+    warmup_iters=5, beta2=0.99, max_iters=30, lr_decay_iters=30, eval_interval=30, eval_iters=2, log_interval=10,
+)
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "model": _CPU_MODEL,
+        "judge": "judge",  # configs/judge.py: 6 layers, 6 heads, 192 dim, block 256
+        "num_samples": 32, "length": 256, "steps": 64, "eval_windows": 200, "eval_batch_size": 32,
+    },
+    "smoke": {  # the same protocol, small enough for a test: seconds on 2 cores
+        "model": {**_SMOKE_MODEL, "plot": False},
+        "judge": {**_SMOKE_MODEL, "n_layer": 2, "plot": False},
+        "num_samples": 4, "length": 64, "steps": 8, "eval_windows": 8, "eval_batch_size": 8,
+    },
+}
+DATASET = "shakespeare_char"
+# keys that cannot change the trained weights (or are the run's location): left out of the run hash
+NOT_HASHED = ("out_dir", "data_dir", "init_from", "eval_only", "progress", "plot", "log_interval", "wandb_log",
+              "wandb_project", "wandb_run_name", "always_save_checkpoint", "device", "backend", "compile")
+PROTECTED = ("out_dir", "data_dir", "dataset", "model_type", "init_from", "eval_only", "device")
+CKPT = "last"  # see the module docstring
+
+
+# --- bench steps ----------------------------------------------------------------------------------------------
+
+@dataclass
+class StepsBenchArgs:
+    out_dir: str | None = None  # the diffusion run (required)
+    judge: str | None = None  # the AR judge's run (required)
+    steps: str = "1,4,16,64,256"
+    sampler: str = BENCH_DEFAULTS["sampler"]
+    num_samples: int = 30
+    length: int = 256
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 1337
+    device: str = "auto"
+    ckpt: str = "best"
+    ar_out_dir: str | None = None  # an AR run: drawn as a horizontal line
+    data_dir: str | None = None  # real-text line: default the diffusion run's data_dir and dataset
+    json: str | None = None  # default <out_dir>/bench-steps.json
+    png: str | None = None  # default: the JSON path with .png
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.length < 2:
+            raise UserError(f"--num_samples must be >= 1 and --length >= 2; got {self.num_samples}, {self.length}")
+
+
+def _load_judge(judge_dir: str, device: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    from .checkpoint import load_model
+
+    model, meta, tok = load_model(judge_dir, CKPT, device)
+    if model.config.model_type != "gpt2":
+        raise UserError(f"the judge in {judge_dir} is a {model.config.model_type} model; it must be gpt2")
+    return model, tok, meta
+
+
+def warm_up_sampling(out_dir: str, sampler: str, device: str, ckpt: str, num_samples: int, length: int) -> None:
+    """A throwaway generation at the timed batch and length (diffusion: one step), so the first timed run does
+    not pay for kernel loading, library start-up and first-seen shapes."""
+    from .judge import generate_texts
+
+    generate_texts(out_dir, num_samples=num_samples, length=length, temperature=1.0, top_k=None, top_p=None,
+                   seed=0, device=device, sampler=sampler, steps=1, ckpt=ckpt)
+
+
+def _run_meta(out_dir: str, ckpt: str) -> dict[str, Any]:
+    from .checkpoint import find_checkpoint, load_checkpoint
+
+    return load_checkpoint(find_checkpoint(out_dir, ckpt))["meta"]
+
+
+def bench_steps(argv: list[str]) -> dict[str, Any]:
+    """Judge PPL, entropy and chars/s of diffusion samples at each step count; AR and real text as lines."""
+    from .judge import generate_texts, reference_texts, score_texts
+
+    args, config_file, rest = split_args(StepsBenchArgs, argv)
+    reject_extra("steps", StepsBenchArgs, config_file, rest)
+    if not args.out_dir or not args.judge:
+        raise UserError("bench steps needs --out_dir=DIFFUSION_DIR and --judge=JUDGE_DIR")
+    steps_list = parse_steps(args.steps)
+    device = resolve_device(args.device)
+    meta = _run_meta(args.out_dir, args.ckpt)
+    if meta["model_args"].get("model_type") != "diffusion":
+        raise UserError(f"--out_dir={args.out_dir} holds a {meta['model_args'].get('model_type')} model; "
+                        "bench steps needs a diffusion run (pass an AR run as --ar_out_dir)")
+    judge, judge_tok, _ = _load_judge(args.judge, device)
+    sampling = dict(num_samples=args.num_samples, length=args.length, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=device)
+
+    def judged(out_dir: str, steps: int) -> dict[str, Any]:
+        texts, info = generate_texts(out_dir, sampler=args.sampler, steps=steps, ckpt=args.ckpt, **sampling)
+        return {**score_texts(judge, judge_tok, texts), **info, "example": texts[0][:200]}
+
+    for out_dir in (args.out_dir, args.ar_out_dir):
+        if out_dir:
+            warm_up_sampling(out_dir, args.sampler, device, args.ckpt, args.num_samples, args.length)
+    rows = []
+    for steps in steps_list:
+        rows.append(judged(args.out_dir, steps))
+        print(f"steps {steps}: judge PPL {rows[-1]['judge_ppl']:.3f}, {rows[-1]['chars_per_s']:,.0f} chars/s")
+    ar = judged(args.ar_out_dir, args.length) if args.ar_out_dir else None
+    data_dir = args.data_dir or meta.get("config", {}).get("data_dir", "data")
+    dataset = meta.get("config", {}).get("dataset", DATASET)
+    try:
+        real = score_texts(judge, judge_tok, reference_texts(data_dir, dataset, judge_tok, args.num_samples,
+                                                             args.length, args.seed))
+    except UserError as e:  # no prepared data here: the plot loses one line, not the whole benchmark
+        print(f"no real-text line: {e}")
+        real = None
+
+    result = {"benchmark": "steps", "date": now(), "machine": machine_info(device), "out_dir": args.out_dir,
+              "judge": args.judge, "ar_out_dir": args.ar_out_dir, "sampler": args.sampler, "ckpt": args.ckpt,
+              "objective": meta.get("config", {}).get("objective"), "num_samples": args.num_samples,
+              "length": args.length, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+              "seed": args.seed, "rows": rows, "ar": ar, "real": real}
+    json_path = args.json or str(Path(args.out_dir) / "bench-steps.json")
+    png_path = args.png or str(Path(json_path).with_suffix(".png"))
+    print_table(f"diffusion ({args.sampler}) vs steps, judged by {args.judge}",
+                ["", "steps", "judge PPL", "entropy (bits)", "distinct-4", "chars/s"],
+                [["diffusion", r["steps"], r["judge_ppl"], r["entropy_bits"], r["distinct_4"], r["chars_per_s"]]
+                 for r in rows]
+                + ([["AR", None, ar["judge_ppl"], ar["entropy_bits"], ar["distinct_4"], ar["chars_per_s"]]] if ar
+                   else [])
+                + ([["real text", None, real["judge_ppl"], real["entropy_bits"], real["distinct_4"], None]] if real
+                   else []))
+    write_json(json_path, result)
+    if json_path != "-" and plot_steps(result, png_path):
+        print(f"wrote {png_path}")
+    return result
+
+
+def plot_steps(result: dict[str, Any], png_path: str | Path) -> bool:
+    """Two panels: judge PPL vs steps and chars/s vs steps (log x), AR and real text as horizontal lines.
+    False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows, ar, real = result["rows"], result.get("ar"), result.get("real")
+    steps = [r["steps"] for r in rows]
+    fig, (ax_q, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    ax_q.plot(steps, [r["judge_ppl"] for r in rows], "o-", label=f"diffusion ({result['sampler']})")
+    ax_s.plot(steps, [r["chars_per_s"] for r in rows], "o-", label=f"diffusion ({result['sampler']})")
+    if ar:
+        ax_q.axhline(ar["judge_ppl"], color="C1", ls="--", label="AR")
+        ax_s.axhline(ar["chars_per_s"], color="C1", ls="--", label="AR (KV cache)")
+    if real:
+        ax_q.axhline(real["judge_ppl"], color="C2", ls=":", label="real text")
+    ax_q.set_ylabel("judge perplexity (lower is better)")
+    ax_s.set_ylabel("chars / s")
+    ax_s.set_yscale("log")
+    for ax in (ax_q, ax_s):
+        ax.set_xscale("log")
+        ax.set_xlabel("diffusion steps")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"{result['num_samples']} samples × {result['length']} chars, T={result['temperature']}")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return True
+
+
+# --- bench quality --------------------------------------------------------------------------------------------
+
+@dataclass
+class QualityArgs:
+    preset: str = "cpu"  # cpu | smoke
+    json: str | None = None  # default <work_dir>/quality-<preset>.json
+    work_dir: str = "bench-out"  # data/ and runs/ live here; trained models are reused from it
+    objective: str = BENCH_DEFAULTS["objective"]
+    sampler: str = BENCH_DEFAULTS["sampler"]
+    pos_emb: str = BENCH_DEFAULTS["pos_emb"]
+    steps: int | None = None  # diffusion sampling steps (default: the preset's)
+    num_samples: int | None = None  # default: the preset's
+    length: int | None = None  # characters per sample (default: the preset's)
+    temperature: float = 1.0
+    seed: int = 1337  # sampling, reference passages and NELBO masks (training seeds are in the configs)
+    device: str = "auto"
+    progress: bool = True  # tqdm bars while training
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise UserError(f"--preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        for key in ("steps", "num_samples", "length"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise UserError(f"--{key} must be >= 1; got {getattr(self, key)}")
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """8 hex digits of sha256 over the training config, without the keys in NOT_HASHED."""
+    values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _route_overrides(rest: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Unknown bench keys -> TrainConfig overrides: ``--ar.KEY`` / ``--judge.KEY`` for those models, plain
+    ``--KEY`` for the diffusion model."""
+    routed: dict[str, dict[str, str]] = {"ar": {}, "diffusion": {}, "judge": {}}
+    train_keys = {f.name for f in fields(TrainConfig) if f.init}
+    for key, value in rest.items():
+        name, dot, sub = key.partition(".")
+        target, sub = (name, sub) if dot else ("diffusion", key)
+        if target not in routed or sub not in train_keys:
+            bench_keys = ", ".join(f.name for f in fields(QualityArgs))
+            raise UserError(f"unknown key '{key}' for bench quality (bench keys: {bench_keys}; any TrainConfig key "
+                            "overrides the diffusion model, ar.KEY / judge.KEY the others)")
+        if sub in PROTECTED:
+            raise UserError(f"'{key}' is fixed by the protocol (run folders, dataset and device are set by bench)")
+        routed[target][sub] = value
+    return routed
+
+
+def _run(name: str, values: dict[str, Any], work_dir: Path, data_dir: Path, device: str, progress: bool
+         ) -> dict[str, Any]:
+    """Train ``name`` in work_dir/runs/<name>-<hash8>, or reuse it when its ckpt.pt reached max_iters
+    (an interrupted run resumes). Returns out_dir, reused, the config and the training ms/iter."""
+    from .plotting import read_metrics
+    from .train import train
+
+    base = {**values, "dataset": DATASET, "data_dir": str(data_dir), "device": device, "progress": progress,
+            "always_save_checkpoint": True}  # a save at every eval: an interrupted run resumes from there
+    cfg = build_config(TrainConfig, {**base, "out_dir": "-"})
+    out_dir = work_dir / "runs" / f"{name}-{config_hash(cfg)}"
+    cfg = build_config(TrainConfig, {**base, "out_dir": str(out_dir)})
+    done_iters = -1
+    meta_path = out_dir / "ckpt.json"  # written after ckpt.pt: if it says finished, ckpt.pt is finished
+    if (out_dir / "ckpt.pt").exists() and meta_path.exists():
+        done_iters = int(json.loads(meta_path.read_text()).get("iter_num", -1))
+    reused = done_iters == cfg.max_iters
+    if reused:
+        print(f"{name}: reusing {out_dir} ({done_iters} iters)")
+    else:
+        if done_iters >= 0:
+            cfg = build_config(TrainConfig, {**config_to_dict(cfg), "init_from": "resume"})
+        print(f"{name}: training in {out_dir}" + (f" (resuming at iter {done_iters})" if done_iters >= 0 else ""))
+        summary = train(cfg)
+        if summary.get("interrupted"):
+            raise KeyboardInterrupt
+    steps = [r["ms"] for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "step"]
+    steps = sorted(steps[1:] or steps)  # the first logged step pays the warm-up
+    ms = steps[len(steps) // 2] if steps else float("nan")  # median: robust to evals and hiccups
+    return {"out_dir": str(out_dir), "reused": reused, "cfg": cfg, "train_ms_per_iter": ms}
+
+
+def _describe(run: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    cfg: TrainConfig = run["cfg"]
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    return {
+        "out_dir": run["out_dir"], "reused": run["reused"], "params": model.get_num_params(),
+        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "block_size": cfg.block_size,
+        "batch_size": cfg.batch_size, "max_iters": cfg.max_iters, "tokens_seen": cfg.max_iters * tokens_per_iter,
+        "learning_rate": cfg.learning_rate, "min_lr": cfg.min_lr, "warmup_iters": cfg.warmup_iters,
+        "pos_emb": model.config.pos_emb, "train_ms_per_iter": run["train_ms_per_iter"],
+        "config_hash": Path(run["out_dir"]).name.rsplit("-", 1)[-1],
+    }
+
+
+def bench_quality(argv: list[str]) -> dict[str, Any]:
+    """The whole AR vs diffusion protocol (see the module docstring) -> the result dict, also written as JSON."""
+    from .checkpoint import load_model
+    from .data import load_meta, open_split, prepare
+    from .evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
+    from .judge import generate_texts, reference_texts, score_texts
+    from .samplers import SAMPLERS
+
+    args, config_file, rest = split_args(QualityArgs, argv)
+    reject_extra("quality", QualityArgs, config_file, {})
+    routed = _route_overrides(rest)
+    preset = PRESETS[args.preset]
+    device = resolve_device(args.device)
+    steps = args.steps or preset["steps"]
+    num_samples, length = args.num_samples or preset["num_samples"], args.length or preset["length"]
+    if args.sampler not in SAMPLERS:
+        raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {args.sampler!r}")
+
+    # ---- data
+    work_dir = Path(args.work_dir)
+    data_dir = work_dir / "data"
+    try:
+        load_meta(str(data_dir), DATASET)
+    except UserError:
+        print(f"preparing {DATASET} in {data_dir}")
+        prepare(DATASET, data_dir=str(data_dir))
+
+    # ---- models: trained once, then reused while their configs are unchanged
+    judge_values = preset["judge"]
+    if isinstance(judge_values, str):
+        judge_values = {k: v for k, v in read_config_file(judge_values).items() if k not in PROTECTED}
+    values = {
+        "ar": {**preset["model"], "model_type": "gpt2", **routed["ar"]},
+        "diffusion": {**preset["model"], "model_type": "diffusion", "objective": args.objective,
+                      "pos_emb": args.pos_emb, **routed["diffusion"]},
+        "judge": {**judge_values, "model_type": "gpt2", **routed["judge"]},
+    }
+    runs = {name: _run(name, v, work_dir, data_dir, device, args.progress) for name, v in values.items()}
+
+    # ---- likelihoods on the same validation windows
+    loaded = {name: load_model(run["out_dir"], CKPT, device) for name, run in runs.items()}  # (model, meta, tok)
+    models = {name: model for name, (model, _, _) in loaded.items()}
+    val = open_split(str(data_dir), DATASET, "val")
+    eval_bs = preset["eval_batch_size"]
+    windows: dict[int, torch.Tensor] = {}
+
+    def windows_for(model: torch.nn.Module) -> torch.Tensor:
+        T = model.config.block_size  # (N, T+1); the AR and diffusion presets share T, so they share windows
+        if T not in windows:
+            windows[T] = eval_windows(val, T, min(preset["eval_windows"], max(1, len(val) // (T + 1))))
+        return windows[T]
+
+    print("evaluating AR loss, diffusion NELBO and judge loss on the validation windows")
+    ar_eval = ar_cross_entropy(models["ar"], windows_for(models["ar"]), eval_bs)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    dm_eval = diffusion_nelbo(models["diffusion"], windows_for(models["diffusion"]), eval_bs, gen, n_draws=4)
+    judge_eval = ar_cross_entropy(models["judge"], windows_for(models["judge"]), eval_bs)
+
+    # ---- samples, judged beside real text
+    judge, judge_tok = models["judge"], loaded["judge"][2]
+    sampling = dict(num_samples=num_samples, length=length, temperature=args.temperature, top_k=None, top_p=None,
+                    seed=args.seed, device=device, ckpt=CKPT)
+    print(f"sampling {num_samples} x {length} chars from each model and judging them")
+    for name, sampler in (("ar", "ar"), ("diffusion", args.sampler)):
+        warm_up_sampling(runs[name]["out_dir"], sampler, device, CKPT, num_samples, length)
+    ar_texts, ar_info = generate_texts(runs["ar"]["out_dir"], sampler="ar", steps=length, **sampling)
+    dm_texts, dm_info = generate_texts(runs["diffusion"]["out_dir"], sampler=args.sampler, steps=steps, **sampling)
+    real_texts = reference_texts(str(data_dir), DATASET, judge_tok, num_samples, length, args.seed, split="val")
+    scores = {name: score_texts(judge, judge_tok, texts)
+              for name, texts in (("real", real_texts), ("ar", ar_texts), ("diffusion", dm_texts))}
+
+    # ---- the result
+    dm_cfg: TrainConfig = runs["diffusion"]["cfg"]
+    result: dict[str, Any] = {
+        "benchmark": "quality",
+        "real": scores["real"],
+        "ar": {"val_loss": ar_eval["loss"], "val_loss_stderr": ar_eval["stderr"], "val_tokens": ar_eval["tokens"],
+               **scores["ar"], "chars_per_s": ar_info["chars_per_s"], "example": ar_texts[0]},
+        "diffusion": {"nelbo": dm_eval["nelbo"], "nelbo_stderr": dm_eval["stderr"], "val_tokens": dm_eval["tokens"],
+                      **scores["diffusion"], "steps": steps, "chars_per_s": dm_info["chars_per_s"],
+                      "forward_passes": dm_info.get("forward_passes"), "sampler": args.sampler,
+                      "objective": dm_cfg.objective, "pos_emb": models["diffusion"].config.pos_emb,
+                      "example": dm_texts[0]},
+        "judge": {"val_loss": judge_eval["loss"], "val_loss_stderr": judge_eval["stderr"]},
+        "ratios": {"nelbo_over_ar": dm_eval["nelbo"] / ar_eval["loss"],
+                   "judge_ppl_over_ar": scores["diffusion"]["judge_ppl"] / scores["ar"]["judge_ppl"],
+                   "chars_per_s_over_ar": dm_info["chars_per_s"] / ar_info["chars_per_s"]},
+        "protocol": {
+            "preset": args.preset, "dataset": DATASET, "checkpoint": f"{CKPT} (after max_iters)",
+            "ar": _describe(runs["ar"], models["ar"]), "diffusion": _describe(runs["diffusion"], models["diffusion"]),
+            "judge": _describe(runs["judge"], models["judge"]),
+            "eval_windows": int(windows_for(models["ar"]).size(0)), "nelbo_draws": 4,
+            "num_samples": num_samples, "length": length, "temperature": args.temperature, "top_k": None,
+            "top_p": None, "ar_prompt": "\n", "seed": args.seed, "date": now(), "machine": machine_info(device),
+        },
+    }
+    ar, dm, real = result["ar"], result["diffusion"], result["real"]
+    print_table(f"AR vs diffusion ({dm['objective']}, {dm['sampler']} {steps} steps), preset {args.preset}, "
+                f"{num_samples} x {length} chars, T={args.temperature}",
+                ["", "val loss / NELBO", "judge PPL", "entropy (bits)", "distinct-4", "chars/s"],
+                [["real text", None, real["judge_ppl"], real["entropy_bits"], real["distinct_4"], None],
+                 ["AR", f"{ar['val_loss']:.4f} ± {ar['val_loss_stderr']:.4f}", ar["judge_ppl"],
+                  ar["entropy_bits"], ar["distinct_4"], ar["chars_per_s"]],
+                 ["diffusion", f"≤ {dm['nelbo']:.4f} ± {dm['nelbo_stderr']:.4f}", dm["judge_ppl"],
+                  dm["entropy_bits"], dm["distinct_4"], dm["chars_per_s"]],
+                 ["diffusion / AR", f"{result['ratios']['nelbo_over_ar']:.3f}",
+                  result["ratios"]["judge_ppl_over_ar"], None, None, result["ratios"]["chars_per_s_over_ar"]]])
+    if not all(math.isfinite(v) for v in (ar["val_loss"], dm["nelbo"], dm["judge_ppl"], ar["judge_ppl"])):
+        print("warning: some numbers are not finite (null in the JSON)")
+    write_json(args.json or str(work_dir / f"quality-{args.preset}.json"), result)
+    return result
