@@ -43,7 +43,10 @@ from .distributed import resolve_device
 from .errors import UserError
 
 # The diffusion side's defaults for `bench steps` / `bench quality`, in ONE place (set from measurements).
-BENCH_DEFAULTS: dict[str, str] = {"objective": "mdlm", "pos_emb": "rope", "sampler": "ancestral"}
+# the diffusion configuration the benchmarks default to, chosen by the sweep in BENCHMARKS.md ("Making diffusion
+# write"): repair objective (fills and flags), rotary positions, learning rate 2e-3, remask sampler with noise 1
+BENCH_DEFAULTS: dict[str, Any] = {"objective": "repair", "pos_emb": "rope", "sampler": "remask", "noise": 1.0,
+                                  "learning_rate": 2e-3, "copy_weight": 0.1}
 RANDOM_VOCAB = 65  # shakespeare_char's vocabulary: `bench train` uses random tokens of it without prepared data
 
 T = TypeVar("T")

@@ -227,6 +227,8 @@ class QualityArgs:
     sampler: str = BENCH_DEFAULTS["sampler"]
     pos_emb: str = BENCH_DEFAULTS["pos_emb"]
     steps: int | None = None  # diffusion sampling steps (default: the preset's)
+    noise: float = BENCH_DEFAULTS["noise"]  # confidence / remask reveal-order noise
+    compare_sampler: str | None = "ancestral"  # also sample the same diffusion model with this sampler
     num_samples: int | None = None  # default: the preset's
     length: int | None = None  # characters per sample (default: the preset's)
     temperature: float = 1.0
@@ -345,7 +347,8 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
     values = {
         "ar": {**preset["model"], "model_type": "gpt2", **routed["ar"]},
         "diffusion": {**preset["model"], "model_type": "diffusion", "objective": args.objective,
-                      "pos_emb": args.pos_emb, **routed["diffusion"]},
+                      "pos_emb": args.pos_emb, "learning_rate": BENCH_DEFAULTS["learning_rate"],
+                      "copy_weight": BENCH_DEFAULTS["copy_weight"], **routed["diffusion"]},
         "judge": {**judge_values, "model_type": "gpt2", **routed["judge"]},
     }
     runs = {name: _run(name, v, work_dir, data_dir, device, args.progress) for name, v in values.items()}
@@ -377,10 +380,18 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
     for name, sampler in (("ar", "ar"), ("diffusion", args.sampler)):
         warm_up_sampling(runs[name]["out_dir"], sampler, device, CKPT, num_samples, length)
     ar_texts, ar_info = generate_texts(runs["ar"]["out_dir"], sampler="ar", steps=length, **sampling)
-    dm_texts, dm_info = generate_texts(runs["diffusion"]["out_dir"], sampler=args.sampler, steps=steps, **sampling)
+    opts = {"noise": args.noise}
+    dm_texts, dm_info = generate_texts(runs["diffusion"]["out_dir"], sampler=args.sampler, steps=steps,
+                                       sample_opts=opts, **sampling)
     real_texts = reference_texts(str(data_dir), DATASET, judge_tok, num_samples, length, args.seed, split="val")
     scores = {name: score_texts(judge, judge_tok, texts)
               for name, texts in (("real", real_texts), ("ar", ar_texts), ("diffusion", dm_texts))}
+    compare: dict[str, Any] | None = None
+    if args.compare_sampler and args.compare_sampler != args.sampler:
+        cmp_texts, cmp_info = generate_texts(runs["diffusion"]["out_dir"], sampler=args.compare_sampler, steps=steps,
+                                             sample_opts=opts, **sampling)
+        compare = {**score_texts(judge, judge_tok, cmp_texts), "sampler": args.compare_sampler, "steps": steps,
+                   "chars_per_s": cmp_info["chars_per_s"], "example": cmp_texts[0]}
 
     # ---- the result
     dm_cfg: TrainConfig = runs["diffusion"]["cfg"]
@@ -391,9 +402,10 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
                **scores["ar"], "chars_per_s": ar_info["chars_per_s"], "example": ar_texts[0]},
         "diffusion": {"nelbo": dm_eval["nelbo"], "nelbo_stderr": dm_eval["stderr"], "val_tokens": dm_eval["tokens"],
                       **scores["diffusion"], "steps": steps, "chars_per_s": dm_info["chars_per_s"],
-                      "forward_passes": dm_info.get("forward_passes"), "sampler": args.sampler,
+                      "forward_passes": dm_info.get("forward_passes"), "sampler": args.sampler, "noise": args.noise,
                       "objective": dm_cfg.objective, "pos_emb": models["diffusion"].config.pos_emb,
                       "example": dm_texts[0]},
+        "diffusion_compare": compare,
         "judge": {"val_loss": judge_eval["loss"], "val_loss_stderr": judge_eval["stderr"]},
         "ratios": {"nelbo_over_ar": dm_eval["nelbo"] / ar_eval["loss"],
                    "judge_ppl_over_ar": scores["diffusion"]["judge_ppl"] / scores["ar"]["judge_ppl"],
@@ -416,6 +428,8 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
                   ar["entropy_bits"], ar["distinct_4"], ar["chars_per_s"]],
                  ["diffusion", f"≤ {dm['nelbo']:.4f} ± {dm['nelbo_stderr']:.4f}", dm["judge_ppl"],
                   dm["entropy_bits"], dm["distinct_4"], dm["chars_per_s"]],
+                 *([[f"diffusion, {compare['sampler']}", None, compare["judge_ppl"], compare["entropy_bits"],
+                     compare["distinct_4"], compare["chars_per_s"]]] if compare else []),
                  ["diffusion / AR", f"{result['ratios']['nelbo_over_ar']:.3f}",
                   result["ratios"]["judge_ppl_over_ar"], None, None, result["ratios"]["chars_per_s_over_ar"]]])
     if not all(math.isfinite(v) for v in (ar["val_loss"], dm["nelbo"], dm["judge_ppl"], ar["judge_ppl"])):

@@ -42,9 +42,9 @@ def _atomic_write(path: Path, write) -> None:
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
-        for prefix in _PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix):]
+        # in any order and nesting: DDP(torch.compile(m)) gives "module._orig_mod."
+        while key.startswith(_PREFIXES):
+            key = key[len(next(p for p in _PREFIXES if key.startswith(p))):]
         out[key] = value
     return out
 

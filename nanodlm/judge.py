@@ -52,6 +52,10 @@ class JudgeConfig:
     data_dir: str | None = None  # reference text: default the judge's training data
     dataset: str | None = None
     json: str | None = None  # also write both rows here
+    schedule: str = "cosine"  # diffusion sampler options, as in `nanodlm sample`
+    noise: float = 0.0
+    remask_frac: float = 0.2
+    threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if (self.samples is None) == (self.out_dir is None):
@@ -172,7 +176,7 @@ def load_samples(path: str | Path) -> list[str]:
 
 def generate_texts(out_dir: str, *, num_samples: int, length: int, temperature: float, top_k: int | None,
                    top_p: float | None, seed: int, device: str, sampler: str, steps: int,
-                   ckpt: str = "best") -> tuple[list[str], dict[str, Any]]:
+                   ckpt: str = "best", sample_opts: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Sample ``num_samples`` texts from a checkpoint; return them (decoded, without the prompt) and info.
 
     gpt2: ``length`` new tokens after a "\\n" prompt (``sampler`` "ar", one forward per token, so
@@ -207,7 +211,7 @@ def generate_texts(out_dir: str, *, num_samples: int, length: int, temperature: 
         else:
             scfg = SampleConfig(out_dir=out_dir, ckpt=ckpt, num_samples=num_samples, temperature=temperature,
                                 top_k=top_k, top_p=top_p, seed=seed, device=device, sampler=sampler, steps=steps,
-                                length=length)
+                                length=length, **(sample_opts or {}))
             sync()
             t0 = time.perf_counter()
             out, sinfo = generate_diffusion(model, tok, scfg, generator, device)  # (B, length)
@@ -270,7 +274,9 @@ def main(argv: list[str]) -> int:
         texts, gen_info = generate_texts(cfg.out_dir, num_samples=cfg.num_samples, length=cfg.length,
                                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                          seed=cfg.seed, device=device, sampler=cfg.sampler, steps=cfg.steps,
-                                         ckpt=cfg.ckpt)
+                                         ckpt=cfg.ckpt, sample_opts=dict(schedule=cfg.schedule, noise=cfg.noise,
+                                                                         remask_frac=cfg.remask_frac,
+                                                                         threshold=cfg.threshold))
     samples_row = score_texts(judge, judge_tok, texts)
     judge_cfg = judge_meta.get("config", {})
     # real text of the same number and (mean) length; by default the judge's own validation text

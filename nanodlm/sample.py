@@ -36,6 +36,9 @@ class SampleConfig:
     infill: str | None = None  # a template: each `placeholder` character is one position to fill
     placeholder: str = "_"
     schedule: str = "cosine"  # confidence / remask reveal schedule: linear | cosine
+    noise: float = 0.0  # confidence / remask: Gumbel noise on the reveal order (0 = greedy by confidence)
+    remask_frac: float = 0.2  # remask: most of the revealed tokens re-masked per step (shrinks to 0)
+    threshold: float = 0.5  # remask: re-mask only tokens with P([MASK] | x) above this
     new_block: int | None = None  # semi-autoregressive block for length > block_size (default block_size // 2)
     show: bool = False  # live view of the canvas (needs a terminal)
     verbose: bool = False  # per-step commit counts and steps used, on stderr
@@ -100,7 +103,9 @@ def generate_diffusion(model, tok, cfg: SampleConfig, generator: torch.Generator
         raise UserError(str(e)) from None
     opts: dict[str, Any] = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     if cfg.sampler in ("confidence", "remask"):
-        opts["schedule"] = cfg.schedule
+        opts.update(schedule=cfg.schedule, noise=cfg.noise)
+    if cfg.sampler == "remask":
+        opts.update(remask_frac=cfg.remask_frac, threshold=cfg.threshold)
     prefix, suffix, length = build_canvas(tok, cfg, mcfg.block_size, mask_id)
     B = cfg.num_samples
     if length > mcfg.block_size:

@@ -28,7 +28,7 @@ from .errors import UserError
 from .model import GPT, GPTConfig
 from .plotting import plot_loss_curves
 
-MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "model_type", "pos_emb")
+MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "model_type", "pos_emb", "qk_norm")
 
 
 class TrainingDiverged(UserError):
@@ -128,6 +128,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model_args = {k: getattr(cfg, k) for k in MODEL_KEYS}
         model_args.update(pos_emb=cfg.resolved_pos_emb, vocab_size=data_vocab + int(diffusion),
                           mask_token_id=data_vocab if diffusion else None)
+    # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree
+    torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))
     model = GPT(GPTConfig(**model_args))
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
