@@ -133,7 +133,7 @@ def test_sample_reports_every_mode(tiny_runs: dict[str, str]) -> None:
                             "--num_samples=2", "--length=12", "--steps=2,4", "--device=cpu"])
     modes = {(row["model"], row["mode"], row["batch"]) for row in r["rows"]}
     assert len(r["rows"]) == len(modes) == 2 * 2 + 2 * 2  # (cache, no cache) + 2 step counts, at batch 1 and 2
-    assert ("gpt2", "no-cache", 2) in modes and ("diffusion", "ancestral, 4 steps", 1) in modes
+    assert ("gpt2", "no-cache", 2) in modes and ("diffusion", f"{bench.BENCH_DEFAULTS['sampler']}, 4 steps", 1) in modes
     for row in r["rows"]:
         assert row["tokens"] == row["batch"] * 12 and row["chars_per_s"] > 0
 

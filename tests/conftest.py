@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny char dataset, tiny training configs, and a clean global state per test."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanodlm.data import prepare
+
+# one intra-op thread: tiny models gain nothing from more, and on a shared 2-core machine OpenMP threads that
+# wait for each other turn a 2 ms step into a 700 ms one
+torch.set_num_threads(1)
+
+SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+CORPUS_CHARS = 50_000
+
+# the smallest model and loop that still exercise every code path
+TINY = dict(
+    dataset="tiny", device="cpu", dtype="float32", n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4,
+    eval_iters=2, eval_interval=1000, log_interval=1, progress=False, plot=False, warmup_iters=0,
+    learning_rate=1e-3, lr_decay_iters=1000, compile=False,
+)
+
+
+def _corpus() -> str:
+    if SHAKESPEARE.is_file():
+        return SHAKESPEARE.read_text(encoding="utf-8")[:CORPUS_CHARS]
+    rng = random.Random(0)
+    words = "the a to of and in is it you that he was for on are with as his they be at one have this".split()
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))).capitalize() + "." for _ in range(4000)]
+    return "\n".join(lines)[:CORPUS_CHARS]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A prepared char dataset named ``tiny`` (~50 KB of text); returns its data_dir."""
+    root = tmp_path_factory.mktemp("data")
+    src = root / "input.txt"
+    src.write_text(_corpus(), encoding="utf-8")
+    prepare("text", input_path=str(src), data_dir=str(root), out_name="tiny")
+    return str(root)
+
+
+@pytest.fixture
+def tiny_values(data_dir: str):
+    """``tiny_values(out_dir, **overrides)`` -> dict of TrainConfig values for a tiny CPU run."""
+
+    def make(out_dir: str | Path, **overrides) -> dict:
+        return {**TINY, "data_dir": data_dir, "out_dir": str(out_dir), **overrides}
+
+    return make
+
+
+@pytest.fixture
+def tiny_argv(tiny_values):
+    """``tiny_argv(out_dir, **overrides)`` -> ``["--key=value", ...]`` for the CLI or load_train_config."""
+
+    def make(out_dir: str | Path, **overrides) -> list[str]:
+        return [f"--{k}={v}" for k, v in tiny_values(out_dir, **overrides).items()]
+
+    return make
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Pythons: one thread each (2-core machines), the repo importable."""
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parents[1])
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p))
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """Training seeds torch's global RNG and installs a SIGINT handler: put both back after each test."""
+    rng = torch.get_rng_state()
+    handler = signal.getsignal(signal.SIGINT)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_rng_state(rng)
+    signal.signal(signal.SIGINT, handler)
+    torch.set_num_threads(threads)
+
