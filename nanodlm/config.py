@@ -54,12 +54,12 @@ class TrainConfig:
     pos_emb: str = "auto"  # learned | rope | auto (learned for gpt2, rope for diffusion)
     qk_norm: bool = False  # RMS-normalised queries and keys
     # diffusion objective (see nanodlm/diffusion.py)
-    objective: str = "seed"  # seed (the specification's own) | mdlm | repair
+    objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the specification's own)
     penalty_keep_mask: float = 0.25
     penalty_mask_correct: float = 0.5
     mdlm_eps: float = 1e-3
     repair_rate_max: float = 0.1
-    copy_weight: float = 0.0
+    copy_weight: float = 0.1  # repair: weight of the "keep this token" loss on clean visible positions
     # optimizer
     learning_rate: float = 6e-4
     max_iters: int = 600000

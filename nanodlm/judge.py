@@ -40,7 +40,7 @@ class JudgeConfig:
     samples: str | None = None  # a .jsonl (one JSON string per line) or nanoGPT-style text file
     out_dir: str | None = None  # or: sample from this checkpoint
     ckpt: str = "best"
-    sampler: str = "seed"  # diffusion sampler (see `nanodlm sample`)
+    sampler: str = "remask"  # diffusion sampler (see `nanodlm sample`)
     steps: int = 64
     num_samples: int = 8
     length: int = 256  # tokens per sample (gpt2: new tokens after the "\n" prompt)
@@ -53,7 +53,7 @@ class JudgeConfig:
     dataset: str | None = None
     json: str | None = None  # also write both rows here
     schedule: str = "cosine"  # diffusion sampler options, as in `nanodlm sample`
-    noise: float = 0.0
+    noise: float = 1.0
     remask_frac: float = 0.2
     threshold: float = 0.5
 

@@ -28,7 +28,7 @@ class SampleConfig:
     device: str = "auto"
     use_kv_cache: bool = True  # gpt2
     # diffusion
-    sampler: str = "seed"  # seed (the specification's own) | ancestral | confidence | remask
+    sampler: str = "remask"  # remask (default, see BENCHMARKS.md) | confidence | ancestral | seed (the spec's own)
     steps: int = 64
     max_steps: int | None = None  # the specification's name for steps (seed sampler)
     length: int | None = None  # tokens per sample, prefix and suffix included (default block_size)
@@ -36,7 +36,7 @@ class SampleConfig:
     infill: str | None = None  # a template: each `placeholder` character is one position to fill
     placeholder: str = "_"
     schedule: str = "cosine"  # confidence / remask reveal schedule: linear | cosine
-    noise: float = 0.0  # confidence / remask: Gumbel noise on the reveal order (0 = greedy by confidence)
+    noise: float = 1.0  # confidence / remask: Gumbel noise on the reveal order (0 = greedy by confidence)
     remask_frac: float = 0.2  # remask: most of the revealed tokens re-masked per step (shrinks to 0)
     threshold: float = 0.5  # remask: re-mask only tokens with P([MASK] | x) above this
     new_block: int | None = None  # semi-autoregressive block for length > block_size (default block_size // 2)

@@ -12,5 +12,5 @@ fi
 nanodlm prepare shakespeare_char
 nanodlm train cpu                                     # autoregressive baseline -> out-cpu/
 nanodlm sample --out_dir=out-cpu --num_samples=2 --max_new_tokens=300
-nanodlm train cpu --model_type=diffusion --objective=mdlm --out_dir=out-cpu-diffusion
-nanodlm sample --out_dir=out-cpu-diffusion --num_samples=2 --sampler=ancestral --length=256
+nanodlm train cpu_diffusion                           # diffusion (repair objective) -> out-cpu-diffusion/
+nanodlm sample --out_dir=out-cpu-diffusion --num_samples=2 --length=64 --verbose
