@@ -64,10 +64,10 @@ def rotary_cos_sin(T: int, head_size: int, device: torch.device, offset: int = 0
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, nh, T, hs); rotate the two halves of each head as complex pairs
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.type_as(x)
+    # x: (..., T, hs) with cos/sin broadcastable to (..., T, hs/2); rotate the two halves as complex pairs
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast x is bf16/fp16: stay in its dtype
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 class KVCache:
@@ -103,14 +103,13 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 kv_cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3)  # (B, nh, 3, T, hs)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2]  # (B, nh, 2, T, hs), (B, nh, T, hs)
         if self.qk_norm:  # Dehghani et al. 2023; parameter-free, so old checkpoints keep loading
-            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            qk = F.rms_norm(qk, (qk.size(-1),))
+        if rope is not None:  # queries and keys rotated in one op: (T, hs/2) tables broadcast over (B, nh, 2)
+            qk = apply_rotary(qk, *rope)
+        q, k = qk.unbind(2)  # (B, nh, T, hs) each
         is_causal = self.causal
         if kv_cache is not None:
             # a prefill on an empty cache is causal as usual; a single new query sees the whole cache
@@ -162,6 +161,10 @@ class GPT(nn.Module):
         )
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        else:  # rotary tables for every position, computed once; not saved (derived from the config)
+            cos, sin = rotary_cos_sin(config.block_size, config.n_embd // config.n_head, torch.device("cpu"))
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017)
@@ -207,7 +210,7 @@ class GPT(nn.Module):
             pos = torch.arange(offset, offset + T, dtype=torch.long, device=idx.device)
             x = x + self.transformer.wpe(pos)
         else:
-            rope = rotary_cos_sin(T, self.config.n_embd // self.config.n_head, idx.device, offset)
+            rope = (self.rope_cos[offset:offset + T], self.rope_sin[offset:offset + T])  # (T, hs/2) each
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, kv_cache, layer)
