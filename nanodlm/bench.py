@@ -10,7 +10,7 @@ Each subcommand is a function the tests call directly; ``main(argv)`` is the tab
 - ``quality``: the whole protocol in one command: data, three models (trained or reused), samples, judge,
                NELBO vs AR loss on the same windows -> JSON.
 
-``steps`` and ``quality`` (the judge-based benchmarks) live in ``bench_quality.py``.
+``train`` and ``sample`` live in ``bench_speed.py``; ``steps`` and ``quality`` (judge-based) in ``bench_quality.py``.
 
 Results are JSON files (``--json=FILE``; a bare ``--json`` prints JSON). BENCHMARKS.md holds measured tables;
 benchmarks/README.md says how to reproduce them.
@@ -18,32 +18,24 @@ benchmarks/README.md says how to reproduce them.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 
-from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
-from .data import get_batch, load_meta, open_split
-from .distributed import resolve_device
+from .config import build_config, parse_overrides
 from .errors import UserError
 
-# The diffusion side's defaults for `bench steps` / `bench quality`, in ONE place (set from measurements).
-# the diffusion configuration the benchmarks default to, chosen by the sweep in BENCHMARKS.md ("Making diffusion
+# The diffusion configuration the benchmarks default to, chosen by the sweep in BENCHMARKS.md ("Making diffusion
 # write"): repair objective (fills and flags), rotary positions, learning rate 2e-3, remask sampler with noise 1
 BENCH_DEFAULTS: dict[str, Any] = {"objective": "repair", "pos_emb": "rope", "sampler": "remask", "noise": 1.0,
                                   "learning_rate": 2e-3, "copy_weight": 0.1}
@@ -166,327 +158,6 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-# --- bench train ----------------------------------------------------------------------------------------------
-
-@dataclass
-class TrainBenchArgs:
-    iters: int = 50  # timed steps per model, alternating AR and diffusion
-    warmup: int = 5  # untimed steps per model first (allocator, kernel selection, caches)
-    memory: bool = True  # measure peak memory (on CPU: one fresh child process per model)
-    json: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.iters < 1 or self.warmup < 0:
-            raise UserError(f"--iters must be >= 1 and --warmup >= 0; got {self.iters} and {self.warmup}")
-
-
-class StepRunner:
-    """One model with its optimizer and loss; ``step(batches, it)`` runs one optimizer step, timed."""
-
-    def __init__(self, cfg: TrainConfig, data_vocab: int, device: str) -> None:
-        from .model import GPT, GPTConfig
-        from .train import MODEL_KEYS, make_loss_fn, resolve_dtype, step_seed
-
-        self.cfg, self.device = cfg, device
-        diffusion = cfg.model_type == "diffusion"
-        args = {k: getattr(cfg, k) for k in MODEL_KEYS}
-        # the same construction as train(): diffusion adds [MASK] after the data vocabulary
-        args.update(pos_emb=cfg.resolved_pos_emb, vocab_size=data_vocab + int(diffusion),
-                    mask_token_id=data_vocab if diffusion else None)
-        torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))  # the initial weights train() would start from
-        self.model = GPT(GPTConfig(**args)).to(device)
-        self.model.train()
-        device_type = device.split(":")[0]
-        self.ptdtype = resolve_dtype(cfg.dtype, device)
-        self.autocast = (torch.autocast(device_type=device_type, dtype=self.ptdtype)
-                         if self.ptdtype != torch.float32 else contextlib.nullcontext())
-        self.scaler = torch.amp.GradScaler(device_type, enabled=self.ptdtype == torch.float16)
-        self.optimizer = self.model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
-                                                         (cfg.beta1, cfg.beta2), device_type)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.loss_fn = make_loss_fn(cfg, self.model.config.mask_token_id)
-
-    def step(self, batches: list[tuple[torch.Tensor, torch.Tensor]], it: int) -> float:
-        from .train import lr_at, step_seed
-
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(it, self.cfg)
-        # corruption noise from a per-step generator, as in train(); made before the clock starts
-        noise = torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.seed, 0, it, "noise"))
-
-        def run() -> float:
-            for x, y in batches:
-                with self.autocast:
-                    loss = self.loss_fn(self.forward, x, y, noise) / len(batches)
-                self.scaler.scale(loss).backward()
-            if self.cfg.grad_clip > 0.0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            return loss.item()
-
-        _, dt = timed(self.device, run)
-        return dt
-
-
-def _random_tokens(n: int, vocab: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, vocab, size=n, dtype=np.int64).astype(np.uint16)
-
-
-def warm_up_runtime(cfg: TrainConfig, data_vocab: int, device: str) -> None:
-    """One step of a minute model of the same kind: the autograd engine, thread pools and library workspaces
-    (cuBLAS keeps its workspace in PyTorch's allocator) start on first use and would otherwise count as the
-    memory of whichever model is measured first."""
-    tiny = dataclasses.replace(cfg, n_layer=1, n_head=1, n_embd=8, block_size=8, batch_size=1,
-                               gradient_accumulation_steps=1, compile=False)
-    x = torch.randint(data_vocab, (1, 9), generator=torch.Generator().manual_seed(0)).to(device)  # (1, T+1)
-    StepRunner(tiny, data_vocab, device).step([(x[:, :-1], x[:, 1:])], 0)
-
-
-def _reset_peak_rss() -> bool:
-    """Linux >= 4.0: writing 5 to /proc/self/clear_refs resets the peak RSS (VmHWM) to the current RSS."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes(vmhwm: bool) -> int:
-    if vmhwm:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
-
-
-def _rss_probe(values: dict[str, Any], data_vocab: int, steps: int, threads: int, queue: Any) -> None:
-    """Child process: growth of the peak RSS while building one model and running ``steps`` steps (bytes).
-
-    The peak is reset first where Linux allows it, so the imports' transient peak does not hide a small model.
-    """
-    torch.set_num_threads(threads)
-    cfg = build_config(TrainConfig, values)
-    data = _random_tokens(cfg.block_size * 8 + 1, data_vocab, 0)
-    gen = torch.Generator().manual_seed(0)
-    batches = [get_batch(data, cfg.batch_size, cfg.block_size, gen, "cpu")
-               for _ in range(cfg.gradient_accumulation_steps)]
-    warm_up_runtime(cfg, data_vocab, "cpu")
-    vmhwm = _reset_peak_rss()
-    before = _peak_rss_bytes(vmhwm)
-    runner = StepRunner(cfg, data_vocab, "cpu")
-    for it in range(steps):
-        runner.step(batches, it)
-    queue.put((_peak_rss_bytes(vmhwm) - before, vmhwm))
-
-
-def _cpu_peak_rss(cfgs: list[TrainConfig], data_vocab: int, steps: int) -> tuple[list[int | None], str]:
-    """Peak-RSS growth per config, each in a fresh spawned process (a process's high-water mark is not a
-    per-model number: the model measured second would only show memory beyond the first one's peak)."""
-    ctx = mp.get_context("spawn")
-    jobs = []
-    for cfg in cfgs:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_rss_probe, args=(config_to_dict(cfg), data_vocab, steps,
-                                                    max(1, torch.get_num_threads() // len(cfgs)), queue))
-        proc.start()
-        jobs.append((proc, queue))
-    out: list[int | None] = []
-    vmhwm = True
-    for proc, queue in jobs:
-        try:
-            grown, reset = queue.get(timeout=600)
-            out.append(int(grown))
-            vmhwm = vmhwm and reset
-        except Exception:  # a child that died (out of memory, say) leaves the number unknown, not the bench dead
-            out.append(None)
-        proc.join(timeout=30)
-    how = "VmHWM, reset via /proc/self/clear_refs" if vmhwm else "resource.getrusage ru_maxrss"
-    return out, f"cpu peak RSS growth in a fresh process per model ({how}; weights + grads + optimizer + activations)"
-
-
-def bench_train(argv: list[str]) -> dict[str, Any]:
-    """AR vs diffusion training step at the same config: paired, alternating, same batches."""
-    args, config_file, overrides = split_args(TrainBenchArgs, argv)
-    values: dict[str, Any] = read_config_file(config_file or "cpu")
-    values.update(overrides)
-    base = build_config(TrainConfig, values)
-    device = resolve_device(base.device)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    # pos_emb "auto" resolves per model (learned for gpt2, rope for diffusion); --pos_emb sets both
-    cfgs = {t: dataclasses.replace(base, model_type=t, device=device) for t in ("gpt2", "diffusion")}
-
-    # ---- data: the prepared train split, else random tokens of shakespeare_char's vocabulary
-    try:
-        data_vocab = int(load_meta(base.data_dir, base.dataset)["vocab_size"])
-        data: np.ndarray = open_split(base.data_dir, base.dataset, "train")
-        data_kind = f"{base.data_dir}/{base.dataset} train split"
-    except UserError:
-        data_vocab, data_kind = RANDOM_VOCAB, f"random tokens (vocab {RANDOM_VOCAB}; no prepared {base.dataset})"
-        data = _random_tokens(max(100_000, 8 * base.block_size + 1), data_vocab, base.seed)
-    batch_gen = torch.Generator().manual_seed(base.seed)
-
-    def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-        # data loading stays outside the timed region, for both models alike
-        return [get_batch(data, base.batch_size, base.block_size, batch_gen, device)
-                for _ in range(base.gradient_accumulation_steps)]
-
-    # ---- build and warm up; on CUDA peak memory is read per model from the allocator, built one after the other
-    cuda = device.startswith("cuda")
-    runners: dict[str, StepRunner] = {}
-    peak: dict[str, int | None] = {t: None for t in cfgs}
-    for t, cfg in cfgs.items():
-        if cuda:
-            warm_up_runtime(cfg, data_vocab, device)
-            torch.cuda.reset_peak_memory_stats(device)
-            baseline = torch.cuda.memory_allocated(device)  # the other model's weights and optimizer state
-        runners[t] = StepRunner(cfg, data_vocab, device)
-        for it in range(args.warmup):
-            runners[t].step(batches(), it)
-        if cuda:
-            peak[t] = torch.cuda.max_memory_allocated(device) - baseline
-    memory_kind = "cuda max_memory_allocated growth (weights + grads + optimizer + activations)" if cuda else "none"
-    if not cuda and args.memory:
-        rss, memory_kind = _cpu_peak_rss(list(cfgs.values()), data_vocab, max(2, min(args.warmup, 3)))
-        peak = dict(zip(cfgs, rss))
-
-    # ---- timed: the order flips every pair (AR, diff, diff, AR, ...) so neither always runs first
-    times: dict[str, list[float]] = {t: [] for t in cfgs}
-    for i in range(args.iters):
-        b = batches()
-        order = ("gpt2", "diffusion") if i % 2 == 0 else ("diffusion", "gpt2")
-        for t in order:
-            times[t].append(runners[t].step(b, args.warmup + i))
-
-    tokens_per_iter = base.gradient_accumulation_steps * base.batch_size * base.block_size
-    result: dict[str, Any] = {
-        "benchmark": "train", "date": now(), "machine": machine_info(device), "data": data_kind,
-        "iters": args.iters, "warmup": args.warmup, "tokens_per_iter": tokens_per_iter, "memory_kind": memory_kind,
-        "config": {k: getattr(base, k) for k in ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer",
-                                                   "n_head", "n_embd", "dropout", "dtype", "compile", "objective")},
-    }
-    for t, runner in runners.items():
-        ms = [1000 * s for s in times[t]]
-        med = statistics.median(ms)
-        result[t] = {
-            "ms_per_iter_median": med, "ms_per_iter_mean": statistics.fmean(ms), "ms_per_iter_min": min(ms),
-            "ms_per_iter_stdev": statistics.stdev(ms) if len(ms) > 1 else 0.0,
-            "tokens_per_s": tokens_per_iter / (med / 1000), "params": runner.model.get_num_params(),
-            "pos_emb": runner.model.config.pos_emb, "vocab_size": runner.model.config.vocab_size,
-            "peak_mem_mb": peak[t] / 2**20 if peak[t] is not None else None,
-        }
-    ar, dm = result["gpt2"], result["diffusion"]
-    result["ratio"] = {
-        "ms_median": dm["ms_per_iter_median"] / ar["ms_per_iter_median"],
-        "ms_mean": dm["ms_per_iter_mean"] / ar["ms_per_iter_mean"],
-        "peak_mem": dm["peak_mem_mb"] / ar["peak_mem_mb"] if dm["peak_mem_mb"] and ar["peak_mem_mb"] else None,
-    }
-    print_table(f"training step, {data_kind}, {device}, {tokens_per_iter:,} tokens/iter, {args.iters} paired iters",
-                ["model", "ms/iter (median)", "ms/iter (mean)", "tokens/s", "peak MiB", "params"],
-                [[t, result[t]["ms_per_iter_median"], result[t]["ms_per_iter_mean"], result[t]["tokens_per_s"],
-                  result[t]["peak_mem_mb"], result[t]["params"]] for t in runners]
-                + [["diffusion / AR", result["ratio"]["ms_median"], result["ratio"]["ms_mean"], None,
-                    result["ratio"]["peak_mem"], None]], stderr=args.json == "-")
-    print(f"memory: {memory_kind}", file=sys.stderr if args.json == "-" else sys.stdout)
-    write_json(args.json, result)
-    return result
-
-
-# --- bench sample ---------------------------------------------------------------------------------------------
-
-@dataclass
-class SampleBenchArgs:
-    out_dir_ar: str | None = None
-    out_dir_diffusion: str | None = None
-    num_samples: int = 8  # the "batch N" of the batched runs
-    length: int = 256  # tokens generated per sample (chars for a char model)
-    steps: str = "16,64,256"
-    sampler: str = BENCH_DEFAULTS["sampler"]
-    temperature: float = 1.0
-    repeats: int = 3  # timed runs per row after one warm-up; the median is reported
-    seed: int = 1337
-    device: str = "auto"
-    ckpt: str = "best"
-    json: str | None = None
-
-    def __post_init__(self) -> None:
-        if min(self.num_samples, self.length, self.repeats) < 1:
-            raise UserError(f"--num_samples, --length and --repeats must be >= 1; got {self.num_samples}, "
-                            f"{self.length}, {self.repeats}")
-
-
-def bench_sample(argv: list[str]) -> dict[str, Any]:
-    """Sampling throughput: AR with and without the KV cache, diffusion at each step count; batch 1 and N."""
-    from .ar_sampling import generate_ar
-    from .checkpoint import load_model
-    from .sample import SampleConfig, generate_diffusion
-
-    args, config_file, rest = split_args(SampleBenchArgs, argv)
-    reject_extra("sample", SampleBenchArgs, config_file, rest)
-    if not args.out_dir_ar and not args.out_dir_diffusion:
-        raise UserError("bench sample needs --out_dir_ar=DIR and/or --out_dir_diffusion=DIR")
-    steps_list = parse_steps(args.steps)
-    device = resolve_device(args.device)
-    rows: list[dict[str, Any]] = []
-
-    def measure(model: str, mode: str, batch: int, steps: int | None, start: int, tok: Any,
-                generate: Callable[[torch.Generator], tuple[torch.Tensor, dict[str, Any]]]) -> None:
-        """One warm-up, then ``repeats`` timed runs, each from the same seed; generate(gen) -> (B, L) ids, info."""
-        generate(torch.Generator(device=device).manual_seed(args.seed))
-        runs = [timed(device, lambda: generate(torch.Generator(device=device).manual_seed(args.seed)))
-                for _ in range(args.repeats)]
-        (out, info), _ = runs[0]
-        seconds = statistics.median(dt for _, dt in runs)
-        chars = sum(len(tok.decode(row[start:].tolist())) for row in out)  # generated text only, no prompt
-        tokens = out.size(0) * (out.size(1) - start)
-        rows.append({"model": model, "mode": mode, "batch": batch, "steps": steps, "tokens": tokens, "chars": chars,
-                     "seconds": seconds, "tokens_per_s": tokens / seconds, "chars_per_s": chars / seconds,
-                     "forward_passes": info.get("forward_passes", out.size(1) - start)})
-
-    batches = sorted({1, args.num_samples})
-    if args.out_dir_ar:
-        model, _, tok = load_model(args.out_dir_ar, args.ckpt, device)
-        prompt = tok.encode("\n") or [0]
-        for use_cache in (True, False):
-            for batch in batches:
-                idx = torch.tensor([prompt] * batch, dtype=torch.long, device=device)  # (B, P)
-
-                def ar(gen: torch.Generator, idx: torch.Tensor = idx, use_cache: bool = use_cache) -> tuple:
-                    return generate_ar(model, idx, args.length, temperature=args.temperature, generator=gen,
-                                       use_cache=use_cache), {}
-
-                measure("gpt2", "kv-cache" if use_cache else "no-cache", batch, None, len(prompt), tok, ar)
-    if args.out_dir_diffusion:
-        model, _, tok = load_model(args.out_dir_diffusion, args.ckpt, device)
-        for steps in steps_list:
-            for batch in batches:
-                scfg = SampleConfig(out_dir=args.out_dir_diffusion, num_samples=batch, length=args.length,
-                                    steps=steps, sampler=args.sampler, temperature=args.temperature)
-
-                def diffusion(gen: torch.Generator, scfg: SampleConfig = scfg) -> tuple:
-                    return generate_diffusion(model, tok, scfg, gen, device)
-
-                measure("diffusion", f"{args.sampler}, {steps} steps", batch, steps, 0, tok, diffusion)
-
-    result = {"benchmark": "sample", "date": now(), "machine": machine_info(device), "length": args.length,
-              "num_samples": args.num_samples, "temperature": args.temperature, "sampler": args.sampler,
-              "repeats": args.repeats, "ckpt": args.ckpt, "out_dir_ar": args.out_dir_ar,
-              "out_dir_diffusion": args.out_dir_diffusion, "rows": rows}
-    print_table(f"sampling throughput, {args.length} tokens per sample, {device}, median of {args.repeats}",
-                ["model", "mode", "batch", "chars/s", "tokens/s", "seconds", "forwards"],
-                [[r["model"], r["mode"], r["batch"], r["chars_per_s"], r["tokens_per_s"], r["seconds"],
-                  r["forward_passes"]] for r in rows], stderr=args.json == "-")
-    write_json(args.json, result)
-    return result
-
-
 # --- main -----------------------------------------------------------------------------------------------------
 
 USAGE = """usage: nanodlm bench SUBCOMMAND [--key=value ...]
@@ -507,6 +178,7 @@ USAGE = """usage: nanodlm bench SUBCOMMAND [--key=value ...]
 
 def _help(name: str) -> int:
     from .bench_quality import QualityArgs, StepsBenchArgs
+    from .bench_speed import SampleBenchArgs, TrainBenchArgs
     from .cli import _print_keys
 
     cls = {"train": TrainBenchArgs, "sample": SampleBenchArgs, "steps": StepsBenchArgs, "quality": QualityArgs}[name]
@@ -519,6 +191,7 @@ def _help(name: str) -> int:
 
 def main(argv: list[str]) -> int:
     from .bench_quality import bench_quality, bench_steps
+    from .bench_speed import bench_sample, bench_train
 
     commands: dict[str, Callable[[list[str]], dict[str, Any]]] = {
         "train": bench_train, "sample": bench_sample, "steps": bench_steps, "quality": bench_quality,

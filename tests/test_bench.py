@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from nanodlm import bench
+from nanodlm import bench, bench_speed
 from nanodlm.bench_quality import PRESETS, _route_overrides, config_hash
 from nanodlm.cli import main as cli_main
 from nanodlm.config import TrainConfig, build_config
@@ -119,7 +119,7 @@ def test_train_pairs_both_models_on_random_tokens(tmp_path: Path) -> None:
 
 
 def test_train_uses_prepared_data_and_one_pos_emb(data_dir: str) -> None:
-    r = bench.bench_train([*SMALL, f"--data_dir={data_dir}", "--dataset=tiny", "--pos_emb=rope", "--memory=false",
+    r = bench_speed.bench_train([*SMALL, f"--data_dir={data_dir}", "--dataset=tiny", "--pos_emb=rope", "--memory=false",
                            "--objective=mdlm"])
     assert "tiny" in r["data"] and r["memory_kind"] == "none"
     assert r["gpt2"]["pos_emb"] == r["diffusion"]["pos_emb"] == "rope"
@@ -129,7 +129,7 @@ def test_train_uses_prepared_data_and_one_pos_emb(data_dir: str) -> None:
 # --- bench sample / steps ---------------------------------------------------------------------------------------
 
 def test_sample_reports_every_mode(tiny_runs: dict[str, str]) -> None:
-    r = bench.bench_sample([f"--out_dir_ar={tiny_runs['ar']}", f"--out_dir_diffusion={tiny_runs['diffusion']}",
+    r = bench_speed.bench_sample([f"--out_dir_ar={tiny_runs['ar']}", f"--out_dir_diffusion={tiny_runs['diffusion']}",
                             "--num_samples=2", "--length=12", "--steps=2,4", "--device=cpu"])
     modes = {(row["model"], row["mode"], row["batch"]) for row in r["rows"]}
     assert len(r["rows"]) == len(modes) == 2 * 2 + 2 * 2  # (cache, no cache) + 2 step counts, at batch 1 and 2
