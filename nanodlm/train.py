@@ -264,7 +264,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     plot_loss_curves(metrics_path, out_dir / "loss.png", f"{cfg.dataset} · {model_args['model_type']}")
             if last_step or cfg.eval_only:
                 break
-            if dist_info.ddp:  # every rank must agree to stop at the same step
+            if dist_info.ddp and iter_num % cfg.log_interval == 0:  # all ranks agree on the stop step (one sync)
                 flag = torch.tensor([float(stop["requested"])], device=device)
                 dist.all_reduce(flag)
                 stop["requested"] = flag.item() > 0
@@ -298,15 +298,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            lossf = loss.item() * grad_accum
-            if not math.isfinite(lossf):
-                raise TrainingDiverged(f"loss is {lossf} at iter {iter_num}: stopped without saving; the last good "
-                                       f"checkpoint is in {out_dir}. Lower learning_rate or set grad_clip")
+            if iter_num % cfg.log_interval == 0:  # .item() syncs the GPU: only at log steps, as nanoGPT
+                lossf = loss.item() * grad_accum
+                if not math.isfinite(lossf):
+                    raise TrainingDiverged(f"loss is {lossf} at iter {iter_num}: stopped without saving; the last "
+                                           f"good checkpoint is in {out_dir}. Lower learning_rate or set grad_clip")
             dt = time.perf_counter() - t0
             step_times.append(dt)
             bar.update(1)
-            bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_iter / dt:,.0f}", refresh=False)
             if iter_num % cfg.log_interval == 0:
+                bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_iter / dt:,.0f}", refresh=False)
                 log_row({"kind": "step", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000})
             iter_num += 1
     finally:
