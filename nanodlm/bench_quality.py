@@ -199,7 +199,8 @@ def plot_steps(result: dict[str, Any], png_path: str | Path) -> bool:
         ax_s.axhline(ar["chars_per_s"], color="C1", ls="--", label="AR (KV cache)")
     if real:
         ax_q.axhline(real["judge_ppl"], color="C2", ls=":", label="real text")
-    ax_q.set_ylabel("judge perplexity (lower is better)")
+    ax_q.set_ylabel("judge perplexity (log; lower is better)")
+    ax_q.set_yscale("log")
     ax_s.set_ylabel("chars / s")
     ax_s.set_yscale("log")
     for ax in (ax_q, ax_s):
