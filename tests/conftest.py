@@ -89,3 +89,23 @@ def restore_global_state():
     signal.signal(signal.SIGINT, handler)
     torch.set_num_threads(threads)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> dict[str, str]:
+    """Two checkpoints trained for 2 iterations on the ``tiny`` dataset: {"gpt2": dir, "diffusion": dir (mdlm)}."""
+    from nanodlm.config import TrainConfig, build_config
+    from nanodlm.train import train
+
+    rng = torch.get_rng_state()
+    root = tmp_path_factory.mktemp("tiny-runs")
+    runs = {}
+    for model_type in ("gpt2", "diffusion"):
+        out_dir = str(root / model_type)
+        train(build_config(TrainConfig, dict(
+            out_dir=out_dir, data_dir=data_dir, dataset="tiny", device="cpu", dtype="float32", model_type=model_type,
+            objective="mdlm", n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, max_iters=2, eval_iters=1,
+            eval_interval=1000, warmup_iters=0, progress=False, plot=False)))
+        runs[model_type] = out_dir
+    torch.set_rng_state(rng)
+    return runs

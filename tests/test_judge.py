@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from nanodlm.cli import main as cli_main
-from nanodlm.config import TrainConfig, build_config
 from nanodlm.data import CharTokenizer, load_meta, load_tokenizer, open_split
 from nanodlm.errors import UserError
 from nanodlm.judge import load_samples, reference_texts, score_texts
@@ -88,25 +87,6 @@ def test_reference_texts_deterministic_and_real(data_dir: str) -> None:
 
 
 # --- end to end --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> dict[str, str]:
-    """A gpt2 judge and a diffusion model, each trained for 2 iterations on the conftest ``tiny`` data."""
-    from nanodlm.train import train
-
-    rng = torch.get_rng_state()
-    root = tmp_path_factory.mktemp("judge-runs")
-    runs = {}
-    for model_type in ("gpt2", "diffusion"):
-        out_dir = str(root / model_type)
-        train(build_config(TrainConfig, dict(
-            out_dir=out_dir, data_dir=data_dir, dataset="tiny", device="cpu", dtype="float32", model_type=model_type,
-            n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, max_iters=2, eval_iters=1,
-            eval_interval=1000, warmup_iters=0, progress=False, plot=False)))
-        runs[model_type] = out_dir
-    torch.set_rng_state(rng)
-    return runs
 
 
 def check_rows(path: Path, num: int) -> dict:
