@@ -66,6 +66,13 @@ def reject_extra(command: str, cls: type, config_file: str | None, rest: dict[st
         raise UserError(f"unknown key '{key}' for bench {command} (keys: {keys})")
 
 
+def parse_bench_args(command: str, cls: type[T], argv: list[str]) -> T:
+    """A subcommand's own keys only: no positional argument and no key of another config."""
+    args, config_file, rest = split_args(cls, argv)
+    reject_extra(command, cls, config_file, rest)
+    return args
+
+
 def parse_steps(text: str) -> list[int]:
     """'1,4,16' -> [1, 4, 16]; every entry a positive int."""
     try:

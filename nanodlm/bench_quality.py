@@ -27,6 +27,7 @@ from .bench import (
     BENCH_DEFAULTS,
     machine_info,
     now,
+    parse_bench_args,
     parse_steps,
     print_table,
     reject_extra,
@@ -123,8 +124,7 @@ def bench_steps(argv: list[str]) -> dict[str, Any]:
     """Judge PPL, entropy and chars/s of diffusion samples at each step count; AR and real text as lines."""
     from .judge import generate_texts, reference_texts, score_texts
 
-    args, config_file, rest = split_args(StepsBenchArgs, argv)
-    reject_extra("steps", StepsBenchArgs, config_file, rest)
+    args = parse_bench_args("steps", StepsBenchArgs, argv)
     if not args.out_dir or not args.judge:
         raise UserError("bench steps needs --out_dir=DIFFUSION_DIR and --judge=JUDGE_DIR")
     steps_list = parse_steps(args.steps)

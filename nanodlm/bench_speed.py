@@ -25,9 +25,9 @@ from .bench import (
     RANDOM_VOCAB,
     machine_info,
     now,
+    parse_bench_args,
     parse_steps,
     print_table,
-    reject_extra,
     split_args,
     timed,
     write_json,
@@ -299,8 +299,7 @@ def bench_sample(argv: list[str]) -> dict[str, Any]:
     from .checkpoint import load_model
     from .sample import SampleConfig, generate_diffusion
 
-    args, config_file, rest = split_args(SampleBenchArgs, argv)
-    reject_extra("sample", SampleBenchArgs, config_file, rest)
+    args = parse_bench_args("sample", SampleBenchArgs, argv)
     if not args.out_dir_ar and not args.out_dir_diffusion:
         raise UserError("bench sample needs --out_dir_ar=DIR and/or --out_dir_diffusion=DIR")
     steps_list = parse_steps(args.steps)
