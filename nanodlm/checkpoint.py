@@ -66,8 +66,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated, foreign or tampered files all end here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is corrupt or not a nanodlm checkpoint ({first[:160]})") from None
+        text = str(e).strip()
+        if "Weights only load failed" in text:  # torch's long explanation: it is not a plain tensor dict
+            why = "it is not a torch file of plain tensors, or it is truncated"
+        else:
+            why = text.splitlines()[0].split(". ")[0][:160] if text else type(e).__name__
+        raise UserError(f"checkpoint {path} is corrupt or not a nanodlm checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise UserError(f"checkpoint {path} is not a nanodlm checkpoint (missing 'model' or 'meta')")
     ckpt["model"] = clean_state_dict(ckpt["model"])

@@ -243,13 +243,13 @@ def prepare(name: str, *, input_path: str | None = None, data_dir: str = "data",
         raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if name == "text":
         if not input_path or not out_name:
-            raise UserError("dataset 'text' needs --input FILE and --out-name NAME")
+            raise UserError("dataset 'text' needs --input FILE and --name NAME")
     elif name == "shakespeare_char" and tokenizer != "char":
         raise UserError("shakespeare_char is character-level; use `nanodlm prepare shakespeare` for GPT-2 BPE")
     kind = "gpt2" if name == "shakespeare" else tokenizer  # shakespeare is BPE by definition
     out_name = out_name or name
     if out_name in ("", ".", "..") or "/" in out_name or os.sep in out_name:
-        raise UserError(f"--out-name must be a plain folder name, got {out_name!r}")
+        raise UserError(f"--name must be a plain folder name, got {out_name!r}")
 
     if input_path:
         path = Path(input_path).expanduser()
@@ -308,7 +308,7 @@ def _prepare_hint(dataset: str) -> str:
     if dataset in DATASETS and dataset != "text":
         return f"run `nanodlm prepare {dataset}`"
     return (f"run `nanodlm prepare {dataset}` (for your own text: "
-            f"`nanodlm prepare text --input FILE --out-name {dataset}`)")
+            f"`nanodlm prepare text --input FILE --name {dataset}`)")
 
 
 def load_meta(data_dir: str, dataset: str) -> dict:

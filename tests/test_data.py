@@ -190,7 +190,7 @@ def test_prepare_text_gpt2(tmp_path: Path) -> None:
 
 def test_prepare_text_bad_arguments(tmp_path: Path) -> None:
     path = write_text(tmp_path, "some text " * 10)
-    with pytest.raises(UserError, match="--out-name"):
+    with pytest.raises(UserError, match="--name"):
         prepare("text", input_path=path, data_dir=str(tmp_path))
     with pytest.raises(UserError, match="--input"):
         prepare("text", data_dir=str(tmp_path), out_name="x")
