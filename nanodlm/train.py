@@ -310,6 +310,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_iter / dt:,.0f}", refresh=False)
                 log_row({"kind": "step", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000})
             iter_num += 1
+        if dist_info.ddp:
+            dist.barrier()  # rank 0 may still be evaluating or saving: leave the process group together
     finally:
         bar.close()
         if previous_handler is not None:
