@@ -23,9 +23,13 @@ FORMAT_VERSION = 1
 _PREFIXES = ("_orig_mod.", "module.")  # added by torch.compile and DDP
 
 
-def _atomic_write(path: Path, write) -> None:
-    # write to a temp file in the same directory, fsync, then rename: a reader (or a crash, even
-    # kill -9 mid-save) only ever sees the old file or the complete new one
+def atomic_write(path: Path, data) -> None:
+    """Write ``data`` (bytes, or a function of the open binary file) to ``path`` all or nothing.
+
+    A temp file in the same directory, fsync, then rename: a reader (or a crash, even kill -9 mid-save)
+    only ever sees the old file or the complete new one.
+    """
+    write = data if callable(data) else (lambda f: f.write(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -54,9 +58,9 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     checkpoint = dict(checkpoint)
     checkpoint["model"] = clean_state_dict(checkpoint["model"])
     checkpoint.setdefault("meta", {})["format_version"] = FORMAT_VERSION
-    _atomic_write(path, lambda f: torch.save(checkpoint, f))
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
     meta_text = json.dumps(checkpoint["meta"], indent=2, default=str).encode()
-    _atomic_write(path.with_suffix(".json"), lambda f: f.write(meta_text))
+    atomic_write(path.with_suffix(".json"), meta_text)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanodlm.checkpoint import atomic_write
 from nanodlm.errors import UserError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -159,20 +159,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def cache_dir() -> Path:
     """``$NANODLM_CACHE_DIR`` or ``~/.cache/nanodlm``."""
     env = os.environ.get("NANODLM_CACHE_DIR")
@@ -209,7 +195,7 @@ def fetch_shakespeare() -> tuple[bytes, str]:
             f"pass --input FILE or set NANODLM_DATA_MIRROR to a folder holding {SHAKESPEARE_FILE}"
         ) from None
     _check_sha(data, SHAKESPEARE_URL, "pass --input FILE or set NANODLM_DATA_MIRROR to a folder with the right file")
-    _atomic_write(cached, data)
+    atomic_write(cached, data)
     return data, SHAKESPEARE_URL
 
 
@@ -294,10 +280,10 @@ def prepare(name: str, *, input_path: str | None = None, data_dir: str = "data",
         meta["itos"] = tok.itos
 
     out = Path(data_dir) / out_name
-    _atomic_write(out / "train.bin", train_ids.tobytes())
-    _atomic_write(out / "val.bin", val_ids.tobytes())
+    atomic_write(out / "train.bin", train_ids.tobytes())
+    atomic_write(out / "val.bin", val_ids.tobytes())
     # meta last: its presence means the bins beside it are complete
-    _atomic_write(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+    atomic_write(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
     return meta
 
 
