@@ -18,7 +18,6 @@ benchmarks/README.md says how to reproduce them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -27,7 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -84,28 +82,15 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-def finite_or_none(obj: Any) -> Any:
-    """Replace nan/inf by None (recursively) so the JSON is strict and readable by any parser."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite_or_none(v) for v in obj]
-    return obj
-
-
 def write_json(path: str | None, result: dict[str, Any]) -> None:
+    """evaluate.write_json, skipped without a path, announced when it writes a file."""
     if path is None:
         return
-    text = json.dumps(finite_or_none(result), indent=2, allow_nan=False, default=str) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    print(f"wrote {out}")
+    from .evaluate import write_json as write
+
+    write(path, result)
+    if path != "-":
+        print(f"wrote {path}")
 
 
 def machine_info(device: str) -> dict[str, Any]:

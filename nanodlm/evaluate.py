@@ -224,24 +224,26 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
 # --- CLI --------------------------------------------------------------------------------------------
 
 
-def _json_safe(value: Any) -> Any:
-    """nan/inf are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
+def finite_or_none(obj: Any) -> Any:
+    """Replace nan/inf by None (recursively) so the JSON is strict and readable by any parser."""
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
-    return value
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def write_json(path: str | Path, obj: dict[str, Any]) -> None:
-    def clean(o: Any) -> Any:
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, list):
-            return [clean(v) for v in o]
-        return _json_safe(o)
-
+    """Strict JSON (nan/inf as null) to ``path``; ``-`` writes it to stdout."""
+    text = json.dumps(finite_or_none(obj), indent=2, allow_nan=False, default=str) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(obj), indent=2) + "\n", encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
 
 
 def format_value(value: Any) -> str:
