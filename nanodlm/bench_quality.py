@@ -66,6 +66,11 @@ DATASET = "shakespeare_char"
 # keys that cannot change the trained weights (or are the run's location): left out of the run hash
 NOT_HASHED = ("out_dir", "data_dir", "init_from", "eval_only", "progress", "plot", "log_interval", "wandb_log",
               "wandb_project", "wandb_run_name", "always_save_checkpoint", "device", "backend", "compile")
+# keys added after runs were first hashed: left out while at these values, so those runs keep their hash
+HASHED_IF_SET = {"diffusion_block": 0}
+# keys a gpt2 run never reads: its hash must not change when their defaults do
+DIFFUSION_ONLY = ("objective", "penalty_keep_mask", "penalty_mask_correct", "mdlm_eps", "repair_rate_max",
+                  "copy_weight", "diffusion_block")
 PROTECTED = ("out_dir", "data_dir", "dataset", "model_type", "init_from", "eval_only", "device")
 CKPT = "last"  # see the module docstring
 
@@ -229,6 +234,9 @@ class QualityArgs:
     pos_emb: str = BENCH_DEFAULTS["pos_emb"]
     steps: int | None = None  # diffusion sampling steps (default: the preset's)
     noise: float = BENCH_DEFAULTS["noise"]  # confidence / remask reveal-order noise
+    order: str = BENCH_DEFAULTS["order"]  # confidence / remask reveal order: sampled | entropy | margin
+    remask_frac: float = BENCH_DEFAULTS["remask_frac"]  # remask budget (see `nanodlm sample`)
+    threshold: float = BENCH_DEFAULTS["threshold"]  # remask: P([MASK] | x) above which a token may be re-masked
     compare_sampler: str | None = "ancestral"  # also sample the same diffusion model with this sampler
     num_samples: int | None = None  # default: the preset's
     length: int | None = None  # characters per sample (default: the preset's)
@@ -246,8 +254,11 @@ class QualityArgs:
 
 
 def config_hash(cfg: TrainConfig) -> str:
-    """8 hex digits of sha256 over the training config, without the keys in NOT_HASHED."""
-    values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED}
+    """8 hex digits of sha256 over the training config, without the keys in NOT_HASHED (and for gpt2 runs
+    without DIFFUSION_ONLY)."""
+    skip = NOT_HASHED + (DIFFUSION_ONLY if cfg.model_type == "gpt2" else ())
+    values = {k: v for k, v in config_to_dict(cfg).items()
+              if k not in skip and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -381,7 +392,7 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
     for name, sampler in (("ar", "ar"), ("diffusion", args.sampler)):
         warm_up_sampling(runs[name]["out_dir"], sampler, device, CKPT, num_samples, length)
     ar_texts, ar_info = generate_texts(runs["ar"]["out_dir"], sampler="ar", steps=length, **sampling)
-    opts = {"noise": args.noise}
+    opts = {"noise": args.noise, "order": args.order, "remask_frac": args.remask_frac, "threshold": args.threshold}
     dm_texts, dm_info = generate_texts(runs["diffusion"]["out_dir"], sampler=args.sampler, steps=steps,
                                        sample_opts=opts, **sampling)
     real_texts = reference_texts(str(data_dir), DATASET, judge_tok, num_samples, length, args.seed, split="val")
@@ -403,8 +414,9 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
                **scores["ar"], "chars_per_s": ar_info["chars_per_s"], "example": ar_texts[0]},
         "diffusion": {"nelbo": dm_eval["nelbo"], "nelbo_stderr": dm_eval["stderr"], "val_tokens": dm_eval["tokens"],
                       **scores["diffusion"], "steps": steps, "chars_per_s": dm_info["chars_per_s"],
-                      "forward_passes": dm_info.get("forward_passes"), "sampler": args.sampler, "noise": args.noise,
+                      "forward_passes": dm_info.get("forward_passes"), "sampler": args.sampler, **opts,
                       "objective": dm_cfg.objective, "pos_emb": models["diffusion"].config.pos_emb,
+                      "diffusion_block": models["diffusion"].config.diffusion_block,
                       "example": dm_texts[0]},
         "diffusion_compare": compare,
         "judge": {"val_loss": judge_eval["loss"], "val_loss_stderr": judge_eval["stderr"]},

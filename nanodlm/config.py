@@ -53,6 +53,7 @@ class TrainConfig:
     bias: bool = False
     pos_emb: str = "auto"  # learned | rope | auto (learned for gpt2, rope for diffusion)
     qk_norm: bool = False  # RMS-normalised queries and keys
+    diffusion_block: int = 0  # diffusion: 0 = bidirectional (MDLM); b > 0 = block diffusion over b tokens (BD3-LM)
     # diffusion objective (see nanodlm/diffusion.py)
     objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the specification's own)
     penalty_keep_mask: float = 0.25
@@ -100,6 +101,12 @@ class TrainConfig:
             raise UserError(f"config key 'max_iters' must be >= 0; got {self.max_iters}")
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.diffusion_block:
+            if self.model_type != "diffusion" or self.diffusion_block < 0:
+                raise UserError(f"diffusion_block={self.diffusion_block} needs model_type=diffusion and a positive "
+                                "size; use 0 for a plain model")
+            if self.block_size % self.diffusion_block:
+                raise UserError(f"diffusion_block ({self.diffusion_block}) must divide block_size ({self.block_size})")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"config key 'dropout' must be in [0, 1); got {self.dropout}")
 

@@ -8,6 +8,11 @@ Three training objectives, picked once by name from ``OBJECTIVES`` (no if-ladder
 - ``repair``: mdlm plus random-token corruption of visible tokens that the model learns to flag
   with [MASK], so a sampler can re-mask tokens it doubts.
 
+Block diffusion (``diffusion_block = b > 0`` in the model config; BD3-LM, Arriola et al. 2025,
+arXiv:2503.09573): the same objectives, with one diffusion time per block of b tokens instead of per sequence
+and the clean text passed beside the corrupted one (``denoise``), so each block's NELBO is conditioned on the
+clean blocks before it. The bound sums over blocks; b = block_size is plain MDLM, b = 1 is AR.
+
 Conventions: x is (B, T) long with clean ids in [0, mask_token_id); mask_token_id = vocab_size - 1
 (see model.py). Logits are (B, T, vocab_size) and may be bf16; losses are computed in fp32.
 All randomness comes from an explicit ``torch.Generator`` that lives on x's device.
@@ -59,6 +64,26 @@ def masked_nll(logits: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, mask
     """(B, T) fp32: -log p_SUBS(x_i | x_t) at masked positions, 0 elsewhere."""
     nll = -subs_log_probs(logits, mask_token_id).gather(-1, x.unsqueeze(-1)).squeeze(-1)  # (B, T)
     return torch.where(masked, nll, torch.zeros_like(nll))  # where, not *, so no 0 * inf
+
+
+def model_block(model: nn.Module) -> int:
+    """The model's diffusion_block (0 for bidirectional or config-less models); unwraps DDP / torch.compile."""
+    inner = getattr(model, "module", getattr(model, "_orig_mod", model))
+    return int(getattr(getattr(inner, "config", None), "diffusion_block", 0) or 0)
+
+
+def denoise(model: nn.Module, x_in: torch.Tensor, x: torch.Tensor, block: int) -> torch.Tensor:
+    """logits (B, T, V) for the corrupted x_in; a block model (block > 0) also gets the clean x as context."""
+    logits, _ = model(x_in, clean=x) if block else model(x_in)
+    return logits
+
+
+def _per_token_t(t: torch.Tensor, T: int) -> torch.Tensor:
+    """t (B,) per sequence or (B, n_blocks) per block -> (B, T) fp32: each position's diffusion time."""
+    if t.dim() == 1:
+        return t.unsqueeze(1).expand(-1, T)
+    block = -(-T // t.size(1))
+    return t.repeat_interleave(block, dim=1)[:, :T]
 
 
 def _full_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -161,15 +186,21 @@ def stratified_t(batch: int, generator: torch.Generator, device: torch.device, e
 
 
 def mdlm_corrupt(
-    x: torch.Tensor, mask_token_id: int, generator: torch.Generator, eps: float = 1e-3
+    x: torch.Tensor, mask_token_id: int, generator: torch.Generator, eps: float = 1e-3, block: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward process q(x_t | x) for alpha_t = 1 - t: x (B, T) -> x_t (B, T), t (B,), masked (B, T) bool.
+    """Forward process q(x_t | x) for alpha_t = 1 - t: x (B, T) -> x_t (B, T), t, masked (B, T) bool.
 
     Each token is masked independently with probability t (Bernoulli, unlike seed's exact counts).
+    t is (B,), one time per sequence, or with block > 0 (B, ceil(T / block)), one per block, stratified
+    over all blocks of the batch.
     """
     B, T = x.shape
-    t = stratified_t(B, generator, x.device, eps)
-    masked = torch.rand(B, T, generator=generator, device=x.device) < t.unsqueeze(1)  # P(rand < t) = t
+    if block:
+        n_blocks = -(-T // block)
+        t = stratified_t(B * n_blocks, generator, x.device, eps).view(B, n_blocks)
+    else:
+        t = stratified_t(B, generator, x.device, eps)
+    masked = torch.rand(B, T, generator=generator, device=x.device) < _per_token_t(t, T)  # P(rand < t) = t
     return x.masked_fill(masked, mask_token_id), t, masked
 
 
@@ -180,16 +211,18 @@ def mdlm_loss(
 
     Continuous-time MDLM bound (Sahoo et al. 2024; Shi et al. 2024) with alpha_t = 1 - t:
     weight alpha'_t / (1 - alpha_t) = -1/t. Its expectation over t ~ U(0,1) and x_t is the NELBO.
+    t: (B,) per sequence or (B, n_blocks) per block (block diffusion: a sum of per-block NELBOs).
     """
     nll = masked_nll(logits, x, masked, mask_token_id)  # (B, T)
-    return (nll / t.unsqueeze(1)).sum() / x.numel()
+    return (nll / _per_token_t(t, x.size(1))).sum() / x.numel()
 
 
 # ----------------------------------------------------------------------------- repair (mdlm + flagging)
 
 
 def repair_corrupt(
-    x: torch.Tensor, mask_token_id: int, generator: torch.Generator, eps: float = 1e-3, repair_rate_max: float = 0.1
+    x: torch.Tensor, mask_token_id: int, generator: torch.Generator, eps: float = 1e-3, repair_rate_max: float = 0.1,
+    block: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """mdlm masking, then each visible token is flipped to a random wrong token with probability rho_b.
 
@@ -197,7 +230,7 @@ def repair_corrupt(
     x_in (B, T), t (B,), masked (B, T) bool, flipped (B, T) bool (disjoint from masked; never [MASK]).
     """
     B, T = x.shape
-    x_t, t, masked = mdlm_corrupt(x, mask_token_id, generator, eps)
+    x_t, t, masked = mdlm_corrupt(x, mask_token_id, generator, eps, block)
     rho = torch.rand(B, 1, generator=generator, device=x.device) * repair_rate_max
     flipped = ~masked & (torch.rand(B, T, generator=generator, device=x.device) < rho)
     x_in = torch.where(flipped, random_wrong_tokens(x, mask_token_id, generator), x_t)
@@ -251,23 +284,25 @@ def seed_objective(
     model: nn.Module, x: torch.Tensor, generator: torch.Generator, o: DiffusionOptions
 ) -> torch.Tensor:
     x_in, targets = seed_corrupt(x, o.mask_token_id, generator)
-    logits, _ = model(x_in)
+    logits = denoise(model, x_in, x, model_block(model))
     return seed_loss(logits, x_in, targets, o.mask_token_id, o.penalty_keep_mask, o.penalty_mask_correct)
 
 
 def mdlm_objective(
     model: nn.Module, x: torch.Tensor, generator: torch.Generator, o: DiffusionOptions
 ) -> torch.Tensor:
-    x_t, t, masked = mdlm_corrupt(x, o.mask_token_id, generator, o.eps)
-    logits, _ = model(x_t)
+    block = model_block(model)
+    x_t, t, masked = mdlm_corrupt(x, o.mask_token_id, generator, o.eps, block)
+    logits = denoise(model, x_t, x, block)
     return mdlm_loss(logits, x, masked, t, o.mask_token_id)
 
 
 def repair_objective(
     model: nn.Module, x: torch.Tensor, generator: torch.Generator, o: DiffusionOptions
 ) -> torch.Tensor:
-    x_in, t, masked, flipped = repair_corrupt(x, o.mask_token_id, generator, o.eps, o.repair_rate_max)
-    logits, _ = model(x_in)
+    block = model_block(model)
+    x_in, t, masked, flipped = repair_corrupt(x, o.mask_token_id, generator, o.eps, o.repair_rate_max, block)
+    logits = denoise(model, x_in, x, block)
     return repair_loss(logits, x, masked, flipped, t, o.mask_token_id, o.copy_weight)
 
 
@@ -294,19 +329,21 @@ def nelbo(
 
     Draw k of row b uses t_k = (k + u_b) / n_draws, u_b ~ U(0,1): the draws of one row stratify (0,1), so
     the row mean is an unbiased, low-variance estimate; single columns are not (use ``mean_and_stderr``).
-    Term = (1/t) * sum over masked i of -log p_SUBS(x_i | x_t) / T (Sahoo et al. 2024).
+    Term = (1/t) * sum over masked i of -log p_SUBS(x_i | x_t) / T (Sahoo et al. 2024). A block diffusion model
+    gets one u per block (so one t per block and draw) and the clean x as context: the sum of block NELBOs.
     t is floored at t_min so 1/t stays finite when u_b is 0 (bias below t_min * the integrand, negligible).
     Call with the model in eval mode. The loop runs n_draws forward passes of batch B, not over rows.
     """
     B, T = x.shape
-    u = torch.rand(B, 1, generator=generator, device=x.device)
-    t = ((torch.arange(n_draws, device=x.device) + u) / n_draws).clamp_min(t_min)  # (B, n_draws)
+    block = model_block(model)
+    n_blocks = -(-T // block) if block else 1
+    u = torch.rand(B, n_blocks, generator=generator, device=x.device)
     out = torch.empty(B, n_draws, device=x.device)
     for k in range(n_draws):
-        tk = t[:, k]
-        masked = torch.rand(B, T, generator=generator, device=x.device) < tk.unsqueeze(1)
-        logits, _ = model(x.masked_fill(masked, mask_token_id))
-        out[:, k] = masked_nll(logits, x, masked, mask_token_id).sum(dim=1) / (tk * T)
+        tk = _per_token_t(((k + u) / n_draws).clamp_min(t_min), T)  # (B, T)
+        masked = torch.rand(B, T, generator=generator, device=x.device) < tk
+        logits = denoise(model, x.masked_fill(masked, mask_token_id), x, block)
+        out[:, k] = (masked_nll(logits, x, masked, mask_token_id) / tk).sum(dim=1) / T
     return out
 
 
@@ -353,11 +390,12 @@ def diagnostics(model: nn.Module, x: torch.Tensor, mask_token_id: int, generator
     Call with the model in eval mode. Empty position sets give nan.
     """
     B, T = x.shape
+    block = model_block(model)  # block diffusion: earlier blocks are seen clean, as in training
     out: dict[str, float] = {}
     for pct in (15, 50, 100):
         n_mask = torch.full((B,), round(pct / 100 * T), dtype=torch.long, device=x.device)
         x_in, is_mask, _ = permutation_corrupt(x, n_mask, torch.zeros_like(n_mask), mask_token_id, generator)
-        logits, _ = model(x_in)
+        logits = denoise(model, x_in, x, block)
         out[f"masked_ce@{pct}"] = (masked_nll(logits, x, is_mask, mask_token_id).sum() / is_mask.sum()).item()
         out[f"masked_acc@{pct}"] = _frac(subs_log_probs(logits, mask_token_id).argmax(-1) == x, is_mask)
         if pct == 50:
@@ -367,7 +405,7 @@ def diagnostics(model: nn.Module, x: torch.Tensor, mask_token_id: int, generator
     n_rand = max(1, round(0.1 * (T - n_mask))) if T > n_mask else 0
     full = torch.full((B,), n_mask, dtype=torch.long, device=x.device)
     x_in, is_mask, is_rand = permutation_corrupt(x, full, torch.full_like(full, n_rand), mask_token_id, generator)
-    logits, _ = model(x_in)
+    logits = denoise(model, x_in, x, block)
     pred = logits.argmax(-1)  # (B, T), full softmax
     clean = ~is_mask & ~is_rand
     out["detect_rate"] = _frac(pred == mask_token_id, is_rand)

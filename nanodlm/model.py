@@ -4,6 +4,9 @@ One transformer serves both modes (``GPTConfig.model_type``):
 - ``gpt2``: causal attention; without targets the forward returns logits for the last position.
 - ``diffusion``: bidirectional attention and an extra ``[MASK]`` token
   (``mask_token_id = vocab_size - 1``); the forward returns logits for every position.
+  With ``diffusion_block = b > 0`` attention is block-causal over blocks of b positions (block diffusion,
+  BD3-LM, Arriola et al. 2025): a block sees itself and the blocks before it, so text is denoised block by
+  block, left to right, each block conditioned on the clean text before it.
 
 This file knows nothing about training, data, DDP or I/O.
 References: nanoGPT (Karpathy), GPT-2 (Radford et al. 2019), RoFormer (Su et al. 2021).
@@ -36,6 +39,7 @@ class GPTConfig:
     mask_token_id: int | None = None
     pos_emb: str = "learned"  # learned (GPT-2 weights load) | rope (rotary, relative order)
     qk_norm: bool = False  # RMS-normalise queries and keys per head (stabilises higher learning rates)
+    diffusion_block: int = 0  # diffusion: 0 = bidirectional; b > 0 = block-causal over blocks of b (BD3-LM)
     padded_vocab_size: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -47,6 +51,10 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("pos_emb=rope needs an even head size (n_embd / n_head)")
+        if self.diffusion_block < 0 or (self.diffusion_block and self.model_type != "diffusion"):
+            raise ValueError(f"diffusion_block must be 0, or > 0 for model_type diffusion; got {self.diffusion_block}")
+        if self.diffusion_block and self.block_size % self.diffusion_block:
+            raise ValueError(f"diffusion_block ({self.diffusion_block}) must divide block_size ({self.block_size})")
         if self.model_type == "diffusion":
             if self.mask_token_id is None:
                 self.mask_token_id = self.vocab_size - 1
@@ -68,6 +76,24 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast x is bf16/fp16: stay in its dtype
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def block_diffusion_mask(T: int, block: int, device: torch.device, with_clean: bool) -> torch.Tensor:
+    """Boolean attention mask (True = may attend) for block diffusion over blocks of ``block`` positions.
+
+    without clean: (T, T) block-causal; a query sees keys in its own block and earlier blocks. At sampling time
+    the canvas is clean blocks followed by the block being denoised, so this is exactly what training saw.
+    with clean: (2T, 2T) over [x_t ; x_0] (BD3-LM's vectorised training): noisy queries see their own noisy
+    block and the earlier *clean* blocks; clean queries see clean blocks up to their own, never x_t.
+    """
+    blk = torch.arange(T, device=device) // block
+    up_to = blk[:, None] >= blk[None, :]  # (T, T)
+    if not with_clean:
+        return up_to
+    same = blk[:, None] == blk[None, :]
+    noisy_rows = torch.cat((same, up_to & ~same), dim=1)  # (T, 2T)
+    clean_rows = torch.cat((torch.zeros_like(same), up_to), dim=1)  # (T, 2T)
+    return torch.cat((noisy_rows, clean_rows), dim=0)
 
 
 class KVCache:
@@ -101,7 +127,7 @@ class SelfAttention(nn.Module):
         self.qk_norm = config.qk_norm
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+                kv_cache: KVCache | None, layer: int, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.size()
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3)  # (B, nh, 3, T, hs)
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # (B, nh, 2, T, hs), (B, nh, T, hs)
@@ -118,7 +144,8 @@ class SelfAttention(nn.Module):
             is_causal = self.causal and kv_cache.pos == 0
             k, v = kv_cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and attn_mask is None,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -144,8 +171,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, kv_cache, layer)
+    def forward(self, x: torch.Tensor, rope, kv_cache: KVCache | None, layer: int,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, kv_cache, layer, attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -193,30 +221,40 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                kv_cache: KVCache | None = None, all_logits: bool = False
+                kv_cache: KVCache | None = None, all_logits: bool = False, clean: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) -> logits (B, T, vocab_size) or (B, 1, vocab_size), loss.
 
         With targets, loss is the mean cross-entropy over positions whose target is not -1.
         Logits are cut to ``vocab_size``, so padded ids are never predicted.
+        ``clean`` (B, T), block diffusion training only: the uncorrupted text, appended after idx with the same
+        positions so each noisy block attends to the clean blocks before it; logits are returned for idx only.
         """
         B, T = idx.size()
         offset = kv_cache.pos if kv_cache is not None else 0
         if offset + T > self.config.block_size:
             raise ValueError(f"sequence of length {offset + T} exceeds block_size {self.config.block_size}")
-        x = self.transformer.wte(idx)  # (B, T, C)
+        block = self.config.diffusion_block
+        if clean is not None and (not block or clean.shape != idx.shape):
+            raise ValueError("clean is for block diffusion models (diffusion_block > 0) and must match idx's shape")
+        pos = torch.arange(offset, offset + T, dtype=torch.long, device=idx.device)
+        attn_mask = None
+        if block:
+            attn_mask = block_diffusion_mask(T, block, idx.device, with_clean=clean is not None)
+            if clean is not None:
+                idx, pos = torch.cat((idx, clean), dim=1), torch.cat((pos, pos))  # (B, 2T), (2T,)
+        x = self.transformer.wte(idx)  # (B, T or 2T, C)
         rope = None
         if self.config.pos_emb == "learned":
-            pos = torch.arange(offset, offset + T, dtype=torch.long, device=idx.device)
             x = x + self.transformer.wpe(pos)
         else:
-            rope = (self.rope_cos[offset:offset + T], self.rope_sin[offset:offset + T])  # (T, hs/2) each
+            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each
         x = self.transformer.drop(x)
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, rope, kv_cache, layer)
+        for layer, block_module in enumerate(self.transformer.h):
+            x = block_module(x, rope, kv_cache, layer, attn_mask)
         if kv_cache is not None:
             kv_cache.pos += T
-        x = self.transformer.ln_f(x)
+        x = self.transformer.ln_f(x[:, :T])
         last_only = targets is None and not all_logits and self.config.model_type == "gpt2"
         if last_only:
             x = x[:, [-1], :]  # (B, 1, C): generation needs only the next-token distribution

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class SampleConfig:
     placeholder: str = "_"
     schedule: str = "cosine"  # confidence / remask reveal schedule: linear | cosine
     noise: float = 1.0  # confidence / remask: Gumbel noise on the reveal order (0 = greedy by confidence)
+    order: str = "sampled"  # confidence / remask reveal order: sampled (MaskGIT) | entropy | margin
     remask_frac: float = 0.2  # remask: most of the revealed tokens re-masked per step (shrinks to 0)
     threshold: float = 0.5  # remask: re-mask only tokens with P([MASK] | x) above this
     new_block: int | None = None  # semi-autoregressive block for length > block_size (default block_size // 2)
@@ -93,7 +95,8 @@ def build_canvas(tok, cfg: SampleConfig, block_size: int, mask_id: int) -> tuple
 
 def generate_diffusion(model, tok, cfg: SampleConfig, generator: torch.Generator, device: str,
                        on_step=None) -> tuple[torch.Tensor, dict[str, Any]]:
-    from .samplers import generate_long, get_sampler
+    from .blockwise import generate_blocks, generate_long
+    from .samplers import get_sampler
 
     mcfg = model.config
     mask_id = mcfg.mask_token_id
@@ -103,9 +106,11 @@ def generate_diffusion(model, tok, cfg: SampleConfig, generator: torch.Generator
         raise UserError(str(e)) from None
     opts: dict[str, Any] = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     if cfg.sampler in ("confidence", "remask"):
-        opts.update(schedule=cfg.schedule, noise=cfg.noise)
+        opts.update(schedule=cfg.schedule, noise=cfg.noise, order=cfg.order)
     if cfg.sampler == "remask":
         opts.update(remask_frac=cfg.remask_frac, threshold=cfg.threshold)
+    if mcfg.diffusion_block:  # block diffusion: every window is denoised block by block, left to right
+        sampler = functools.partial(generate_blocks, block=mcfg.diffusion_block, sampler=sampler)
     prefix, suffix, length = build_canvas(tok, cfg, mcfg.block_size, mask_id)
     B = cfg.num_samples
     if length > mcfg.block_size:

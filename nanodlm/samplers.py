@@ -28,12 +28,16 @@ import torch
 
 from .ar_sampling import Model, check_sampling_args, generate_ar, inference_mode, sample_logits, sample_with_logprobs
 
-__all__ = ["SAMPLERS", "generate_ar", "generate_long", "get_sampler", "sample_ancestral", "sample_confidence",
+__all__ = ["ORDERS", "SAMPLERS", "generate_ar", "get_sampler", "sample_ancestral", "sample_confidence",
            "sample_logits", "sample_remask", "sample_seed"]
 
 OnStep = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 SamplerFn = Callable[..., tuple[torch.Tensor, dict[str, Any]]]
 SCHEDULES = ("linear", "cosine")
+# Reveal order of confidence / remask. Ranking by the sampled token's own probability (``sampled``, MaskGIT)
+# keeps draws that happened to be likely and redraws the rest: a selection bias towards frequent tokens that
+# lowers the text's entropy. ``entropy`` and ``margin`` rank by the position's distribution alone.
+ORDERS = ("sampled", "entropy", "margin")
 
 
 # --- shared machinery -------------------------------------------------------------------------------------
@@ -75,16 +79,34 @@ def _prepare(canvas: torch.Tensor, mask_token_id: int, steps: int, fixed: torch.
 
 
 def _sample_fill(logits: torch.Tensor, mask_token_id: int, temperature: float, top_k: int | None,
-                 top_p: float | None, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample tokens with [MASK] forbidden: logits (N, V) -> ids (N,), log-prob of each sampled id (N,)."""
+                 top_p: float | None, generator: torch.Generator | None,
+                 order: str = "sampled") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample tokens with [MASK] forbidden: logits (N, V) -> ids (N,), a confidence per row (N,).
+
+    Confidence (higher = reveal sooner), by ``order``: ``sampled`` = log p(sampled id) (MaskGIT);
+    ``entropy`` = -H(p); ``margin`` = log p(top1) - log p(top2). The last two do not look at the sampled
+    id, so ranking by them does not favour lucky draws of frequent tokens (see ORDERS).
+    """
+    _check_order(order)
     logits = logits.float().clone()
     logits[:, mask_token_id] = float("-inf")  # before top-k/top-p, so those pick among real tokens
     ids, logprobs = sample_with_logprobs(logits, temperature, top_k, top_p, generator)
+    if order == "entropy":
+        probs = logprobs.exp()
+        return ids, (probs * logprobs.clamp(min=torch.finfo(logprobs.dtype).min)).sum(-1)  # -H(p) (N,)
+    if order == "margin":
+        top2 = logprobs.topk(2, dim=-1).values  # (N, 2)
+        return ids, top2[:, 0] - top2[:, 1]
     # log p(id) = -log1p(sum_{j != id} p_j / p_id): keeps near-certain tokens apart, where float32
     # log_softmax rounds them all to 0 and the confidence ranking would turn into ties
     ratio = (logprobs - logprobs.gather(-1, ids[:, None])).exp()  # (N, V)
     ratio.scatter_(-1, ids[:, None], 0.0)
     return ids, -torch.log1p(ratio.sum(-1))
+
+
+def _check_order(order: str) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
 
 
 def _top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -113,13 +135,13 @@ def _masked_fraction(schedule: str, r: float) -> float:
 
 def _confident_fill(logits: torch.Tensor, tokens: torch.Tensor, k: torch.Tensor, mask_token_id: int,
                     temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None,
-                    noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    noise: float, order: str = "sampled") -> tuple[torch.Tensor, torch.Tensor]:
     """Reveal the k[b] most confident masked positions of each row -> (new tokens, revealed), both (B, L).
 
-    Confidence = log-prob of the sampled token (+ ``noise`` x Gumbel when noise > 0).
+    Confidence as ``order`` says (see ``_sample_fill``), + ``noise`` x Gumbel when noise > 0.
     """
     masked = tokens == mask_token_id
-    ids, conf = _sample_fill(logits[masked], mask_token_id, temperature, top_k, top_p, generator)
+    ids, conf = _sample_fill(logits[masked], mask_token_id, temperature, top_k, top_p, generator, order)
     scores = torch.full(tokens.shape, float("-inf"), dtype=torch.float64, device=tokens.device)
     scores[masked] = conf.double()  # log-confidence
     if noise > 0:
@@ -139,7 +161,7 @@ def _report(info: dict[str, Any], on_step: OnStep | None, step: int, tokens: tor
         on_step(step, tokens, revealed, remasked)
 
 
-def _new_info() -> dict[str, Any]:
+def new_info() -> dict[str, Any]:
     return {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0}
 
 
@@ -155,7 +177,7 @@ def sample_seed(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps
     with the same temperature / top-k / top-p ([MASK] is removed first, so top-k keeps k real tokens).
     """
     tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
-    info, forward = _new_info(), _Forward(model)
+    info, forward = new_info(), _Forward(model)
     info["final_pass"] = False
     with inference_mode(model):
         for step in range(1, steps + 1):
@@ -189,7 +211,7 @@ def sample_ancestral(model: Model, canvas: torch.Tensor, *, mask_token_id: int, 
     every mask is revealed. The forward pass is skipped while the canvas is unchanged (cached logits).
     """
     tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
-    info, forward = _new_info(), _Forward(model)
+    info, forward = new_info(), _Forward(model)
     with inference_mode(model):
         for step in range(1, steps + 1):
             masked = tokens == mask_token_id  # (B, L)
@@ -213,7 +235,7 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                       generator: torch.Generator | None, fixed: torch.Tensor | None = None,
                       on_step: OnStep | None = None, schedule: str = "linear",
-                      noise: float = 0.0) -> tuple[torch.Tensor, dict]:
+                      noise: float = 0.0, order: str = "sampled") -> tuple[torch.Tensor, dict]:
     """Confidence-ordered unmasking: MaskGIT (Chang et al. 2022), LLaDA low-confidence remasking (Nie et al. 2025).
 
     Each step samples a token for every masked position ([MASK] excluded) and keeps the k most confident
@@ -223,8 +245,9 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
     log-confidences, MaskGIT's annealed randomised ordering.
     """
     tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
-    _masked_fraction(schedule, 0.0)  # validate the name up front
-    info, forward = _new_info(), _Forward(model)
+    _masked_fraction(schedule, 0.0)  # validate the names up front
+    _check_order(order)
+    info, forward = new_info(), _Forward(model)
     n_start = (tokens == mask_token_id).sum(-1)  # (B,)
     with inference_mode(model):
         for step in range(1, steps + 1):
@@ -236,7 +259,7 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
             revealed = torch.zeros_like(masked)
             if k.any():
                 tokens, revealed = _confident_fill(forward(tokens), tokens, k, mask_token_id, temperature, top_k,
-                                                   top_p, generator, noise * (1 - step / steps))
+                                                   top_p, generator, noise * (1 - step / steps), order)
             info["steps_used"] = step
             _report(info, on_step, step, tokens, revealed)
     info["forward_passes"] = forward.passes
@@ -247,7 +270,8 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                   generator: torch.Generator | None, fixed: torch.Tensor | None = None,
                   on_step: OnStep | None = None, schedule: str = "linear", noise: float = 0.0,
-                  remask_frac: float = 0.2, threshold: float = 0.5) -> tuple[torch.Tensor, dict]:
+                  remask_frac: float = 0.2, threshold: float = 0.5,
+                  order: str = "sampled") -> tuple[torch.Tensor, dict]:
     """Fill by confidence and correct: re-mask tokens the model itself flags as wrong.
 
     The model is trained to predict [MASK] on tokens that were randomly corrupted (SPEC.md 2.2), so
@@ -265,9 +289,10 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
     """
     tokens, fixed = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)
     _masked_fraction(schedule, 0.0)
+    _check_order(order)
     if not 0.0 <= remask_frac <= 1.0:
         raise ValueError(f"remask_frac must be in [0, 1], got {remask_frac}")
-    info, forward = _new_info(), _Forward(model)
+    info, forward = new_info(), _Forward(model)
     editable = ~fixed  # (B, L)
     n_edit = editable.sum(-1)  # (B,)
     with inference_mode(model):
@@ -280,7 +305,7 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
             new, revealed = tokens, torch.zeros_like(masked)
             if k.any():
                 new, revealed = _confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
-                                                generator, noise * (1 - step / steps))
+                                                generator, noise * (1 - step / steps), order)
             remasked = torch.zeros_like(masked)
             if not last:
                 # P([MASK] | x) = exp(logit_mask - logsumexp): no (B, L, V) softmax needed
@@ -313,52 +338,3 @@ def get_sampler(name: str) -> SamplerFn:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
-
-
-# --- semi-autoregressive long generation ------------------------------------------------------------------
-
-def generate_long(model: Model, prefix_ids: torch.Tensor, length: int, block_size: int,
-                  sampler: str | SamplerFn, *, mask_token_id: int, steps: int, generator: torch.Generator | None,
-                  new_block: int | None = None, on_step: OnStep | None = None,
-                  **sampler_opts: Any) -> tuple[torch.Tensor, dict]:
-    """Generate a sequence of ``length`` tokens (prefix included) longer than the model's window, block by block.
-
-    Semi-autoregressive diffusion (SSD-LM, Han et al. 2023; LLaDA semi-AR sampling, Nie et al. 2025): each
-    window holds up to ``block_size - new_block`` tokens of the text so far, fixed, followed by masks that the
-    diffusion ``sampler`` fills in ``steps`` steps; the first window fills all the room the prefix leaves.
-    prefix_ids (B, P) -> tokens (B, length) with tokens[:, :P] == prefix_ids. ``sampler_opts`` (temperature,
-    top_k, top_p, schedule, ...) go to the sampler. ``on_step`` sees the whole text so far, with steps
-    numbered across blocks; info sums the per-block infos and adds ``blocks``.
-    """
-    fn = get_sampler(sampler) if isinstance(sampler, str) else sampler
-    new_block = block_size // 2 if new_block is None else new_block
-    if not 1 <= new_block <= block_size:
-        raise ValueError(f"new_block must be in [1, block_size={block_size}], got {new_block}")
-    if prefix_ids.dim() != 2 or prefix_ids.size(1) > length:
-        raise ValueError(f"prefix_ids must be (B, P) with P <= length={length}, got {tuple(prefix_ids.shape)}")
-    text = prefix_ids
-    info = _new_info()
-    info["blocks"] = 0
-    while text.size(1) < length:
-        cur = text.size(1)
-        ctx = min(cur, block_size - new_block)  # context tokens kept (fixed) in the window
-        n_new = min(block_size - ctx, length - cur)
-        head = text[:, : cur - ctx]  # (B, cur - ctx): text that no longer fits in the window
-        holes = torch.full((text.size(0), n_new), mask_token_id, dtype=text.dtype, device=text.device)
-        canvas = torch.cat((text[:, cur - ctx:], holes), dim=1)  # (B, ctx + n_new)
-        fixed = torch.zeros_like(canvas, dtype=torch.bool)
-        fixed[:, :ctx] = True
-
-        def report(step: int, tokens: torch.Tensor, revealed: torch.Tensor, remasked: torch.Tensor,
-                   _head: torch.Tensor = head, _offset: int = len(info["committed_per_step"])) -> None:
-            pad = torch.zeros_like(_head, dtype=torch.bool)
-            on_step(_offset + step, torch.cat((_head, tokens), 1), torch.cat((pad, revealed), 1),
-                    torch.cat((pad, remasked), 1))
-
-        window, block_info = fn(model, canvas, mask_token_id=mask_token_id, steps=steps, generator=generator,
-                                fixed=fixed, on_step=report if on_step is not None else None, **sampler_opts)
-        text = torch.cat((text, window[:, ctx:]), dim=1)
-        for key in ("committed_per_step", "remasked_per_step", "steps_used", "forward_passes"):
-            info[key] += block_info[key]
-        info["blocks"] += 1
-    return text, info

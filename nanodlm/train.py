@@ -28,7 +28,8 @@ from .errors import UserError
 from .model import GPT, GPTConfig
 from .plotting import plot_loss_curves
 
-MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "model_type", "pos_emb", "qk_norm")
+MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "model_type", "pos_emb", "qk_norm",
+              "diffusion_block")
 
 
 class TrainingDiverged(UserError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -11,9 +12,9 @@ import torch
 from conftest import TINY
 
 from nanodlm import bench, bench_speed
-from nanodlm.bench_quality import PRESETS, _route_overrides, config_hash
+from nanodlm.bench_quality import NOT_HASHED, PRESETS, _route_overrides, config_hash
 from nanodlm.cli import main as cli_main
-from nanodlm.config import TrainConfig, build_config
+from nanodlm.config import TrainConfig, build_config, config_to_dict
 from nanodlm.errors import UserError
 from nanodlm.train import train
 
@@ -87,6 +88,19 @@ def test_run_hash_ignores_location_and_display_but_not_the_model() -> None:
     cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "progress": True})
     assert config_hash(cfg) == config_hash(build_config(TrainConfig, {"n_layer": 2, "out_dir": "b", "progress": False}))
     assert config_hash(cfg) != config_hash(build_config(TrainConfig, {"n_layer": 3, "out_dir": "a"}))
+
+
+def test_run_hash_of_older_runs_survives_new_keys() -> None:
+    """Runs hashed before diffusion_block existed keep their folder (and are reused) while it is 0."""
+    cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion"})
+    values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED and k != "diffusion_block"}
+    old = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+    assert config_hash(cfg) == old
+    block = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion", "diffusion_block": 8})
+    assert config_hash(block) != old
+    ar = {"n_layer": 2, "out_dir": "a", "model_type": "gpt2"}
+    assert config_hash(build_config(TrainConfig, ar)) == config_hash(
+        build_config(TrainConfig, {**ar, "objective": "seed", "copy_weight": 0.0}))  # keys a gpt2 run never reads
 
 
 def test_quality_overrides_route_to_the_right_model() -> None:

@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 
 from nanodlm.ar_sampling import generate_ar
+from nanodlm.blockwise import generate_long
 from nanodlm.live import LiveView
 from nanodlm.model import GPT, GPTConfig
-from nanodlm.samplers import SAMPLERS, generate_long, get_sampler, sample_logits
+from nanodlm.samplers import SAMPLERS, get_sampler, sample_logits
 
 V = 11  # vocab size of every fake; the last id is [MASK]
 MASK = V - 1
@@ -354,3 +355,28 @@ def test_live_view_silent_off_terminal():
     with view:
         view(1, torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.bool))
     assert not view.enabled and console.file.getvalue() == ""
+
+
+# --- reveal order -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("order,first", [("entropy", 0), ("margin", 1)])
+@pytest.mark.parametrize("name", ["confidence", "remask"])
+def test_reveal_order_ranks_by_the_distribution_not_the_draw(name, order, first):
+    # position 0: two tokens at 0.5 each (margin 0, entropy ln 2 = 0.69); position 1: 0.6 and four at 0.1
+    # (margin ln 6, entropy 1.23). Entropy order reveals position 0 first, margin order position 1.
+    table = torch.full((2, V), NEG)
+    table[0, :2] = 0.0
+    table[1, 0] = math.log(0.6)
+    table[1, 1:5] = math.log(0.1)
+    seen: list[list[int]] = []
+    for seed in range(5):  # whatever the sampled tokens
+        seen.clear()
+        SAMPLERS[name](constant(table), masks(1, 2), mask_token_id=MASK, steps=2, schedule="linear", order=order,
+                       generator=gen(seed), on_step=lambda s, t, r, m: seen.append(r[0].nonzero().flatten().tolist()))
+        assert seen[0] == [first]
+
+
+def test_reveal_order_unknown_name():
+    with pytest.raises(ValueError, match="order"):
+        SAMPLERS["remask"](constant(torch.zeros(V)), masks(1, 4), mask_token_id=MASK, steps=2, order="random",
+                           generator=gen())
