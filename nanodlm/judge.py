@@ -54,6 +54,7 @@ class JudgeConfig:
     json: str | None = None  # also write both rows here
     schedule: str = "cosine"  # diffusion sampler options, as in `nanodlm sample`
     noise: float = 1.0
+    order: str = "sampled"
     remask_frac: float = 0.2
     threshold: float = 0.5
 
@@ -275,7 +276,7 @@ def main(argv: list[str]) -> int:
                                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                          seed=cfg.seed, device=device, sampler=cfg.sampler, steps=cfg.steps,
                                          ckpt=cfg.ckpt, sample_opts=dict(schedule=cfg.schedule, noise=cfg.noise,
-                                                                         remask_frac=cfg.remask_frac,
+                                                                         order=cfg.order, remask_frac=cfg.remask_frac,
                                                                          threshold=cfg.threshold))
     samples_row = score_texts(judge, judge_tok, texts)
     judge_cfg = judge_meta.get("config", {})

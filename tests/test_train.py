@@ -114,6 +114,27 @@ def test_diffusion_objectives_train(tmp_path: Path, make_cfg, objective: str) ->
     assert args["mask_token_id"] == meta["dataset_meta"]["vocab_size"] == args["vocab_size"] - 1
 
 
+def test_block_diffusion_trains_resumes_samples_and_evaluates(tmp_path: Path, make_cfg, tiny_argv, capsys) -> None:
+    kw = dict(model_type="diffusion", objective="repair", diffusion_block=4, eval_interval=4)
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(make_cfg(a, max_iters=6, **kw))
+    train(make_cfg(b, max_iters=3, **kw))
+    assert train(load_train_config([*tiny_argv(b, **kw), "--init_from=resume", "--max_iters=6"]))["iter_num"] == 6
+    ca, cb = load_checkpoint(a / "ckpt.pt"), load_checkpoint(b / "ckpt.pt")
+    assert cb["meta"]["model_args"]["diffusion_block"] == 4
+    for key in ca["model"]:
+        assert torch.equal(ca["model"][key], cb["model"][key]), key
+    capsys.readouterr()
+    assert main(["sample", f"--out_dir={a}", "--ckpt=last", "--device=cpu", "--num_samples=2", "--length=14",
+                 "--steps=4", "--start=ab", "--verbose"]) == 0
+    out, err = capsys.readouterr()
+    samples = out.split("---------------\n")[:2]
+    assert all(s.startswith("ab") and len(s) == 14 + 1 for s in samples)  # 14 characters and print's newline
+    assert "steps used: 4" in err  # 4 open blocks of 4 (the prefix shares the first), one step each
+    assert main(["eval", f"--out_dir={a}", "--ckpt=last", "--device=cpu", "--num_batches=1"]) == 0
+    assert "nelbo" in capsys.readouterr().out
+
+
 # --- resume -----------------------------------------------------------------------------------------
 
 
