@@ -95,7 +95,7 @@ def inference_mode(model: Model) -> Iterator[None]:
             model.train()
 
 
-def _cache_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
+def cache_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
     # under autocast k/v come out in the autocast dtype; the cache must hold the same dtype for SDPA
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
@@ -125,7 +125,7 @@ def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, tempera
             elif cache is None or cache.pos >= block_size:
                 # first step, or the cache is full: (re-)prefill the cropped window from position 0
                 if cache is None:
-                    cache = model.new_kv_cache(idx.size(0), idx.device, _cache_dtype(model, idx.device))
+                    cache = model.new_kv_cache(idx.size(0), idx.device, cache_dtype(model, idx.device))
                 cache.pos = 0
                 logits, _ = model(window, kv_cache=cache)
             else:

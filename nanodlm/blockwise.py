@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .ar_sampling import Model
+from .ar_sampling import Model, cache_dtype, inference_mode
 from .samplers import OnStep, SamplerFn, get_sampler, new_info
 
 __all__ = ["generate_blocks", "generate_long"]
@@ -36,9 +36,33 @@ def _add_info(info: dict[str, Any], part: dict[str, Any]) -> None:
     info["blocks"] += 1
 
 
+class _PrefixCache(torch.nn.Module):
+    """A block diffusion model whose finished blocks live in a KV cache: called on a canvas (B, end) whose
+    blocks before ``start`` are final, it runs only canvas[:, start:end] against the cache and returns
+    logits (B, end, V) that are zero before ``start`` (samplers never read logits at fixed positions)."""
+
+    def __init__(self, model: Model, batch: int, device: torch.device) -> None:
+        super().__init__()
+        self.model, self.block = model, model.config.diffusion_block
+        self.cache = model.new_kv_cache(batch, device, cache_dtype(model, device))
+
+    def keep(self, tokens: torch.Tensor, start: int) -> int:
+        """Cache the final blocks of tokens[:, cache.pos:start], one block per pass; returns the passes."""
+        passes = 0
+        for pos in range(self.cache.pos, start, self.block):
+            self.model(tokens[:, pos:pos + self.block], kv_cache=self.cache)
+            passes += 1
+        return passes
+
+    def forward(self, canvas: torch.Tensor, **_: Any) -> tuple[torch.Tensor, None]:
+        start = self.cache.pos
+        logits, _ = self.model(canvas[:, start:], kv_cache=self.cache, advance=False)  # (B, end - start, V)
+        return torch.cat((logits.new_zeros(canvas.size(0), start, logits.size(-1)), logits), dim=1), None
+
+
 def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: str | SamplerFn,
                     mask_token_id: int, steps: int, generator: torch.Generator | None,
-                    fixed: torch.Tensor | None = None, on_step: OnStep | None = None,
+                    fixed: torch.Tensor | None = None, on_step: OnStep | None = None, use_cache: bool = True,
                     **sampler_opts: Any) -> tuple[torch.Tensor, dict]:
     """Block diffusion sampling: canvas (B, L) -> tokens (B, L), denoised block by block, left to right.
 
@@ -46,6 +70,8 @@ def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: 
     with every earlier position fixed. Blocks without an editable (non-fixed) position are skipped; the
     ``steps`` are shared among the others as evenly as possible, at least one each, so a canvas of N
     editable blocks takes max(steps, N) steps. Same signature and info as a sampler, plus ``blocks``.
+    ``use_cache`` (models with ``new_kv_cache``): finished blocks go into a KV cache, so each denoising pass
+    runs one block, not the whole prefix (BD3-LM); the logits agree with the uncached pass up to rounding.
     """
     fn = get_sampler(sampler) if isinstance(sampler, str) else sampler
     if block < 1:
@@ -57,17 +83,23 @@ def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: 
     L = tokens.size(1)
     todo = [k for k in range(-(-L // block)) if (~fixed[:, k * block:(k + 1) * block]).any()]
     info = new_info()
-    info["blocks"] = 0
+    info.update(blocks=0, cache_passes=0)  # cache_passes: one-block passes that store finished blocks
+    cached = None
+    if use_cache and hasattr(model, "new_kv_cache") and getattr(model.config, "diffusion_block", 0) == block:
+        cached = _PrefixCache(model, tokens.size(0), tokens.device)
     for i, k in enumerate(todo):
         start, end = k * block, min((k + 1) * block, L)
+        if cached is not None:
+            with inference_mode(cached):
+                info["cache_passes"] += cached.keep(tokens, start)
         block_steps = max(1, steps // len(todo) + int(i < steps % len(todo)))
         window_fixed = fixed[:, :end].clone()
         window_fixed[:, :start] = True  # earlier blocks are final (any mask there was filled in its own turn)
         report = None
         if on_step is not None:
             report = _pad_report(on_step, tokens[:, :0], tokens[:, end:], len(info["committed_per_step"]))
-        out, part = fn(model, tokens[:, :end], mask_token_id=mask_token_id, steps=block_steps, generator=generator,
-                       fixed=window_fixed, on_step=report, **sampler_opts)
+        out, part = fn(model if cached is None else cached, tokens[:, :end], mask_token_id=mask_token_id,
+                       steps=block_steps, generator=generator, fixed=window_fixed, on_step=report, **sampler_opts)
         tokens[:, :end] = out
         _add_info(info, part)
     return tokens, info

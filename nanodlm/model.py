@@ -97,7 +97,12 @@ def block_diffusion_mask(T: int, block: int, device: torch.device, with_clean: b
 
 
 class KVCache:
-    """Per-layer keys and values for incremental AR decoding, preallocated to block_size."""
+    """Per-layer keys and values for incremental decoding, preallocated to block_size.
+
+    AR: a prefill, then one token at a time. Block diffusion: one block at a time; a block attends to the
+    cache and to itself, and is kept (``advance``) only once it is final, so the passes that denoise it
+    cost one block each instead of the whole prefix.
+    """
 
     def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
                  device: torch.device, dtype: torch.dtype) -> None:
@@ -139,7 +144,7 @@ class SelfAttention(nn.Module):
         is_causal = self.causal
         if kv_cache is not None:
             # a prefill on an empty cache is causal as usual; a single new query sees the whole cache
-            if kv_cache.pos > 0 and T > 1:
+            if self.causal and kv_cache.pos > 0 and T > 1:
                 raise ValueError("KV cache supports a prefill or one token at a time")
             is_causal = self.causal and kv_cache.pos == 0
             k, v = kv_cache.update(layer, k, v)
@@ -221,14 +226,16 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                kv_cache: KVCache | None = None, all_logits: bool = False, clean: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                kv_cache: KVCache | None = None, all_logits: bool = False, clean: torch.Tensor | None = None,
+                advance: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) -> logits (B, T, vocab_size) or (B, 1, vocab_size), loss.
 
         With targets, loss is the mean cross-entropy over positions whose target is not -1.
         Logits are cut to ``vocab_size``, so padded ids are never predicted.
         ``clean`` (B, T), block diffusion training only: the uncorrupted text, appended after idx with the same
         positions so each noisy block attends to the clean blocks before it; logits are returned for idx only.
+        With a ``kv_cache``, a block diffusion model takes one block (or less) that attends to the cache and
+        itself; ``advance=False`` leaves it out of the cache (a draft still being denoised).
         """
         B, T = idx.size()
         offset = kv_cache.pos if kv_cache is not None else 0
@@ -237,9 +244,13 @@ class GPT(nn.Module):
         block = self.config.diffusion_block
         if clean is not None and (not block or clean.shape != idx.shape):
             raise ValueError("clean is for block diffusion models (diffusion_block > 0) and must match idx's shape")
+        if kv_cache is not None and self.config.model_type == "diffusion" and not block:
+            raise ValueError("a KV cache needs a causal (gpt2) or block diffusion model")
+        if kv_cache is not None and block and (offset % block or T > block):
+            raise ValueError(f"a block diffusion cache takes whole blocks of {block}: got {T} tokens at {offset}")
         pos = torch.arange(offset, offset + T, dtype=torch.long, device=idx.device)
         attn_mask = None
-        if block:
+        if block and kv_cache is None:  # with a cache: one block against the past, nothing to mask
             attn_mask = block_diffusion_mask(T, block, idx.device, with_clean=clean is not None)
             if clean is not None:
                 idx, pos = torch.cat((idx, clean), dim=1), torch.cat((pos, pos))  # (B, 2T), (2T,)
@@ -252,7 +263,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for layer, block_module in enumerate(self.transformer.h):
             x = block_module(x, rope, kv_cache, layer, attn_mask)
-        if kv_cache is not None:
+        if kv_cache is not None and advance:
             kv_cache.pos += T
         x = self.transformer.ln_f(x[:, :T])
         last_only = targets is None and not all_logits and self.config.model_type == "gpt2"

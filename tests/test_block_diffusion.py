@@ -190,3 +190,35 @@ def test_block_model_long_generation_end_to_end():
                                  on_step=lambda s, t, r, rm: seen.append(t.size(1)))
     assert tokens.shape == (2, 40) and (tokens != M).all() and torch.equal(tokens[:, :3], prefix)
     assert seen and max(seen) == 40
+
+
+# --- KV cache -----------------------------------------------------------------------------------------------
+
+def test_cached_block_forward_matches_full_forward():
+    model = block_gpt(4)
+    x = torch.randint(0, M, (2, 16), generator=gen(13))
+    draft = x[:, 8:12].clone()
+    draft[:, 1:3] = M
+    full, _ = model(torch.cat((x[:, :8], draft), 1))
+    cache = model.new_kv_cache(2, torch.device("cpu"), torch.float32)
+    for pos in (0, 4):
+        model(x[:, pos:pos + 4], kv_cache=cache)
+    assert cache.pos == 8
+    part, _ = model(draft, kv_cache=cache, advance=False)
+    assert cache.pos == 8  # a draft is not kept
+    torch.testing.assert_close(part, full[:, 8:12], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="whole blocks"):
+        model(x[:, :6], kv_cache=cache)
+    with pytest.raises(ValueError, match="KV cache needs"):
+        block_gpt(0)(x, kv_cache=block_gpt(0).new_kv_cache(2, torch.device("cpu"), torch.float32))
+
+
+@pytest.mark.parametrize("sampler", ["confidence", "remask", "seed"])
+def test_generate_blocks_cached_equals_uncached(sampler):
+    model = block_gpt(4, seed=3)
+    canvas = torch.full((3, 14), M)
+    canvas[:, :2] = torch.tensor([1, 2])
+    runs = [generate_blocks(model, canvas, block=4, sampler=sampler, mask_token_id=M, steps=8, temperature=0.0,
+                            generator=gen(), use_cache=use) for use in (True, False)]
+    assert torch.equal(runs[0][0], runs[1][0]) and (runs[0][0] != M).all()
+    assert runs[0][1]["forward_passes"] == runs[1][1]["forward_passes"]
