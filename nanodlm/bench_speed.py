@@ -335,15 +335,19 @@ def bench_sample(argv: list[str]) -> dict[str, Any]:
                 measure("gpt2", "kv-cache" if use_cache else "no-cache", batch, None, len(prompt), tok, ar)
     if args.out_dir_diffusion:
         model, _, tok = load_model(args.out_dir_diffusion, args.ckpt, device)
+        caches = (True, False) if model.config.diffusion_block else (False,)  # block diffusion: with/without
         for steps in steps_list:
             for batch in batches:
-                scfg = SampleConfig(out_dir=args.out_dir_diffusion, num_samples=batch, length=args.length,
-                                    steps=steps, sampler=args.sampler, temperature=args.temperature)
+                for use_cache in caches:
+                    scfg = SampleConfig(out_dir=args.out_dir_diffusion, num_samples=batch, length=args.length,
+                                        steps=steps, sampler=args.sampler, temperature=args.temperature,
+                                        use_kv_cache=use_cache)
 
-                def diffusion(gen: torch.Generator, scfg: SampleConfig = scfg) -> tuple:
-                    return generate_diffusion(model, tok, scfg, gen, device)
+                    def diffusion(gen: torch.Generator, scfg: SampleConfig = scfg) -> tuple:
+                        return generate_diffusion(model, tok, scfg, gen, device)
 
-                measure("diffusion", f"{args.sampler}, {steps} steps", batch, steps, 0, tok, diffusion)
+                    mode = f"{args.sampler}, {steps} steps" + (", KV cache" if use_cache else "")
+                    measure("diffusion", mode, batch, steps, 0, tok, diffusion)
 
     result = {"benchmark": "sample", "date": now(), "machine": machine_info(device), "length": args.length,
               "num_samples": args.num_samples, "temperature": args.temperature, "sampler": args.sampler,

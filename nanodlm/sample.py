@@ -27,7 +27,7 @@ class SampleConfig:
     top_p: float | None = None
     seed: int = 1337
     device: str = "auto"
-    use_kv_cache: bool = True  # gpt2
+    use_kv_cache: bool = True  # gpt2 and block diffusion
     # diffusion
     sampler: str = "remask"  # remask (default, see BENCHMARKS.md) | confidence | ancestral | seed (the spec's own)
     steps: int = 64
@@ -110,7 +110,8 @@ def generate_diffusion(model, tok, cfg: SampleConfig, generator: torch.Generator
     if cfg.sampler == "remask":
         opts.update(remask_frac=cfg.remask_frac, threshold=cfg.threshold)
     if mcfg.diffusion_block:  # block diffusion: every window is denoised block by block, left to right
-        sampler = functools.partial(generate_blocks, block=mcfg.diffusion_block, sampler=sampler)
+        sampler = functools.partial(generate_blocks, block=mcfg.diffusion_block, sampler=sampler,
+                                    use_cache=cfg.use_kv_cache)
     prefix, suffix, length = build_canvas(tok, cfg, mcfg.block_size, mask_id)
     B = cfg.num_samples
     if length > mcfg.block_size:

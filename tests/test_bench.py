@@ -29,11 +29,12 @@ def _finite(value) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_runs(data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Three 4-iteration runs on the tiny dataset: an AR model, a diffusion model and an AR judge."""
+    """4-iteration runs on the tiny dataset: an AR model, a diffusion model, a block diffusion model, an AR judge."""
     root = tmp_path_factory.mktemp("runs")
     rng = torch.get_rng_state()  # train() seeds the global RNG; a module fixture is outside conftest's restore
     runs = {}
     for name, extra in (("ar", {"model_type": "gpt2"}), ("diffusion", {"model_type": "diffusion", "objective": "mdlm"}),
+                        ("block", {"model_type": "diffusion", "diffusion_block": 4}),
                         ("judge", {"model_type": "gpt2", "seed": 7})):
         runs[name] = str(root / name)
         train(build_config(TrainConfig, {**TINY, "data_dir": data_dir, "out_dir": runs[name], "max_iters": 4,
@@ -150,6 +151,13 @@ def test_sample_reports_every_mode(tiny_runs: dict[str, str]) -> None:
     assert ("gpt2", "no-cache", 2) in modes and ("diffusion", f"{bench.BENCH_DEFAULTS['sampler']}, 4 steps", 1) in modes
     for row in r["rows"]:
         assert row["tokens"] == row["batch"] * 12 and row["chars_per_s"] > 0
+
+
+def test_sample_times_block_diffusion_with_and_without_its_cache(tiny_runs: dict[str, str]) -> None:
+    r = bench_speed.bench_sample([f"--out_dir_diffusion={tiny_runs['block']}", "--num_samples=2", "--length=12",
+                                  "--steps=3", "--device=cpu"])
+    modes = sorted(row["mode"] for row in r["rows"] if row["batch"] == 2)
+    assert modes == sorted([f"{bench.BENCH_DEFAULTS['sampler']}, 3 steps" + m for m in ("", ", KV cache")])
 
 
 def test_steps_writes_json_and_png(tiny_runs: dict[str, str], tmp_path: Path) -> None:
