@@ -10,7 +10,8 @@ Each subcommand is a function the tests call directly; ``main(argv)`` is the tab
 - ``quality``: the whole protocol in one command: data, three models (trained or reused), samples, judge,
                NELBO vs AR loss on the same windows -> JSON.
 
-``train`` and ``sample`` live in ``bench_speed.py``; ``steps`` and ``quality`` (judge-based) in ``bench_quality.py``.
+``train`` and ``sample`` live in ``bench_speed.py``; the judge-based ``steps`` in ``bench_steps.py`` and
+``quality`` in ``bench_quality.py``.
 
 Results are JSON files (``--json=FILE``; a bare ``--json`` prints JSON). BENCHMARKS.md holds measured tables;
 benchmarks/README.md says how to reproduce them.
@@ -170,8 +171,9 @@ USAGE = """usage: nanodlm bench SUBCOMMAND [--key=value ...]
 
 
 def _help(name: str) -> int:
-    from .bench_quality import QualityArgs, StepsBenchArgs
+    from .bench_quality import QualityArgs
     from .bench_speed import SampleBenchArgs, TrainBenchArgs
+    from .bench_steps import StepsBenchArgs
     from .cli import _print_keys
 
     cls = {"train": TrainBenchArgs, "sample": SampleBenchArgs, "steps": StepsBenchArgs, "quality": QualityArgs}[name]
@@ -183,8 +185,9 @@ def _help(name: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from .bench_quality import bench_quality, bench_steps
+    from .bench_quality import bench_quality
     from .bench_speed import bench_sample, bench_train
+    from .bench_steps import bench_steps
 
     commands: dict[str, Callable[[list[str]], dict[str, Any]]] = {
         "train": bench_train, "sample": bench_sample, "steps": bench_steps, "quality": bench_quality,
@@ -198,3 +201,12 @@ def main(argv: list[str]) -> int:
         return _help(argv[0])
     commands[argv[0]](argv[1:])
     return 0
+
+
+def warm_up_sampling(out_dir: str, sampler: str, device: str, ckpt: str, num_samples: int, length: int) -> None:
+    """A throwaway generation at the timed batch and length (diffusion: one step), so the first timed run does
+    not pay for kernel loading, library start-up and first-seen shapes."""
+    from .judge import generate_texts
+
+    generate_texts(out_dir, num_samples=num_samples, length=length, temperature=1.0, top_k=None, top_p=None,
+                   seed=0, device=device, sampler=sampler, steps=1, ckpt=ckpt)
