@@ -58,7 +58,8 @@ class TrainConfig:
     objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the specification's own)
     penalty_keep_mask: float = 0.25
     penalty_mask_correct: float = 0.5
-    mdlm_eps: float = 1e-3
+    mdlm_eps: float = 1e-3  # mdlm/repair train on t ~ U(mdlm_eps, mdlm_t_max); eval always integrates over (0, 1)
+    mdlm_t_max: float = 1.0  # < 1: BD3-LM's clipped schedule (with a larger mdlm_eps), training only
     repair_rate_max: float = 0.1
     copy_weight: float = 0.1  # repair: weight of the "keep this token" loss on clean visible positions
     # optimizer
@@ -107,6 +108,8 @@ class TrainConfig:
                                 "size; use 0 for a plain model")
             if self.block_size % self.diffusion_block:
                 raise UserError(f"diffusion_block ({self.diffusion_block}) must divide block_size ({self.block_size})")
+        if not 0.0 < self.mdlm_eps < self.mdlm_t_max <= 1.0:
+            raise UserError(f"need 0 < mdlm_eps < mdlm_t_max <= 1; got {self.mdlm_eps} and {self.mdlm_t_max}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"config key 'dropout' must be in [0, 1); got {self.dropout}")
 

@@ -173,33 +173,36 @@ def seed_loss(
 # ----------------------------------------------------------------------------- MDLM (Sahoo et al. 2024)
 
 
-def stratified_t(batch: int, generator: torch.Generator, device: torch.device, eps: float = 1e-3) -> torch.Tensor:
-    """(B,) fp32 in [eps, 1): t_b = eps + (1 - eps) * (u + b) / B with one shared u ~ U(0,1), then shuffled.
+def stratified_t(batch: int, generator: torch.Generator, device: torch.device, eps: float = 1e-3,
+                 t_max: float = 1.0) -> torch.Tensor:
+    """(B,) fp32 in [eps, t_max): t_b = eps + (t_max - eps) * (u + b) / B with one shared u ~ U(0,1), shuffled.
 
     Low-discrepancy sampling of the diffusion time (Kingma et al. 2021, VDM, arXiv:2107.00630; used by MDLM):
     exactly one t per stratum, so the batch loss has lower variance; the shuffle decorrelates t from
     the row index (rows may be ordered by data position).
     """
     u = torch.rand(1, generator=generator, device=device)
-    t = eps + (1 - eps) * (u + torch.arange(batch, device=device)) / batch
+    t = eps + (t_max - eps) * (u + torch.arange(batch, device=device)) / batch
     return t[torch.rand(batch, generator=generator, device=device).argsort()]
 
 
 def mdlm_corrupt(
-    x: torch.Tensor, mask_token_id: int, generator: torch.Generator, eps: float = 1e-3, block: int = 0
+    x: torch.Tensor, mask_token_id: int, generator: torch.Generator, eps: float = 1e-3, block: int = 0,
+    t_max: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward process q(x_t | x) for alpha_t = 1 - t: x (B, T) -> x_t (B, T), t, masked (B, T) bool.
 
     Each token is masked independently with probability t (Bernoulli, unlike seed's exact counts).
     t is (B,), one time per sequence, or with block > 0 (B, ceil(T / block)), one per block, stratified
-    over all blocks of the batch.
+    over all blocks of the batch. t ~ U(eps, t_max); t_max < 1 with a raised eps is BD3-LM's clipped schedule
+    (Arriola et al. 2025): it trains on a lower-variance slice of the bound; evaluation still covers (0, 1).
     """
     B, T = x.shape
     if block:
         n_blocks = -(-T // block)
-        t = stratified_t(B * n_blocks, generator, x.device, eps).view(B, n_blocks)
+        t = stratified_t(B * n_blocks, generator, x.device, eps, t_max).view(B, n_blocks)
     else:
-        t = stratified_t(B, generator, x.device, eps)
+        t = stratified_t(B, generator, x.device, eps, t_max)
     masked = torch.rand(B, T, generator=generator, device=x.device) < _per_token_t(t, T)  # P(rand < t) = t
     return x.masked_fill(masked, mask_token_id), t, masked
 
@@ -222,7 +225,7 @@ def mdlm_loss(
 
 def repair_corrupt(
     x: torch.Tensor, mask_token_id: int, generator: torch.Generator, eps: float = 1e-3, repair_rate_max: float = 0.1,
-    block: int = 0,
+    block: int = 0, t_max: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """mdlm masking, then each visible token is flipped to a random wrong token with probability rho_b.
 
@@ -230,7 +233,7 @@ def repair_corrupt(
     x_in (B, T), t (B,), masked (B, T) bool, flipped (B, T) bool (disjoint from masked; never [MASK]).
     """
     B, T = x.shape
-    x_t, t, masked = mdlm_corrupt(x, mask_token_id, generator, eps, block)
+    x_t, t, masked = mdlm_corrupt(x, mask_token_id, generator, eps, block, t_max)
     rho = torch.rand(B, 1, generator=generator, device=x.device) * repair_rate_max
     flipped = ~masked & (torch.rand(B, T, generator=generator, device=x.device) < rho)
     x_in = torch.where(flipped, random_wrong_tokens(x, mask_token_id, generator), x_t)
@@ -275,7 +278,8 @@ class DiffusionOptions:
     mask_token_id: int
     penalty_keep_mask: float = 0.25  # seed: weight when input and prediction are [MASK], target a word
     penalty_mask_correct: float = 0.5  # seed: weight when input == target is a word, prediction [MASK]
-    eps: float = 1e-3  # mdlm/repair: t ~ U(eps, 1) keeps the 1/t weight finite
+    eps: float = 1e-3  # mdlm/repair: t ~ U(eps, t_max); eps > 0 keeps the 1/t weight finite
+    t_max: float = 1.0  # < 1 (with a larger eps): a clipped schedule for training (BD3-LM)
     repair_rate_max: float = 0.1  # repair: per-sequence flip rate ~ U(0, repair_rate_max)
     copy_weight: float = 0.0  # repair: weight of the CE on clean visible tokens
 
@@ -292,7 +296,7 @@ def mdlm_objective(
     model: nn.Module, x: torch.Tensor, generator: torch.Generator, o: DiffusionOptions
 ) -> torch.Tensor:
     block = model_block(model)
-    x_t, t, masked = mdlm_corrupt(x, o.mask_token_id, generator, o.eps, block)
+    x_t, t, masked = mdlm_corrupt(x, o.mask_token_id, generator, o.eps, block, o.t_max)
     logits = denoise(model, x_t, x, block)
     return mdlm_loss(logits, x, masked, t, o.mask_token_id)
 
@@ -301,7 +305,8 @@ def repair_objective(
     model: nn.Module, x: torch.Tensor, generator: torch.Generator, o: DiffusionOptions
 ) -> torch.Tensor:
     block = model_block(model)
-    x_in, t, masked, flipped = repair_corrupt(x, o.mask_token_id, generator, o.eps, o.repair_rate_max, block)
+    x_in, t, masked, flipped = repair_corrupt(x, o.mask_token_id, generator, o.eps, o.repair_rate_max, block,
+                                              o.t_max)
     logits = denoise(model, x_in, x, block)
     return repair_loss(logits, x, masked, flipped, t, o.mask_token_id, o.copy_weight)
 

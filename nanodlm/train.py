@@ -71,7 +71,7 @@ def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None):
     objective = get_objective(cfg.objective)
     opts = DiffusionOptions(
         mask_token_id=mask_token_id, penalty_keep_mask=cfg.penalty_keep_mask,
-        penalty_mask_correct=cfg.penalty_mask_correct, eps=cfg.mdlm_eps,
+        penalty_mask_correct=cfg.penalty_mask_correct, eps=cfg.mdlm_eps, t_max=cfg.mdlm_t_max,
         repair_rate_max=cfg.repair_rate_max, copy_weight=cfg.copy_weight,
     )
     return lambda model, x, y, gen: objective(model, x, gen, opts)

@@ -82,6 +82,8 @@ def test_block_config_validation():
         TrainConfig(model_type="diffusion", block_size=64, diffusion_block=6)
     with pytest.raises(UserError, match="model_type=diffusion"):
         TrainConfig(model_type="gpt2", diffusion_block=4)
+    with pytest.raises(UserError, match="mdlm_eps < mdlm_t_max"):
+        TrainConfig(model_type="diffusion", mdlm_eps=0.5, mdlm_t_max=0.4)
 
 
 # --- objective and bound ------------------------------------------------------------------------------------

@@ -164,6 +164,20 @@ def test_stratified_t_one_per_stratum() -> None:
     assert not torch.equal(a.argsort(), b.argsort())  # shuffled, not sorted by row
 
 
+def test_clipped_schedule_trains_on_its_slice_only() -> None:
+    t = D.stratified_t(16, gen(2), torch.device("cpu"), eps=0.3, t_max=0.8)
+    assert ((t >= 0.3) & (t < 0.8)).all()
+    assert sorted(torch.floor((t - 0.3) / 0.5 * 16).long().tolist()) == list(range(16))  # still stratified
+    x = torch.randint(0, M, (64, 64), generator=gen(3))
+    _, t_blocks, _ = D.mdlm_corrupt(x, M, gen(4), eps=0.3, block=8, t_max=0.8)
+    assert ((t_blocks >= 0.3) & (t_blocks < 0.8)).all()
+    opts = D.DiffusionOptions(mask_token_id=M, eps=0.3, t_max=0.8)
+    model = FixedLogits(torch.zeros(V))
+    D.get_objective("mdlm")(model, x, gen(5), opts)
+    frac = (model.inputs[0] == M).float().mean(1)
+    assert frac.min() > 0.15 and frac.max() < 0.95  # no sequence nearly clean or nearly all masked
+
+
 def test_mdlm_corrupt_masks_with_probability_t() -> None:
     B, T = 8, 8192
     x = torch.randint(0, M, (B, T), generator=gen(0))
