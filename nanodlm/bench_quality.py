@@ -87,6 +87,8 @@ class QualityArgs:
     steps: int | None = None  # diffusion sampling steps (default: the preset's)
     noise: float = BENCH_DEFAULTS["noise"]  # confidence / remask reveal-order noise
     order: str = BENCH_DEFAULTS["order"]  # confidence / remask reveal order: sampled | entropy | margin
+    noise_decay: float = BENCH_DEFAULTS["noise_decay"]  # noise at step i of n: noise * (1 - i/n) ** noise_decay
+    prior_weight: float = BENCH_DEFAULTS["prior_weight"]  # order sampled: log p(x|ctx) - w log p(x|start)
     remask_frac: float = BENCH_DEFAULTS["remask_frac"]  # remask budget (see `nanodlm sample`)
     threshold: float = BENCH_DEFAULTS["threshold"]  # remask: P([MASK] | x) above which a token may be re-masked
     compare_sampler: str | None = "ancestral"  # also sample the same diffusion model with this sampler
@@ -244,7 +246,8 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
     for name, sampler in (("ar", "ar"), ("diffusion", args.sampler)):
         warm_up_sampling(runs[name]["out_dir"], sampler, device, CKPT, num_samples, length)
     ar_texts, ar_info = generate_texts(runs["ar"]["out_dir"], sampler="ar", steps=length, **sampling)
-    opts = {"noise": args.noise, "order": args.order, "remask_frac": args.remask_frac, "threshold": args.threshold}
+    opts = {"noise": args.noise, "order": args.order, "noise_decay": args.noise_decay,
+            "prior_weight": args.prior_weight, "remask_frac": args.remask_frac, "threshold": args.threshold}
     dm_texts, dm_info = generate_texts(runs["diffusion"]["out_dir"], sampler=args.sampler, steps=steps,
                                        sample_opts=opts, **sampling)
     real_texts = reference_texts(str(data_dir), DATASET, judge_tok, num_samples, length, args.seed, split="val")

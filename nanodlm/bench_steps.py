@@ -32,6 +32,8 @@ class StepsBenchArgs:
     sampler: str = BENCH_DEFAULTS["sampler"]
     noise: float = BENCH_DEFAULTS["noise"]  # confidence / remask options, as in `nanodlm sample`
     order: str = BENCH_DEFAULTS["order"]
+    noise_decay: float = BENCH_DEFAULTS["noise_decay"]
+    prior_weight: float = BENCH_DEFAULTS["prior_weight"]
     remask_frac: float = BENCH_DEFAULTS["remask_frac"]
     threshold: float = BENCH_DEFAULTS["threshold"]
     num_samples: int = 30
@@ -85,7 +87,8 @@ def bench_steps(argv: list[str]) -> dict[str, Any]:
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=device)
 
     def judged(out_dir: str, steps: int) -> dict[str, Any]:
-        opts = dict(noise=args.noise, order=args.order, remask_frac=args.remask_frac, threshold=args.threshold)
+        opts = dict(noise=args.noise, order=args.order, noise_decay=args.noise_decay, prior_weight=args.prior_weight,
+                    remask_frac=args.remask_frac, threshold=args.threshold)
         texts, info = generate_texts(out_dir, sampler=args.sampler, steps=steps, ckpt=args.ckpt, sample_opts=opts,
                                      **sampling)
         return {**score_texts(judge, judge_tok, texts), **info, "example": texts[0][:200]}
@@ -109,7 +112,8 @@ def bench_steps(argv: list[str]) -> dict[str, Any]:
 
     result = {"benchmark": "steps", "date": now(), "machine": machine_info(device), "out_dir": args.out_dir,
               "judge": args.judge, "ar_out_dir": args.ar_out_dir, "sampler": args.sampler, "ckpt": args.ckpt,
-              "noise": args.noise, "order": args.order, "remask_frac": args.remask_frac, "threshold": args.threshold,
+              "noise": args.noise, "order": args.order, "noise_decay": args.noise_decay,
+              "prior_weight": args.prior_weight, "remask_frac": args.remask_frac, "threshold": args.threshold,
               "objective": meta.get("config", {}).get("objective"), "num_samples": args.num_samples,
               "length": args.length, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
               "seed": args.seed, "rows": rows, "ar": ar, "real": real}

@@ -55,6 +55,8 @@ class JudgeConfig:
     schedule: str = "cosine"  # diffusion sampler options, as in `nanodlm sample`
     noise: float = 1.0
     order: str = "sampled"
+    noise_decay: float = 1.0
+    prior_weight: float = 0.0
     remask_frac: float = 0.2
     threshold: float = 0.5
 
@@ -272,12 +274,12 @@ def main(argv: list[str]) -> int:
     if cfg.samples is not None:
         texts = load_samples(cfg.samples)
     else:
+        opts = {k: getattr(cfg, k) for k in ("schedule", "noise", "order", "noise_decay", "prior_weight",
+                                             "remask_frac", "threshold")}
         texts, gen_info = generate_texts(cfg.out_dir, num_samples=cfg.num_samples, length=cfg.length,
                                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                          seed=cfg.seed, device=device, sampler=cfg.sampler, steps=cfg.steps,
-                                         ckpt=cfg.ckpt, sample_opts=dict(schedule=cfg.schedule, noise=cfg.noise,
-                                                                         order=cfg.order, remask_frac=cfg.remask_frac,
-                                                                         threshold=cfg.threshold))
+                                         ckpt=cfg.ckpt, sample_opts=opts)
     samples_row = score_texts(judge, judge_tok, texts)
     judge_cfg = judge_meta.get("config", {})
     # real text of the same number and (mean) length; by default the judge's own validation text

@@ -39,6 +39,8 @@ class SampleConfig:
     schedule: str = "cosine"  # confidence / remask reveal schedule: linear | cosine
     noise: float = 1.0  # confidence / remask: Gumbel noise on the reveal order (0 = greedy by confidence)
     order: str = "sampled"  # confidence / remask reveal order: sampled (MaskGIT) | entropy | margin
+    noise_decay: float = 1.0  # step i of n uses noise * (1 - i/n) ** noise_decay (1 = MaskGIT's linear annealing)
+    prior_weight: float = 0.0  # confidence / remask, order sampled: rank by log p(x|ctx) - w log p(x|start)
     remask_frac: float = 0.2  # remask: most of the revealed tokens re-masked per step (shrinks to 0)
     threshold: float = 0.5  # remask: re-mask only tokens with P([MASK] | x) above this
     new_block: int | None = None  # semi-autoregressive block for length > block_size (default block_size // 2)
@@ -106,7 +108,8 @@ def generate_diffusion(model, tok, cfg: SampleConfig, generator: torch.Generator
         raise UserError(str(e)) from None
     opts: dict[str, Any] = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     if cfg.sampler in ("confidence", "remask"):
-        opts.update(schedule=cfg.schedule, noise=cfg.noise, order=cfg.order)
+        opts.update(schedule=cfg.schedule, noise=cfg.noise, order=cfg.order, noise_decay=cfg.noise_decay,
+                    prior_weight=cfg.prior_weight)
     if cfg.sampler == "remask":
         opts.update(remask_frac=cfg.remask_frac, threshold=cfg.threshold)
     if mcfg.diffusion_block:  # block diffusion: every window is denoised block by block, left to right

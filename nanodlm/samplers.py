@@ -37,6 +37,9 @@ SCHEDULES = ("linear", "cosine")
 # Reveal order of confidence / remask. Ranking by the sampled token's own probability (``sampled``, MaskGIT)
 # keeps draws that happened to be likely and redraws the rest: a selection bias towards frequent tokens that
 # lowers the text's entropy. ``entropy`` and ``margin`` rank by the position's distribution alone.
+# ``prior_weight`` = w > 0 corrects ``sampled`` for that bias: the confidence becomes
+# log p(drawn | x_t) - w * log p(drawn | the canvas at the start), and at w = 1 it is the draw's pointwise
+# mutual information with what has been revealed since: support from the context, not mere frequency.
 ORDERS = ("sampled", "entropy", "margin")
 
 
@@ -135,13 +138,17 @@ def _masked_fraction(schedule: str, r: float) -> float:
 
 def _confident_fill(logits: torch.Tensor, tokens: torch.Tensor, k: torch.Tensor, mask_token_id: int,
                     temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None,
-                    noise: float, order: str = "sampled") -> tuple[torch.Tensor, torch.Tensor]:
+                    noise: float, order: str = "sampled", prior: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reveal the k[b] most confident masked positions of each row -> (new tokens, revealed), both (B, L).
 
-    Confidence as ``order`` says (see ``_sample_fill``), + ``noise`` x Gumbel when noise > 0.
+    Confidence as ``order`` says (see ``_sample_fill``), minus prior[drawn id] when a ``prior`` (B, L, V)
+    is given (``_prior``), + ``noise`` x Gumbel when noise > 0.
     """
     masked = tokens == mask_token_id
     ids, conf = _sample_fill(logits[masked], mask_token_id, temperature, top_k, top_p, generator, order)
+    if prior is not None:
+        conf = conf - prior[masked].gather(-1, ids[:, None]).squeeze(-1)
     scores = torch.full(tokens.shape, float("-inf"), dtype=torch.float64, device=tokens.device)
     scores[masked] = conf.double()  # log-confidence
     if noise > 0:
@@ -150,6 +157,20 @@ def _confident_fill(logits: torch.Tensor, tokens: torch.Tensor, k: torch.Tensor,
     proposal = tokens.clone()
     proposal[masked] = ids
     return torch.where(revealed, proposal, tokens), revealed
+
+
+def _prior(logits: torch.Tensor, prior_weight: float, mask_token_id: int) -> torch.Tensor | None:
+    """prior_weight x the first pass's log-probabilities, [MASK] excluded: (B, L, V) fp32, or None if 0."""
+    if prior_weight == 0:
+        return None
+    logits = logits.float().clone()
+    logits[..., mask_token_id] = float("-inf")
+    return prior_weight * torch.log_softmax(logits, dim=-1).clamp(min=torch.finfo(torch.float32).min)
+
+
+def _check_prior_weight(prior_weight: float, order: str) -> None:
+    if prior_weight < 0 or (prior_weight > 0 and order != "sampled"):
+        raise ValueError(f"prior_weight must be >= 0 and needs order='sampled'; got {prior_weight} with {order!r}")
 
 
 def _report(info: dict[str, Any], on_step: OnStep | None, step: int, tokens: torch.Tensor,
@@ -235,7 +256,8 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                       generator: torch.Generator | None, fixed: torch.Tensor | None = None,
                       on_step: OnStep | None = None, schedule: str = "linear",
-                      noise: float = 0.0, order: str = "sampled") -> tuple[torch.Tensor, dict]:
+                      noise: float = 0.0, order: str = "sampled", noise_decay: float = 1.0,
+                      prior_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Confidence-ordered unmasking: MaskGIT (Chang et al. 2022), LLaDA low-confidence remasking (Nie et al. 2025).
 
     Each step samples a token for every masked position ([MASK] excluded) and keeps the k most confident
@@ -247,8 +269,10 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
     tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
     _masked_fraction(schedule, 0.0)  # validate the names up front
     _check_order(order)
+    _check_prior_weight(prior_weight, order)
     info, forward = new_info(), _Forward(model)
     n_start = (tokens == mask_token_id).sum(-1)  # (B,)
+    prior = None  # (B, L, V): prior_weight x log-probs of the first pass
     with inference_mode(model):
         for step in range(1, steps + 1):
             masked = tokens == mask_token_id
@@ -258,8 +282,10 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
             k = (masked.sum(-1) - torch.floor(n_start * keep).long()).clamp(min=0)  # (B,) to reveal now
             revealed = torch.zeros_like(masked)
             if k.any():
-                tokens, revealed = _confident_fill(forward(tokens), tokens, k, mask_token_id, temperature, top_k,
-                                                   top_p, generator, noise * (1 - step / steps), order)
+                logits = forward(tokens)
+                prior = _prior(logits, prior_weight, mask_token_id) if prior is None else prior
+                tokens, revealed = _confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
+                                                   generator, noise * (1 - step / steps) ** noise_decay, order, prior)
             info["steps_used"] = step
             _report(info, on_step, step, tokens, revealed)
     info["forward_passes"] = forward.passes
@@ -271,7 +297,8 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
                   generator: torch.Generator | None, fixed: torch.Tensor | None = None,
                   on_step: OnStep | None = None, schedule: str = "linear", noise: float = 0.0,
                   remask_frac: float = 0.2, threshold: float = 0.5,
-                  order: str = "sampled") -> tuple[torch.Tensor, dict]:
+                  order: str = "sampled", noise_decay: float = 1.0,
+                  prior_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Fill by confidence and correct: re-mask tokens the model itself flags as wrong.
 
     The model is trained to predict [MASK] on tokens that were randomly corrupted (SPEC.md 2.2), so
@@ -290,22 +317,25 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
     tokens, fixed = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)
     _masked_fraction(schedule, 0.0)
     _check_order(order)
+    _check_prior_weight(prior_weight, order)
     if not 0.0 <= remask_frac <= 1.0:
         raise ValueError(f"remask_frac must be in [0, 1], got {remask_frac}")
     info, forward = new_info(), _Forward(model)
     editable = ~fixed  # (B, L)
     n_edit = editable.sum(-1)  # (B,)
+    prior = None  # (B, L, V): prior_weight x log-probs of the first pass
     with inference_mode(model):
         for step in range(1, steps + 1):
             last = step == steps
             logits = forward(tokens)  # (B, L, V), judged on the canvas before this step's changes
+            prior = _prior(logits, prior_weight, mask_token_id) if prior is None else prior
             masked = tokens == mask_token_id
             keep = 0.0 if last else _masked_fraction(schedule, step / steps)
             k = (masked.sum(-1) - torch.floor(n_edit * keep).long()).clamp(min=0)  # (B,)
             new, revealed = tokens, torch.zeros_like(masked)
             if k.any():
                 new, revealed = _confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
-                                                generator, noise * (1 - step / steps), order)
+                                                generator, noise * (1 - step / steps) ** noise_decay, order, prior)
             remasked = torch.zeros_like(masked)
             if not last:
                 # P([MASK] | x) = exp(logit_mask - logsumexp): no (B, L, V) softmax needed

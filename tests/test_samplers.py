@@ -380,3 +380,55 @@ def test_reveal_order_unknown_name():
     with pytest.raises(ValueError, match="order"):
         SAMPLERS["remask"](constant(torch.zeros(V)), masks(1, 4), mask_token_id=MASK, steps=2, order="random",
                            generator=gen())
+
+
+@pytest.mark.parametrize("name", ["confidence", "remask"])
+@pytest.mark.parametrize("weight,first", [(0.0, 1), (0.5, 2)])
+def test_prior_weight_prefers_draws_the_context_supports(name, weight, first):
+    # first pass (the prior): position 0 certain; positions 1 and 2 both favour token 2 (p ~ 0.9).
+    # later passes: position 1 unchanged (token 2 at 0.9, no support from the context), position 2 now
+    # favours token 3 at 0.6 (prior 0.05). MaskGIT's order takes position 1 (0.9 > 0.6); with half the
+    # prior subtracted (log 0.9 - 0.5 log 0.9 = -0.05 vs log 0.6 - 0.5 log 0.05 = 0.99) position 2 goes first.
+    # (At w = 1 the first pass itself carries no information: every draw's PMI with the start is 0.)
+    def fn(idx, call):
+        logits = torch.full((idx.size(0), 3, V), NEG)
+        logits[:, 0, 1] = 10.0
+        logits[:, 1:, 2] = math.log(0.9)
+        logits[:, 1:, 3] = math.log(0.05)
+        logits[:, 1:, 4] = math.log(0.05)
+        if call > 1:
+            logits[:, 2, 2], logits[:, 2, 3], logits[:, 2, 4] = math.log(0.3), math.log(0.6), math.log(0.1)
+        return logits
+
+    seen: list[list[int]] = []
+    SAMPLERS[name](Fake(fn), masks(1, 3), mask_token_id=MASK, steps=3, schedule="linear", temperature=0.0,
+                   prior_weight=weight, generator=gen(),
+                   on_step=lambda s, t, r, m: seen.append(r[0].nonzero().flatten().tolist()))
+    assert seen[0] == [0] and seen[1] == [first]
+
+
+def test_prior_weight_and_noise_decay_validation():
+    model = constant(torch.zeros(V))
+    with pytest.raises(ValueError, match="prior_weight"):
+        SAMPLERS["remask"](model, masks(1, 4), mask_token_id=MASK, steps=2, prior_weight=-1.0, generator=gen())
+    with pytest.raises(ValueError, match="prior_weight"):
+        SAMPLERS["confidence"](model, masks(1, 4), mask_token_id=MASK, steps=2, prior_weight=0.5, order="margin",
+                               generator=gen())
+
+
+def test_noise_decay_keeps_early_steps_random():
+    # confidence rises with the position, so greedy order reveals from the right; a huge noise that decays
+    # fast reveals the first step's positions at random and the last steps' greedily
+    table = torch.zeros(64, V)
+    table[:, 1] = torch.linspace(0, 8, 64)
+    firsts = []
+    seen: list[torch.Tensor] = []
+    for seed in range(4):
+        seen.clear()
+        SAMPLERS["confidence"](constant(table), masks(1, 64), mask_token_id=MASK, steps=8, schedule="linear",
+                               temperature=0.0, noise=1e4, noise_decay=50.0, generator=gen(seed),
+                               on_step=lambda s, t, r, m: seen.append(r[0].nonzero().flatten()))
+        firsts.append(seen[0])
+        left = sorted(set(range(64)) - set(torch.cat(seen[:6]).tolist()))
+        assert seen[6].tolist() == left[-8:]  # step 7: noise 1e4 * (1/8)^50 ~ 0, so the 8 most confident left
+    assert any(f.min() < 56 for f in firsts)  # step 1 is not greedy (greedy would take positions 56-63)
