@@ -56,7 +56,7 @@ class JudgeConfig:
     noise: float = 1.0
     order: str = "sampled"
     noise_decay: float = 1.0
-    prior_weight: float = 0.0
+    prior_weight: float = 0.7
     remask_frac: float = 0.2
     threshold: float = 0.5
 

@@ -40,7 +40,7 @@ class SampleConfig:
     noise: float = 1.0  # confidence / remask: Gumbel noise on the reveal order (0 = greedy by confidence)
     order: str = "sampled"  # confidence / remask reveal order: sampled (MaskGIT) | entropy | margin
     noise_decay: float = 1.0  # step i of n uses noise * (1 - i/n) ** noise_decay (1 = MaskGIT's linear annealing)
-    prior_weight: float = 0.0  # confidence / remask, order sampled: rank by log p(x|ctx) - w log p(x|start)
+    prior_weight: float = 0.7  # confidence / remask, order sampled: rank by log p(x|ctx) - w log p(x|start)
     remask_frac: float = 0.2  # remask: most of the revealed tokens re-masked per step (shrinks to 0)
     threshold: float = 0.5  # remask: re-mask only tokens with P([MASK] | x) above this
     new_block: int | None = None  # semi-autoregressive block for length > block_size (default block_size // 2)

@@ -263,8 +263,10 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
     Each step samples a token for every masked position ([MASK] excluded) and keeps the k most confident
     (probability of the sampled token). With N masks at the start, after step i at most
     floor(N * gamma(i / steps)) stay masked, gamma(r) = 1 - r (``linear``) or cos(pi r / 2) (``cosine``),
-    so all are revealed after ``steps``. ``noise`` > 0 adds noise x (1 - i/steps) x Gumbel (float64) to the
-    log-confidences, MaskGIT's annealed randomised ordering.
+    so all are revealed after ``steps``. ``noise`` > 0 adds noise x (1 - i/steps)^noise_decay x Gumbel (float64)
+    to the log-confidences, MaskGIT's annealed randomised ordering (noise_decay 1 is MaskGIT's linear decay).
+    ``prior_weight`` w > 0 subtracts w x log p(drawn | the canvas at the first pass) from each confidence (see
+    ORDERS): at w = 0.7 the remask sampler keeps the text's character entropy (BENCHMARKS.md, section 8).
     """
     tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
     _masked_fraction(schedule, 0.0)  # validate the names up front
@@ -304,7 +306,8 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
     The model is trained to predict [MASK] on tokens that were randomly corrupted (SPEC.md 2.2), so
     P([MASK] | x) at a position holding a token is its estimate that the token is wrong. Each step i:
     1. one forward on the current canvas x;
-    2. fill: reveal masked positions by confidence (as ``confidence``) until at most
+    2. fill: reveal masked positions by confidence (as ``confidence``, with its ``order``, ``noise``,
+       ``noise_decay`` and ``prior_weight``) until at most
        floor(E * gamma(i / steps)) masks remain, E = number of non-fixed positions; re-masked positions count
        as masks again, so they are refilled at the schedule's pace;
     3. re-mask (not on the last step): among non-fixed positions that held a token in x, those with
