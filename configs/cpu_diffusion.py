@@ -1,6 +1,6 @@
 # The CPU recipe for diffusion: the `cpu` model (4 layers, 128 dim, block 64, batch 12, 2000 iters) trained
 # with the defaults the sweep in BENCHMARKS.md chose: the repair objective, rotary positions, lr 2e-3.
-# Sample with: nanodlm sample --out_dir=out-cpu-diffusion   (remask sampler, 64 steps, noise 1)
+# Sample with: nanodlm sample --out_dir=out-cpu-diffusion   (remask sampler, 64 steps, noise 1, prior_weight 0.7)
 out_dir = "out-cpu-diffusion"
 dataset = "shakespeare_char"
 device = "cpu"
