@@ -51,6 +51,12 @@ def test_preset_loads_by_bare_name() -> None:
     assert load_config(TrainConfig, ["cpu", "--device=auto"]).device == "auto"
 
 
+@pytest.mark.parametrize("path", sorted(PRESET_DIR.glob("*.py")), ids=lambda p: p.stem)
+def test_every_preset_builds_a_valid_config(path: Path) -> None:
+    cfg = load_config(TrainConfig, [path.stem])  # validation runs on construction
+    assert cfg.out_dir and cfg.max_iters > 0
+
+
 def test_json_config_file(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     path.write_text('{"n_layer": 2, "dropout": 0}')
