@@ -92,13 +92,16 @@ def test_run_hash_ignores_location_and_display_but_not_the_model() -> None:
 
 
 def test_run_hash_of_older_runs_survives_new_keys() -> None:
-    """Runs hashed before diffusion_block existed keep their folder (and are reused) while it is 0."""
+    """Runs hashed before diffusion_block and mdlm_t_max existed keep their folder (and are reused) while
+    those keys sit at their defaults."""
     cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion"})
-    values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED and k != "diffusion_block"}
+    late = ("diffusion_block", "mdlm_t_max")
+    values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED and k not in late}
     old = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     assert config_hash(cfg) == old
     block = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion", "diffusion_block": 8})
-    assert config_hash(block) != old
+    clipped = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion", "mdlm_t_max": 0.9})
+    assert config_hash(block) != old and config_hash(clipped) != old
     ar = {"n_layer": 2, "out_dir": "a", "model_type": "gpt2"}
     assert config_hash(build_config(TrainConfig, ar)) == config_hash(
         build_config(TrainConfig, {**ar, "objective": "seed", "copy_weight": 0.0}))  # keys a gpt2 run never reads
