@@ -1,4 +1,4 @@
-"""Masked-diffusion objectives, the likelihood bound and diagnostics, as pure functions.
+"""Masked-diffusion objectives and the likelihood bound, as pure functions (diagnostics: diagnostics.py).
 
 Three training objectives, picked once by name from ``OBJECTIVES`` (no if-ladders):
 - ``seed``: the user's spec (SPEC.md section 2.2): mask + random-token corruption, weighted CE.
@@ -363,57 +363,3 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     if v.numel() < 2:
         return v.mean().item(), float("nan")
     return v.mean().item(), (v.std(unbiased=True) / math.sqrt(v.numel())).item()
-
-
-# ----------------------------------------------------------------------------- diagnostics
-
-
-def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
-    """Entropy (nats) of the token frequencies in ids: the masked CE of a model that ignores context."""
-    p = torch.bincount(ids.flatten(), minlength=vocab_size).double()
-    p = p[p > 0] / p.sum()
-    return -(p * p.log()).sum().item()
-
-
-def _frac(hit: torch.Tensor, where: torch.Tensor) -> float:
-    """Fraction of ``where`` positions that are ``hit``; nan if there are none."""
-    n = where.sum()
-    return (hit & where).sum().item() / n.item() if n > 0 else float("nan")
-
-
-@torch.no_grad()
-def diagnostics(model: nn.Module, x: torch.Tensor, mask_token_id: int, generator: torch.Generator) -> dict[str, float]:
-    """Numbers that reveal whether a denoiser uses context (the literal seed objective can collapse to
-    letter frequencies: then masked_ce@k ~ unigram_entropy for every k). Exact counts via permutation.
-
-    - masked_ce@k, masked_acc@k (k = 15, 50, 100 % masked): mean CE / argmax accuracy at masked positions
-      under the SUBS distribution ([MASK] excluded), the one samplers unmask with.
-    - p_mask@masked: mean P([MASK]) under the full softmax at masked positions (50 % masked).
-    - With 50 % masked and round(10 %) of the rest (at least 1) flipped to random wrong tokens:
-      detect_rate = P(argmax == [MASK]) at flipped positions, false_alarm = same at clean visible positions,
-      copy_acc = P(argmax == input) at clean visible positions (full softmax).
-    Call with the model in eval mode. Empty position sets give nan.
-    """
-    B, T = x.shape
-    block = model_block(model)  # block diffusion: earlier blocks are seen clean, as in training
-    out: dict[str, float] = {}
-    for pct in (15, 50, 100):
-        n_mask = torch.full((B,), round(pct / 100 * T), dtype=torch.long, device=x.device)
-        x_in, is_mask, _ = permutation_corrupt(x, n_mask, torch.zeros_like(n_mask), mask_token_id, generator)
-        logits = denoise(model, x_in, x, block)
-        out[f"masked_ce@{pct}"] = (masked_nll(logits, x, is_mask, mask_token_id).sum() / is_mask.sum()).item()
-        out[f"masked_acc@{pct}"] = _frac(subs_log_probs(logits, mask_token_id).argmax(-1) == x, is_mask)
-        if pct == 50:
-            p_mask = logits.float().softmax(-1)[..., mask_token_id]  # (B, T)
-            out["p_mask@masked"] = (p_mask * is_mask).sum().item() / is_mask.sum().item()
-    n_mask = round(0.5 * T)
-    n_rand = max(1, round(0.1 * (T - n_mask))) if T > n_mask else 0
-    full = torch.full((B,), n_mask, dtype=torch.long, device=x.device)
-    x_in, is_mask, is_rand = permutation_corrupt(x, full, torch.full_like(full, n_rand), mask_token_id, generator)
-    logits = denoise(model, x_in, x, block)
-    pred = logits.argmax(-1)  # (B, T), full softmax
-    clean = ~is_mask & ~is_rand
-    out["detect_rate"] = _frac(pred == mask_token_id, is_rand)
-    out["false_alarm"] = _frac(pred == mask_token_id, clean)
-    out["copy_acc"] = _frac(pred == x_in, clean)
-    return out

@@ -165,7 +165,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     which makes char and BPE models comparable. A fixed seed gives identical dicts on the same device.
     """
     from .checkpoint import load_model
-    from .diffusion import diagnostics
+    from .diagnostics import diagnostics
     from .distributed import resolve_device
 
     device = resolve_device(cfg.device)

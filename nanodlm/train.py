@@ -172,7 +172,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     losses[k] = loss_fn(raw_model, x, y, noise_gen).item()
             out[f"{split}_loss"] = losses.mean().item()
         if cfg.model_type == "diffusion":
-            from .diffusion import diagnostics
+            from .diagnostics import diagnostics
 
             batch_gen, noise_gen = new_generator(-1, "diag"), new_generator(-1, "diag-noise", True)
             rows = []

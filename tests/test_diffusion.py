@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanodlm import diffusion as D
+from nanodlm.diagnostics import diagnostics, unigram_entropy
 from nanodlm.model import GPT, GPTConfig
 
 V = 11  # 10 real tokens + [MASK]
@@ -326,7 +327,7 @@ KEYS = {f"masked_{k}@{p}" for k in ("ce", "acc") for p in (15, 50, 100)} | {
 def test_diagnostics_keys_and_ranges_on_tiny_gpt() -> None:
     model = tiny_gpt().eval()
     x = torch.randint(0, M, (8, 32), generator=gen(0))
-    d = D.diagnostics(model, x, M, gen(1))
+    d = diagnostics(model, x, M, gen(1))
     assert set(d) == KEYS
     for k, v in d.items():
         assert math.isfinite(v), k
@@ -339,7 +340,7 @@ def test_diagnostics_exact_counts() -> None:
     B, T = 4, 32
     model = FixedLogits(torch.zeros(V))
     x = torch.randint(0, M, (B, T), generator=gen(0))
-    D.diagnostics(model, x, M, gen(1))
+    diagnostics(model, x, M, gen(1))
     n_masks = [(inp == M).sum(1).tolist() for inp in model.inputs]
     assert n_masks == [[5] * B, [16] * B, [32] * B, [16] * B]
     last = model.inputs[-1]
@@ -349,20 +350,20 @@ def test_diagnostics_exact_counts() -> None:
 def test_diagnostics_always_mask_and_copy_models() -> None:
     x = torch.randint(0, M, (8, 32), generator=gen(0))
     always = FixedLogits(torch.cat([torch.zeros(M), torch.tensor([3.0])]))
-    d = D.diagnostics(always, x, M, gen(1))
+    d = diagnostics(always, x, M, gen(1))
     assert d["detect_rate"] == 1.0 and d["false_alarm"] == 1.0 and d["copy_acc"] == 0.0
     assert d["p_mask@masked"] == pytest.approx(math.exp(3) / (math.exp(3) + M))
     assert d["masked_ce@50"] == pytest.approx(math.log(M), rel=1e-5)  # SUBS: uniform over the real ids
-    c = D.diagnostics(CopyInput(V), x, M, gen(1))
+    c = diagnostics(CopyInput(V), x, M, gen(1))
     assert c["detect_rate"] == 0.0 and c["false_alarm"] == 0.0 and c["copy_acc"] == 1.0
 
 
 def test_context_free_model_masked_ce_equals_unigram_entropy() -> None:
     B, T = 256, 32
     x = torch.multinomial(P4, B * T, replacement=True, generator=gen(0)).view(B, T)
-    H = D.unigram_entropy(x, 5)
+    H = unigram_entropy(x, 5)
     assert H == pytest.approx(entropy(P4), abs=0.02)
-    d = D.diagnostics(marginal_model(P4), x, 4, gen(1))
+    d = diagnostics(marginal_model(P4), x, 4, gen(1))
     for p in (15, 50, 100):
         assert d[f"masked_ce@{p}"] == pytest.approx(H, abs=0.05)
         assert d[f"masked_acc@{p}"] == pytest.approx(0.5, abs=0.05)  # argmax = the most frequent letter
