@@ -33,13 +33,13 @@ import torch
 
 from .config import build_config, parse_overrides
 from .errors import UserError
+from .sample import SampleConfig, sampler_options
 
 # The diffusion configuration the benchmarks default to, chosen by the sweep in BENCHMARKS.md ("Making diffusion
 # write"): repair objective (fills and flags), rotary positions, learning rate 2e-3, remask sampler with noise 1
-BENCH_DEFAULTS: dict[str, Any] = {"objective": "repair", "pos_emb": "rope", "sampler": "remask", "noise": 1.0,
-                                  "order": "sampled", "noise_decay": 1.0, "prior_weight": 0.7,
-                                  "remask_frac": 0.2, "threshold": 0.5,
-                                  "learning_rate": 2e-3, "copy_weight": 0.1}
+# (the sampler options are `nanodlm sample`'s defaults, prior_weight 0.7 among them)
+BENCH_DEFAULTS: dict[str, Any] = {"objective": "repair", "pos_emb": "rope", "sampler": SampleConfig.sampler,
+                                  **sampler_options(SampleConfig), "learning_rate": 2e-3, "copy_weight": 0.1}
 RANDOM_VOCAB = 65  # shakespeare_char's vocabulary: `bench train` uses random tokens of it without prepared data
 
 T = TypeVar("T")

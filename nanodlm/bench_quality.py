@@ -36,6 +36,7 @@ from .bench import (
 from .config import TrainConfig, build_config, config_to_dict, read_config_file
 from .distributed import resolve_device
 from .errors import UserError
+from .sample import sampler_options
 
 # --- presets --------------------------------------------------------------------------------------------------
 
@@ -246,8 +247,7 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
     for name, sampler in (("ar", "ar"), ("diffusion", args.sampler)):
         warm_up_sampling(runs[name]["out_dir"], sampler, device, CKPT, num_samples, length)
     ar_texts, ar_info = generate_texts(runs["ar"]["out_dir"], sampler="ar", steps=length, **sampling)
-    opts = {"noise": args.noise, "order": args.order, "noise_decay": args.noise_decay,
-            "prior_weight": args.prior_weight, "remask_frac": args.remask_frac, "threshold": args.threshold}
+    opts = sampler_options(args)
     dm_texts, dm_info = generate_texts(runs["diffusion"]["out_dir"], sampler=args.sampler, steps=steps,
                                        sample_opts=opts, **sampling)
     real_texts = reference_texts(str(data_dir), DATASET, judge_tok, num_samples, length, args.seed, split="val")

@@ -21,6 +21,7 @@ from .bench import (
 from .bench_quality import CKPT, DATASET
 from .distributed import resolve_device
 from .errors import UserError
+from .sample import sampler_options
 
 # --- bench steps ----------------------------------------------------------------------------------------------
 
@@ -87,10 +88,8 @@ def bench_steps(argv: list[str]) -> dict[str, Any]:
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=device)
 
     def judged(out_dir: str, steps: int) -> dict[str, Any]:
-        opts = dict(noise=args.noise, order=args.order, noise_decay=args.noise_decay, prior_weight=args.prior_weight,
-                    remask_frac=args.remask_frac, threshold=args.threshold)
-        texts, info = generate_texts(out_dir, sampler=args.sampler, steps=steps, ckpt=args.ckpt, sample_opts=opts,
-                                     **sampling)
+        texts, info = generate_texts(out_dir, sampler=args.sampler, steps=steps, ckpt=args.ckpt,
+                                     sample_opts=sampler_options(args), **sampling)
         return {**score_texts(judge, judge_tok, texts), **info, "example": texts[0][:200]}
 
     for out_dir in (args.out_dir, args.ar_out_dir):
@@ -112,8 +111,7 @@ def bench_steps(argv: list[str]) -> dict[str, Any]:
 
     result = {"benchmark": "steps", "date": now(), "machine": machine_info(device), "out_dir": args.out_dir,
               "judge": args.judge, "ar_out_dir": args.ar_out_dir, "sampler": args.sampler, "ckpt": args.ckpt,
-              "noise": args.noise, "order": args.order, "noise_decay": args.noise_decay,
-              "prior_weight": args.prior_weight, "remask_frac": args.remask_frac, "threshold": args.threshold,
+              **sampler_options(args),
               "objective": meta.get("config", {}).get("objective"), "num_samples": args.num_samples,
               "length": args.length, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
               "seed": args.seed, "rows": rows, "ar": ar, "real": real}

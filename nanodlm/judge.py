@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .sample import SampleConfig, sampler_options
 from .textstats import distinct_n, judge_nll, longest_repeated_substring, unigram_entropy_bits
 
 SEPARATOR = "---------------"  # nanoGPT's sample.py prints this line after every sample
@@ -52,13 +53,13 @@ class JudgeConfig:
     data_dir: str | None = None  # reference text: default the judge's training data
     dataset: str | None = None
     json: str | None = None  # also write both rows here
-    schedule: str = "cosine"  # diffusion sampler options, as in `nanodlm sample`
-    noise: float = 1.0
-    order: str = "sampled"
-    noise_decay: float = 1.0
-    prior_weight: float = 0.7
-    remask_frac: float = 0.2
-    threshold: float = 0.5
+    schedule: str = SampleConfig.schedule  # diffusion sampler options, as in `nanodlm sample`
+    noise: float = SampleConfig.noise
+    order: str = SampleConfig.order
+    noise_decay: float = SampleConfig.noise_decay
+    prior_weight: float = SampleConfig.prior_weight
+    remask_frac: float = SampleConfig.remask_frac
+    threshold: float = SampleConfig.threshold
 
     def __post_init__(self) -> None:
         if (self.samples is None) == (self.out_dir is None):
@@ -274,12 +275,10 @@ def main(argv: list[str]) -> int:
     if cfg.samples is not None:
         texts = load_samples(cfg.samples)
     else:
-        opts = {k: getattr(cfg, k) for k in ("schedule", "noise", "order", "noise_decay", "prior_weight",
-                                             "remask_frac", "threshold")}
         texts, gen_info = generate_texts(cfg.out_dir, num_samples=cfg.num_samples, length=cfg.length,
                                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                          seed=cfg.seed, device=device, sampler=cfg.sampler, steps=cfg.steps,
-                                         ckpt=cfg.ckpt, sample_opts=opts)
+                                         ckpt=cfg.ckpt, sample_opts=sampler_options(cfg))
     samples_row = score_texts(judge, judge_tok, texts)
     judge_cfg = judge_meta.get("config", {})
     # real text of the same number and (mean) length; by default the judge's own validation text

@@ -61,6 +61,15 @@ class SampleConfig:
             raise UserError("--placeholder must be a single character")
 
 
+# confidence / remask options: their defaults live in SampleConfig; judge and bench take the same keys
+SAMPLER_OPTIONS = ("schedule", "noise", "noise_decay", "order", "prior_weight", "remask_frac", "threshold")
+
+
+def sampler_options(cfg: Any) -> dict[str, Any]:
+    """The SAMPLER_OPTIONS that ``cfg`` has, by name: the ``sample_opts`` of ``judge.generate_texts``."""
+    return {key: getattr(cfg, key) for key in SAMPLER_OPTIONS if hasattr(cfg, key)}
+
+
 def _read_text(value: str) -> str:
     if value.startswith("FILE:"):
         path = Path(value[5:])
