@@ -55,17 +55,13 @@ class StepRunner:
     """One model with its optimizer and loss; ``step(batches, it)`` runs one optimizer step, timed."""
 
     def __init__(self, cfg: TrainConfig, data_vocab: int, device: str) -> None:
+        from .distributed import resolve_dtype
         from .model import GPT, GPTConfig
-        from .train import MODEL_KEYS, make_loss_fn, resolve_dtype, step_seed
+        from .train import make_loss_fn, step_seed
 
         self.cfg, self.device = cfg, device
-        diffusion = cfg.model_type == "diffusion"
-        args = {k: getattr(cfg, k) for k in MODEL_KEYS}
-        # the same construction as train(): diffusion adds [MASK] after the data vocabulary
-        args.update(pos_emb=cfg.resolved_pos_emb, vocab_size=data_vocab + int(diffusion),
-                    mask_token_id=data_vocab if diffusion else None)
         torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))  # the initial weights train() would start from
-        self.model = GPT(GPTConfig(**args)).to(device)
+        self.model = GPT(GPTConfig.for_data(cfg, data_vocab)).to(device)  # the same construction as train()
         self.model.train()
         device_type = device.split(":")[0]
         self.ptdtype = resolve_dtype(cfg.dtype, device)

@@ -85,6 +85,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     model_args = meta.setdefault("model_args", {})
     model_args.setdefault("model_type", "gpt2")
     model_args.setdefault("pos_emb", "learned")
+    model_args.setdefault("bias", True)  # GPTConfig's default before model keys had one home
     return ckpt
 
 

@@ -16,14 +16,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .diffusion import OBJECTIVES
+from .distributed import BACKENDS, DTYPES
 from .errors import UserError
+from .model import ModelArgs
 
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelArgs):
+    """Every ``nanodlm train`` key. The model keys (model_type, block_size, n_layer, n_head, n_embd, dropout, bias,
+    pos_emb, qk_norm, diffusion_block) are inherited from ``model.ModelArgs``, which declares and checks them."""
+
     # I/O
     out_dir: str = "out"
     eval_interval: int = 2000
@@ -43,17 +49,6 @@ class TrainConfig:
     dataset: str = "shakespeare_char"
     gradient_accumulation_steps: int = 1  # global value; divided by the number of DDP processes
     batch_size: int = 12
-    block_size: int = 1024
-    # model
-    model_type: str = "gpt2"  # gpt2 | diffusion
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = False
-    pos_emb: str = "auto"  # learned | rope | auto (learned for gpt2, rope for diffusion)
-    qk_norm: bool = False  # RMS-normalised queries and keys
-    diffusion_block: int = 0  # diffusion: 0 = bidirectional (MDLM); b > 0 = block diffusion over b tokens (BD3-LM)
     # diffusion objective (see nanodlm/diffusion.py)
     objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the specification's own)
     penalty_keep_mask: float = 0.25
@@ -82,42 +77,27 @@ class TrainConfig:
     seed: int = 1337
 
     def __post_init__(self) -> None:
+        try:
+            super().__post_init__()  # the model keys
+        except ValueError as e:
+            raise UserError(str(e)) from None
         choices = {
             "init_from": ("scratch", "resume"),
-            "model_type": ("gpt2", "diffusion"),
-            "pos_emb": ("auto", "learned", "rope"),
-            "objective": ("seed", "mdlm", "repair"),
-            "backend": ("auto", "nccl", "gloo"),
-            "dtype": ("auto", "float32", "bfloat16", "float16"),
+            "objective": tuple(OBJECTIVES),
+            "backend": BACKENDS,
+            "dtype": DTYPES,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        positive = ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "eval_iters",
-                    "log_interval", "gradient_accumulation_steps")
+        positive = ("batch_size", "eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise UserError(f"config key '{key}' must be positive; got {getattr(self, key)}")
         if self.max_iters < 0:
             raise UserError(f"config key 'max_iters' must be >= 0; got {self.max_iters}")
-        if self.n_embd % self.n_head:
-            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.diffusion_block:
-            if self.model_type != "diffusion" or self.diffusion_block < 0:
-                raise UserError(f"diffusion_block={self.diffusion_block} needs model_type=diffusion and a positive "
-                                "size; use 0 for a plain model")
-            if self.block_size % self.diffusion_block:
-                raise UserError(f"diffusion_block ({self.diffusion_block}) must divide block_size ({self.block_size})")
         if not 0.0 < self.mdlm_eps < self.mdlm_t_max <= 1.0:
             raise UserError(f"need 0 < mdlm_eps < mdlm_t_max <= 1; got {self.mdlm_eps} and {self.mdlm_t_max}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"config key 'dropout' must be in [0, 1); got {self.dropout}")
-
-    @property
-    def resolved_pos_emb(self) -> str:
-        if self.pos_emb != "auto":
-            return self.pos_emb
-        return "rope" if self.model_type == "diffusion" else "learned"
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

@@ -10,6 +10,9 @@ import torch.distributed as dist
 
 from .errors import UserError
 
+BACKENDS = ("auto", "nccl", "gloo")  # auto: nccl on CUDA, gloo on CPU
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: bf16 on capable CUDA, fp16 on older CUDA, fp32 elsewhere
+
 
 @dataclass
 class DistInfo:
@@ -36,6 +39,15 @@ def resolve_device(device: str) -> str:
     if device.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise UserError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """A ``DTYPES`` name -> the torch dtype training and sampling compute in on ``device``."""
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
 def init_distributed(device: str, backend: str = "auto") -> DistInfo:

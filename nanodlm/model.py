@@ -16,51 +16,87 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 MODEL_TYPES = ("gpt2", "diffusion")
-POS_EMBS = ("learned", "rope")
+POS_EMBS = ("auto", "learned", "rope")  # auto: learned for gpt2, rope for diffusion
 
 
 @dataclass
-class GPTConfig:
+class ModelArgs:
+    """The architecture a user picks. Each key is declared and validated here once; ``TrainConfig`` inherits
+    them as flat nanoGPT keys (``--n_layer=4``). Bad values raise ValueError naming the key."""
+
+    model_type: str = "gpt2"  # gpt2 | diffusion
     block_size: int = 1024
-    vocab_size: int = 50304  # includes [MASK] for diffusion; the table is padded to a multiple of 64
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = True
-    model_type: str = "gpt2"
-    mask_token_id: int | None = None
-    pos_emb: str = "learned"  # learned (GPT-2 weights load) | rope (rotary, relative order)
+    bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2's weights have them)
+    pos_emb: str = "auto"  # learned (GPT-2 weights load) | rope (rotary, relative order) | auto (see POS_EMBS)
     qk_norm: bool = False  # RMS-normalise queries and keys per head (stabilises higher learning rates)
-    diffusion_block: int = 0  # diffusion: 0 = bidirectional; b > 0 = block-causal over blocks of b (BD3-LM)
+    diffusion_block: int = 0  # diffusion: 0 = bidirectional (MDLM); b > 0 = block-causal over blocks of b (BD3-LM)
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("model_type", MODEL_TYPES), ("pos_emb", POS_EMBS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        for key in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"config key '{key}' must be positive; got {getattr(self, key)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.resolved_pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("pos_emb=rope needs an even head size (n_embd / n_head)")
+        if self.diffusion_block < 0 or (self.diffusion_block and self.model_type != "diffusion"):
+            raise ValueError(f"diffusion_block={self.diffusion_block} needs model_type=diffusion and a positive "
+                             "size; use 0 for a plain model")
+        if self.diffusion_block and self.block_size % self.diffusion_block:
+            raise ValueError(f"diffusion_block ({self.diffusion_block}) must divide block_size ({self.block_size})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"config key 'dropout' must be in [0, 1); got {self.dropout}")
+
+    @property
+    def resolved_pos_emb(self) -> str:
+        if self.pos_emb != "auto":
+            return self.pos_emb
+        return "rope" if self.model_type == "diffusion" else "learned"
+
+
+@dataclass
+class GPTConfig(ModelArgs):
+    """ModelArgs plus the vocabulary: everything needed to build a GPT (saved as a checkpoint's model_args)."""
+
+    vocab_size: int = 50304  # includes [MASK] for diffusion; the table is padded to a multiple of 64
+    mask_token_id: int | None = None
     padded_vocab_size: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
-        if self.pos_emb not in POS_EMBS:
-            raise ValueError(f"pos_emb must be one of {POS_EMBS}, got {self.pos_emb!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("pos_emb=rope needs an even head size (n_embd / n_head)")
-        if self.diffusion_block < 0 or (self.diffusion_block and self.model_type != "diffusion"):
-            raise ValueError(f"diffusion_block must be 0, or > 0 for model_type diffusion; got {self.diffusion_block}")
-        if self.diffusion_block and self.block_size % self.diffusion_block:
-            raise ValueError(f"diffusion_block ({self.diffusion_block}) must divide block_size ({self.block_size})")
+        super().__post_init__()
+        self.pos_emb = self.resolved_pos_emb
         if self.model_type == "diffusion":
             if self.mask_token_id is None:
                 self.mask_token_id = self.vocab_size - 1
             if self.mask_token_id != self.vocab_size - 1:
                 raise ValueError("diffusion needs mask_token_id == vocab_size - 1")
         self.padded_vocab_size = ((self.vocab_size + 63) // 64) * 64
+
+    @classmethod
+    def for_data(cls, args: ModelArgs, data_vocab: int) -> GPTConfig:
+        """The model ``args`` describe over a data vocabulary of ``data_vocab`` ids; diffusion appends [MASK]."""
+        diffusion = args.model_type == "diffusion"
+        values = {f.name: getattr(args, f.name) for f in fields(ModelArgs)}
+        return cls(**values, vocab_size=data_vocab + int(diffusion), mask_token_id=data_vocab if diffusion else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constructor's arguments (a checkpoint's ``model_args``): ``GPTConfig(**c.to_dict()) == c``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
 def rotary_cos_sin(T: int, head_size: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

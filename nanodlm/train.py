@@ -23,13 +23,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
 from .data import get_batch, load_meta, open_split
-from .distributed import destroy_distributed, init_distributed
+from .distributed import destroy_distributed, init_distributed, resolve_dtype
 from .errors import UserError
 from .model import GPT, GPTConfig
 from .plotting import plot_loss_curves
-
-MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "model_type", "pos_emb", "qk_norm",
-              "diffusion_block")
 
 
 class TrainingDiverged(UserError):
@@ -52,14 +49,6 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
         return cfg.min_lr
     ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
 def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None):
@@ -124,11 +113,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if ckpt is not None:
         model_args = dict(ckpt["meta"]["model_args"])  # the checkpoint's architecture wins
     else:
-        data_vocab = int(data_meta["vocab_size"])
-        diffusion = cfg.model_type == "diffusion"
-        model_args = {k: getattr(cfg, k) for k in MODEL_KEYS}
-        model_args.update(pos_emb=cfg.resolved_pos_emb, vocab_size=data_vocab + int(diffusion),
-                          mask_token_id=data_vocab if diffusion else None)
+        model_args = GPTConfig.for_data(cfg, int(data_meta["vocab_size"])).to_dict()
     # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree
     torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))
     model = GPT(GPTConfig(**model_args))

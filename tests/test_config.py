@@ -172,3 +172,29 @@ def test_cli_config_errors_are_one_line(capsys: pytest.CaptureFixture, args: lis
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert needle in lines[0]
     assert "Traceback" not in err + out
+
+
+@pytest.mark.parametrize("preset, digest", [("cpu", "ee2ea621"), ("cpu_diffusion", "185200c1"),
+                                            ("cpu_block_diffusion", "8de90e28")])
+def test_config_hash_is_pinned(preset: str, digest: str) -> None:
+    # bench runs live under runs/<name>-<hash>: refactoring the config must not rename them
+    from nanodlm.bench_quality import config_hash
+
+    assert config_hash(load_config(TrainConfig, [preset])) == digest
+    assert config_hash(TrainConfig()) == "c38b3188"
+
+
+def test_model_keys_have_one_home() -> None:
+    # TrainConfig's model keys are ModelArgs' fields: one default, one check, and GPTConfig agrees
+    from dataclasses import fields
+
+    from nanodlm.model import GPTConfig, ModelArgs
+
+    for f in fields(ModelArgs):
+        assert getattr(TrainConfig(), f.name) == f.default
+    cfg = load_config(TrainConfig, ["--model_type=diffusion", "--n_layer=2", "--n_head=2", "--n_embd=32"])
+    gpt = GPTConfig.for_data(cfg, 65)
+    assert (gpt.n_layer, gpt.pos_emb, gpt.vocab_size, gpt.mask_token_id) == (2, "rope", 66, 65)
+    assert GPTConfig(**gpt.to_dict()) == gpt
+    with pytest.raises(UserError, match="even head size"):  # the model's own check, as a one-line UserError
+        load_config(TrainConfig, ["--model_type=diffusion", "--n_embd=30", "--n_head=10"])
