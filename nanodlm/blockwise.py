@@ -33,6 +33,8 @@ def _pad_report(on_step: OnStep, head: torch.Tensor, tail: torch.Tensor, offset:
 def _add_info(info: dict[str, Any], part: dict[str, Any]) -> None:
     for key in ("committed_per_step", "remasked_per_step", "steps_used", "forward_passes"):
         info[key] += part[key]
+    mine, theirs = info["passes_per_sample"], part.get("passes_per_sample") or []
+    info["passes_per_sample"] = [a + b for a, b in zip(mine or [0] * len(theirs), theirs)]
     info["blocks"] += 1
 
 

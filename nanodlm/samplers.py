@@ -83,8 +83,8 @@ def _prepare(canvas: torch.Tensor, mask_token_id: int, steps: int, fixed: torch.
 
 def _sample_fill(logits: torch.Tensor, mask_token_id: int, temperature: float, top_k: int | None,
                  top_p: float | None, generator: torch.Generator | None,
-                 order: str = "sampled") -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample tokens with [MASK] forbidden: logits (N, V) -> ids (N,), a confidence per row (N,).
+                 order: str = "sampled") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample tokens with [MASK] forbidden: logits (N, V) -> ids (N,), a confidence per row (N,), log p(ids) (N,).
 
     Confidence (higher = reveal sooner), by ``order``: ``sampled`` = log p(sampled id) (MaskGIT);
     ``entropy`` = -H(p); ``margin`` = log p(top1) - log p(top2). The last two do not look at the sampled
@@ -94,17 +94,18 @@ def _sample_fill(logits: torch.Tensor, mask_token_id: int, temperature: float, t
     logits = logits.float().clone()
     logits[:, mask_token_id] = float("-inf")  # before top-k/top-p, so those pick among real tokens
     ids, logprobs = sample_with_logprobs(logits, temperature, top_k, top_p, generator)
-    if order == "entropy":
-        probs = logprobs.exp()
-        return ids, (probs * logprobs.clamp(min=torch.finfo(logprobs.dtype).min)).sum(-1)  # -H(p) (N,)
-    if order == "margin":
-        top2 = logprobs.topk(2, dim=-1).values  # (N, 2)
-        return ids, top2[:, 0] - top2[:, 1]
     # log p(id) = -log1p(sum_{j != id} p_j / p_id): keeps near-certain tokens apart, where float32
     # log_softmax rounds them all to 0 and the confidence ranking would turn into ties
     ratio = (logprobs - logprobs.gather(-1, ids[:, None])).exp()  # (N, V)
     ratio.scatter_(-1, ids[:, None], 0.0)
-    return ids, -torch.log1p(ratio.sum(-1))
+    logp = -torch.log1p(ratio.sum(-1))  # (N,)
+    if order == "entropy":
+        probs = logprobs.exp()
+        return ids, (probs * logprobs.clamp(min=torch.finfo(logprobs.dtype).min)).sum(-1), logp  # -H(p) (N,)
+    if order == "margin":
+        top2 = logprobs.topk(2, dim=-1).values  # (N, 2)
+        return ids, top2[:, 0] - top2[:, 1], logp
+    return ids, logp, logp
 
 
 def _check_order(order: str) -> None:
@@ -112,9 +113,13 @@ def _check_order(order: str) -> None:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
 
 
-def _top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """scores (B, L), k (B,) -> bool (B, L) marking the k[b] highest scores of each row (stable on ties)."""
+def _top_k_mask(scores: torch.Tensor, k: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+    """scores (B, L), k (B,) -> bool (B, L) marking the k[b] highest scores of each row (stable on ties).
+    ``first`` (B, L) bool: those positions rank ahead of all others, each group in score order."""
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices  # (B, L)
+    if first is not None:
+        order = order.gather(-1, torch.sort(first.gather(-1, order).to(torch.uint8), dim=-1, descending=True,
+                                            stable=True).indices)
     ranks = torch.empty_like(order)
     ranks.scatter_(-1, order, torch.arange(scores.size(-1), device=scores.device).expand_as(order))
     return ranks < k[:, None]
@@ -138,22 +143,34 @@ def _masked_fraction(schedule: str, r: float) -> float:
 
 def _confident_fill(logits: torch.Tensor, tokens: torch.Tensor, k: torch.Tensor, mask_token_id: int,
                     temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None,
-                    noise: float, order: str = "sampled", prior: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    noise: float, order: str = "sampled", prior: torch.Tensor | None = None,
+                    parallel_threshold: float = 0.0, max_per_pass: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Reveal the k[b] most confident masked positions of each row -> (new tokens, revealed), both (B, L).
 
     Confidence as ``order`` says (see ``_sample_fill``), minus prior[drawn id] when a ``prior`` (B, L, V)
     is given (``_prior``), + ``noise`` x Gumbel when noise > 0.
+    ``parallel_threshold`` = tau > 0 (threshold parallel decoding, Fast-dLLM, Wu et al. 2025): also reveal
+    every masked position whose drawn token has probability > tau under the distribution it was drawn from,
+    at least one per row that has a mask, at most ``max_per_pass`` (0 = no cap; the most confident by the
+    ranking above). k[b] stays a floor, so the sampler still ends within its steps.
     """
     masked = tokens == mask_token_id
-    ids, conf = _sample_fill(logits[masked], mask_token_id, temperature, top_k, top_p, generator, order)
+    ids, conf, logp = _sample_fill(logits[masked], mask_token_id, temperature, top_k, top_p, generator, order)
     if prior is not None:
         conf = conf - prior[masked].gather(-1, ids[:, None]).squeeze(-1)
     scores = torch.full(tokens.shape, float("-inf"), dtype=torch.float64, device=tokens.device)
     scores[masked] = conf.double()  # log-confidence
     if noise > 0:
         scores = scores + noise * _gumbel(tokens.shape, generator, tokens.device)
-    revealed = _top_k_mask(scores, k) & masked
+    above = None
+    if parallel_threshold > 0:
+        above = torch.zeros_like(masked)
+        above[masked] = logp > math.log(parallel_threshold)  # (B, L)
+        n = above.sum(-1).clamp(min=1)  # (B,): at least one per pass
+        if max_per_pass:
+            n = n.clamp(max=max_per_pass)
+        k = torch.maximum(k, n * masked.any(-1))
+    revealed = _top_k_mask(scores, k, above) & masked
     proposal = tokens.clone()
     proposal[masked] = ids
     return torch.where(revealed, proposal, tokens), revealed
@@ -166,6 +183,19 @@ def _prior(logits: torch.Tensor, prior_weight: float, mask_token_id: int) -> tor
     logits = logits.float().clone()
     logits[..., mask_token_id] = float("-inf")
     return prior_weight * torch.log_softmax(logits, dim=-1).clamp(min=torch.finfo(torch.float32).min)
+
+
+def _check_parallel(parallel_threshold: float, max_per_pass: int) -> None:
+    if not 0.0 <= parallel_threshold < 1.0 or max_per_pass < 0:
+        raise ValueError(f"parallel_threshold must be in [0, 1) (0 = off) and max_per_pass >= 0 (0 = no cap); "
+                         f"got {parallel_threshold} and {max_per_pass}")
+
+
+def _count_pass(info: dict[str, Any], forward: _Forward, passes_before: int, active: torch.Tensor) -> None:
+    """Add one to ``passes_per_sample`` of the rows still being written (active (B,) bool) if the model ran."""
+    if forward.passes > passes_before:
+        count = info["passes_per_sample"]
+        info["passes_per_sample"] = [c + int(a) for c, a in zip(count or [0] * len(active), active.tolist())]
 
 
 def _check_prior_weight(prior_weight: float, order: str) -> None:
@@ -183,7 +213,10 @@ def _report(info: dict[str, Any], on_step: OnStep | None, step: int, tokens: tor
 
 
 def new_info() -> dict[str, Any]:
-    return {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0}
+    """``passes_per_sample``: per row, the forward passes that ran while the row still changed (its count at
+    batch 1 with the same draws); filled by confidence and remask."""
+    return {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0,
+            "passes_per_sample": []}
 
 
 # --- samplers ---------------------------------------------------------------------------------------------
@@ -211,7 +244,7 @@ def sample_seed(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps
             _report(info, on_step, step, tokens, masked & (tokens != mask_token_id))
         masked = tokens == mask_token_id
         if masked.any():
-            ids, _ = _sample_fill(forward(tokens)[masked], mask_token_id, temperature, top_k, top_p, generator)
+            ids = _sample_fill(forward(tokens)[masked], mask_token_id, temperature, top_k, top_p, generator)[0]
             tokens = tokens.clone()
             tokens[masked] = ids
             info["final_pass"] = True
@@ -243,7 +276,7 @@ def sample_ancestral(model: Model, canvas: torch.Tensor, *, mask_token_id: int, 
             u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
             revealed = masked & (u < p_reveal)
             if revealed.any():
-                ids, _ = _sample_fill(forward(tokens)[revealed], mask_token_id, temperature, top_k, top_p, generator)
+                ids = _sample_fill(forward(tokens)[revealed], mask_token_id, temperature, top_k, top_p, generator)[0]
                 tokens = tokens.clone()
                 tokens[revealed] = ids
             info["steps_used"] = step
@@ -257,7 +290,8 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
                       generator: torch.Generator | None, fixed: torch.Tensor | None = None,
                       on_step: OnStep | None = None, schedule: str = "linear",
                       noise: float = 0.0, order: str = "sampled", noise_decay: float = 1.0,
-                      prior_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+                      prior_weight: float = 0.0, parallel_threshold: float = 0.0,
+                      max_per_pass: int = 0) -> tuple[torch.Tensor, dict]:
     """Confidence-ordered unmasking: MaskGIT (Chang et al. 2022), LLaDA low-confidence remasking (Nie et al. 2025).
 
     Each step samples a token for every masked position ([MASK] excluded) and keeps the k most confident
@@ -267,11 +301,14 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
     to the log-confidences, MaskGIT's annealed randomised ordering (noise_decay 1 is MaskGIT's linear decay).
     ``prior_weight`` w > 0 subtracts w x log p(drawn | the canvas at the first pass) from each confidence (see
     ORDERS): at w = 0.7 the remask sampler keeps the text's character entropy (BENCHMARKS.md, section 8).
+    ``parallel_threshold`` tau > 0 also reveals every mask whose draw has probability > tau, at least one per
+    pass, at most ``max_per_pass`` (``_confident_fill``): few passes where the model is sure, one where not.
     """
     tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
     _masked_fraction(schedule, 0.0)  # validate the names up front
     _check_order(order)
     _check_prior_weight(prior_weight, order)
+    _check_parallel(parallel_threshold, max_per_pass)
     info, forward = new_info(), _Forward(model)
     n_start = (tokens == mask_token_id).sum(-1)  # (B,)
     prior = None  # (B, L, V): prior_weight x log-probs of the first pass
@@ -282,12 +319,14 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
                 break
             keep = 0.0 if step == steps else _masked_fraction(schedule, step / steps)
             k = (masked.sum(-1) - torch.floor(n_start * keep).long()).clamp(min=0)  # (B,) to reveal now
-            revealed = torch.zeros_like(masked)
-            if k.any():
+            revealed, passes = torch.zeros_like(masked), forward.passes
+            if k.any() or parallel_threshold > 0:
                 logits = forward(tokens)
                 prior = _prior(logits, prior_weight, mask_token_id) if prior is None else prior
                 tokens, revealed = _confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
-                                                   generator, noise * (1 - step / steps) ** noise_decay, order, prior)
+                                                   generator, noise * (1 - step / steps) ** noise_decay, order, prior,
+                                                   parallel_threshold, max_per_pass)
+            _count_pass(info, forward, passes, masked.any(-1))
             info["steps_used"] = step
             _report(info, on_step, step, tokens, revealed)
     info["forward_passes"] = forward.passes
@@ -299,15 +338,15 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
                   generator: torch.Generator | None, fixed: torch.Tensor | None = None,
                   on_step: OnStep | None = None, schedule: str = "linear", noise: float = 0.0,
                   remask_frac: float = 0.2, threshold: float = 0.5,
-                  order: str = "sampled", noise_decay: float = 1.0,
-                  prior_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+                  order: str = "sampled", noise_decay: float = 1.0, prior_weight: float = 0.0,
+                  parallel_threshold: float = 0.0, max_per_pass: int = 0) -> tuple[torch.Tensor, dict]:
     """Fill by confidence and correct: re-mask tokens the model itself flags as wrong.
 
     The model is trained to predict [MASK] on tokens that were randomly corrupted (SPEC.md 2.2), so
     P([MASK] | x) at a position holding a token is its estimate that the token is wrong. Each step i:
     1. one forward on the current canvas x;
     2. fill: reveal masked positions by confidence (as ``confidence``, with its ``order``, ``noise``,
-       ``noise_decay`` and ``prior_weight``) until at most
+       ``noise_decay``, ``prior_weight`` and ``parallel_threshold`` / ``max_per_pass``) until at most
        floor(E * gamma(i / steps)) masks remain, E = number of non-fixed positions; re-masked positions count
        as masks again, so they are refilled at the schedule's pace;
     3. re-mask (not on the last step): among non-fixed positions that held a token in x, those with
@@ -321,6 +360,7 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
     _masked_fraction(schedule, 0.0)
     _check_order(order)
     _check_prior_weight(prior_weight, order)
+    _check_parallel(parallel_threshold, max_per_pass)
     if not 0.0 <= remask_frac <= 1.0:
         raise ValueError(f"remask_frac must be in [0, 1], got {remask_frac}")
     info, forward = new_info(), _Forward(model)
@@ -329,16 +369,17 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
     prior = None  # (B, L, V): prior_weight x log-probs of the first pass
     with inference_mode(model):
         for step in range(1, steps + 1):
-            last = step == steps
+            last, passes = step == steps, forward.passes
             logits = forward(tokens)  # (B, L, V), judged on the canvas before this step's changes
             prior = _prior(logits, prior_weight, mask_token_id) if prior is None else prior
             masked = tokens == mask_token_id
             keep = 0.0 if last else _masked_fraction(schedule, step / steps)
             k = (masked.sum(-1) - torch.floor(n_edit * keep).long()).clamp(min=0)  # (B,)
             new, revealed = tokens, torch.zeros_like(masked)
-            if k.any():
+            if k.any() or (parallel_threshold > 0 and masked.any()):
                 new, revealed = _confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
-                                                generator, noise * (1 - step / steps) ** noise_decay, order, prior)
+                                                generator, noise * (1 - step / steps) ** noise_decay, order, prior,
+                                                parallel_threshold, max_per_pass)
             remasked = torch.zeros_like(masked)
             if not last:
                 # P([MASK] | x) = exp(logit_mask - logsumexp): no (B, L, V) softmax needed
@@ -349,6 +390,7 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
                 scores = torch.where(candidates, p_mask.double(), float("-inf"))
                 remasked = _top_k_mask(scores, budget) & candidates
                 new = new.masked_fill(remasked, mask_token_id)
+            _count_pass(info, forward, passes, masked.any(-1) | remasked.any(-1))
             if not masked.any() and not remasked.any():
                 break  # fixed point: nothing to fill, nothing flagged; later steps would change nothing
             tokens = new
