@@ -126,10 +126,10 @@ def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, tempera
                 # first step, or the cache is full: (re-)prefill the cropped window from position 0
                 if cache is None:
                     cache = model.new_kv_cache(idx.size(0), idx.device, cache_dtype(model, idx.device))
-                cache.pos = 0
-                logits, _ = model(window, kv_cache=cache)
+                cache.reset()
+                logits = model.decode(window, cache)
             else:
-                logits, _ = model(idx[:, -1:], kv_cache=cache)  # (B, 1): the newest token only
+                logits = model.decode(idx[:, -1:], cache)  # (B, 1): the newest token only
             idx_next = sample_logits(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
             idx = torch.cat((idx, idx_next[:, None]), dim=1)
     return idx

@@ -52,13 +52,13 @@ class _PrefixCache(torch.nn.Module):
         """Cache the final blocks of tokens[:, cache.pos:start], one block per pass; returns the passes."""
         passes = 0
         for pos in range(self.cache.pos, start, self.block):
-            self.model(tokens[:, pos:pos + self.block], kv_cache=self.cache)
+            self.model.decode(tokens[:, pos:pos + self.block], self.cache)
             passes += 1
         return passes
 
     def forward(self, canvas: torch.Tensor, **_: Any) -> tuple[torch.Tensor, None]:
         start = self.cache.pos
-        logits, _ = self.model(canvas[:, start:], kv_cache=self.cache, advance=False)  # (B, end - start, V)
+        logits = self.model.decode(canvas[:, start:], self.cache, keep=False)  # (B, end - start, V)
         return torch.cat((logits.new_zeros(canvas.size(0), start, logits.size(-1)), logits), dim=1), None
 
 

@@ -133,11 +133,11 @@ def block_diffusion_mask(T: int, block: int, device: torch.device, with_clean: b
 
 
 class KVCache:
-    """Per-layer keys and values for incremental decoding, preallocated to block_size.
+    """Per-layer keys and values for incremental decoding, preallocated to block_size; it owns its position.
 
     AR: a prefill, then one token at a time. Block diffusion: one block at a time; a block attends to the
     cache and to itself, and is kept (``advance``) only once it is final, so the passes that denoise it
-    cost one block each instead of the whole prefix.
+    cost one block each instead of the whole prefix. See ``GPT.decode``.
     """
 
     def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
@@ -145,14 +145,33 @@ class KVCache:
         shape = (n_layer, batch, n_head, block_size, head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0  # number of positions filled
+        self._pos = 0
+
+    @property
+    def pos(self) -> int:
+        """Positions kept so far, which is also the position of the next token."""
+        return self._pos
+
+    @property
+    def size(self) -> int:
+        return self.k.size(3)
+
+    def reset(self) -> None:
+        """Forget every position (the next pass is a prefill from position 0)."""
+        self._pos = 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        T = k.size(2)
-        self.k[layer, :, :, self.pos:self.pos + T] = k
-        self.v[layer, :, :, self.pos:self.pos + T] = v
-        end = self.pos + T
+        """Write k, v (B, nh, T, hs) after the kept positions; returns the keys and values up to them."""
+        end = self._pos + k.size(2)
+        self.k[layer, :, :, self._pos:end] = k
+        self.v[layer, :, :, self._pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Keep the ``n`` positions the last pass wrote (a pass that is not kept is overwritten by the next)."""
+        if self._pos + n > self.size:
+            raise ValueError(f"a KV cache of {self.size} positions cannot keep {self._pos + n}")
+        self._pos += n
 
 
 class SelfAttention(nn.Module):
@@ -180,8 +199,6 @@ class SelfAttention(nn.Module):
         is_causal = self.causal
         if kv_cache is not None:
             # a prefill on an empty cache is causal as usual; a single new query sees the whole cache
-            if self.causal and kv_cache.pos > 0 and T > 1:
-                raise ValueError("KV cache supports a prefill or one token at a time")
             is_causal = self.causal and kv_cache.pos == 0
             k, v = kv_cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -261,36 +278,63 @@ class GPT(nn.Module):
         c = self.config
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                kv_cache: KVCache | None = None, all_logits: bool = False, clean: torch.Tensor | None = None,
-                advance: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) -> logits (B, T, vocab_size) or (B, 1, vocab_size), loss.
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, clean: torch.Tensor | None = None,
+                all_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A full pass (training, evaluation, uncached sampling): idx (B, T) -> (logits, loss).
 
-        With targets, loss is the mean cross-entropy over positions whose target is not -1.
-        Logits are cut to ``vocab_size``, so padded ids are never predicted.
+        Logits are (B, T, vocab_size), or (B, 1, vocab_size) for gpt2 without targets or ``all_logits`` (the
+        next-token distribution is all generation needs); they are cut to ``vocab_size``, so padded ids are
+        never predicted. With targets, loss is the mean cross-entropy over positions whose target is not -1.
         ``clean`` (B, T), block diffusion training only: the uncorrupted text, appended after idx with the same
-        positions so each noisy block attends to the clean blocks before it; logits are returned for idx only.
-        With a ``kv_cache``, a block diffusion model takes one block (or less) that attends to the cache and
-        itself; ``advance=False`` leaves it out of the cache (a draft still being denoised).
+        positions so each noisy block attends to the clean blocks before it (BD3-LM); logits are for idx only.
         """
         B, T = idx.size()
-        offset = kv_cache.pos if kv_cache is not None else 0
-        if offset + T > self.config.block_size:
-            raise ValueError(f"sequence of length {offset + T} exceeds block_size {self.config.block_size}")
+        self._check_length(T)
         block = self.config.diffusion_block
-        if clean is not None and (not block or clean.shape != idx.shape):
-            raise ValueError("clean is for block diffusion models (diffusion_block > 0) and must match idx's shape")
-        if kv_cache is not None and self.config.model_type == "diffusion" and not block:
-            raise ValueError("a KV cache needs a causal (gpt2) or block diffusion model")
-        if kv_cache is not None and block and (offset % block or T > block):
-            raise ValueError(f"a block diffusion cache takes whole blocks of {block}: got {T} tokens at {offset}")
-        pos = torch.arange(offset, offset + T, dtype=torch.long, device=idx.device)
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
         attn_mask = None
-        if block and kv_cache is None:  # with a cache: one block against the past, nothing to mask
+        if clean is not None:
+            if not block or clean.shape != idx.shape:
+                raise ValueError("clean is for block diffusion models (diffusion_block > 0) and must match idx's shape")
+            idx, pos = torch.cat((idx, clean), dim=1), torch.cat((pos, pos))  # (B, 2T), (2T,)
+        if block:
             attn_mask = block_diffusion_mask(T, block, idx.device, with_clean=clean is not None)
-            if clean is not None:
-                idx, pos = torch.cat((idx, clean), dim=1), torch.cat((pos, pos))  # (B, 2T), (2T,)
-        x = self.transformer.wte(idx)  # (B, T or 2T, C)
+        x = self._trunk(idx, pos, attn_mask, None)[:, :T]  # (B, T, C)
+        logits = self._head(x, all_logits or targets is not None)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def decode(self, idx: torch.Tensor, cache: KVCache, *, keep: bool = True, all_logits: bool = False) -> torch.Tensor:
+        """Cached inference: idx (B, T) at positions cache.pos .. cache.pos + T - 1 -> logits, shaped as forward's.
+
+        gpt2: a prefill on an empty cache, then one token at a time. Block diffusion: at most one block, starting
+        at a block boundary, attending to the cache and to itself; ``keep=False`` leaves it out of the cache (a
+        draft still being denoised). A bidirectional diffusion model has no cache: every position sees the future.
+        """
+        T, start, block = idx.size(1), cache.pos, self.config.diffusion_block
+        self._check_length(start + T)
+        if self.config.model_type == "diffusion" and not block:
+            raise ValueError("a KV cache needs a causal (gpt2) or block diffusion model")
+        if block and (start % block or T > block):
+            raise ValueError(f"a block diffusion cache takes whole blocks of {block}: got {T} tokens at {start}")
+        if not block and start > 0 and T > 1:
+            raise ValueError("a gpt2 KV cache takes a prefill or one token at a time")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self._trunk(idx, pos, None, cache)  # (B, T, C)
+        if keep:
+            cache.advance(T)
+        return self._head(x, all_logits)
+
+    def _check_length(self, end: int) -> None:
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of length {end} exceeds block_size {self.config.block_size}")
+
+    def _trunk(self, idx: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor | None,
+               cache: KVCache | None) -> torch.Tensor:
+        """Embeddings and the transformer blocks: idx (B, T), pos (T,) -> residual stream (B, T, C)."""
+        x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos_emb == "learned":
             x = x + self.transformer.wpe(pos)
@@ -298,18 +342,14 @@ class GPT(nn.Module):
             rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each
         x = self.transformer.drop(x)
         for layer, block_module in enumerate(self.transformer.h):
-            x = block_module(x, rope, kv_cache, layer, attn_mask)
-        if kv_cache is not None and advance:
-            kv_cache.pos += T
-        x = self.transformer.ln_f(x[:, :T])
-        last_only = targets is None and not all_logits and self.config.model_type == "gpt2"
-        if last_only:
+            x = block_module(x, rope, cache, layer, attn_mask)
+        return x
+
+    def _head(self, x: torch.Tensor, all_positions: bool) -> torch.Tensor:
+        """Final norm and the tied output layer: (B, T, C) -> logits (B, T or 1, vocab_size)."""
+        if not all_positions and self.config.model_type == "gpt2":
             x = x[:, [-1], :]  # (B, 1, C): generation needs only the next-token distribution
-        logits = self.lm_head(x)[..., : self.config.vocab_size]
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.lm_head(self.transformer.ln_f(x))[..., : self.config.vocab_size]
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float,
                              betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:

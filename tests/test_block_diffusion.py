@@ -205,15 +205,15 @@ def test_cached_block_forward_matches_full_forward():
     full, _ = model(torch.cat((x[:, :8], draft), 1))
     cache = model.new_kv_cache(2, torch.device("cpu"), torch.float32)
     for pos in (0, 4):
-        model(x[:, pos:pos + 4], kv_cache=cache)
+        model.decode(x[:, pos:pos + 4], cache)
     assert cache.pos == 8
-    part, _ = model(draft, kv_cache=cache, advance=False)
+    part = model.decode(draft, cache, keep=False)
     assert cache.pos == 8  # a draft is not kept
     torch.testing.assert_close(part, full[:, 8:12], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="whole blocks"):
-        model(x[:, :6], kv_cache=cache)
+        model.decode(x[:, :6], cache)
     with pytest.raises(ValueError, match="KV cache needs"):
-        block_gpt(0)(x, kv_cache=block_gpt(0).new_kv_cache(2, torch.device("cpu"), torch.float32))
+        block_gpt(0).decode(x, block_gpt(0).new_kv_cache(2, torch.device("cpu"), torch.float32))
 
 
 @pytest.mark.parametrize("sampler", ["confidence", "remask", "seed"])

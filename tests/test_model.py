@@ -143,14 +143,31 @@ def test_kv_cache_matches_full_forward(pos_emb: str) -> None:
     with torch.no_grad():
         full, _ = model(x, all_logits=True)  # (B, T, V)
         cache = model.new_kv_cache(2, x.device, torch.float32)
-        prefill, _ = model(x[:, :5], kv_cache=cache, all_logits=True)
+        prefill = model.decode(x[:, :5], cache, all_logits=True)
         steps = [prefill]
         for t in range(5, 16):
-            logits, _ = model(x[:, t:t + 1], kv_cache=cache)
+            logits = model.decode(x[:, t:t + 1], cache)
             steps.append(logits)
         assert cache.pos == 16
     incremental = torch.cat(steps, dim=1)
     assert incremental.shape == full.shape
     assert torch.allclose(incremental, full, atol=1e-5)
     with torch.no_grad(), pytest.raises(ValueError, match="block_size"):
-        model(x[:, :1], kv_cache=cache)  # the cache is full
+        model.decode(x[:, :1], cache)  # the cache is full
+
+
+def test_kv_cache_owns_its_position() -> None:
+    model = tiny("gpt2")
+    x = tokens(B=2, T=16)
+    cache = model.new_kv_cache(2, x.device, torch.float32)
+    with torch.no_grad():
+        first = model.decode(x[:, :4], cache)
+        assert cache.pos == 4
+        with pytest.raises(ValueError, match="one token at a time"):
+            model.decode(x[:, 4:6], cache)
+        cache.reset()  # start over: the same prefill gives the same logits
+        assert cache.pos == 0 and torch.equal(model.decode(x[:, :4], cache), first)
+    with pytest.raises(ValueError, match="cannot keep"):
+        cache.advance(13)  # 4 + 13 > block_size 16
+    with pytest.raises(AttributeError):
+        cache.pos = 0  # read-only: only the cache moves its position
