@@ -15,9 +15,11 @@ from typing import Any
 import torch
 
 from .ar_sampling import Model, cache_dtype, inference_mode
+from .model import KVCache
 from .samplers import OnStep, SamplerFn, get_sampler, new_info
 
-__all__ = ["generate_blocks", "generate_long"]
+__all__ = ["APPROX_CACHES", "generate_blocks", "generate_long"]
+APPROX_CACHES = ("none", "prefix", "dual")  # semi-autoregressive decoding of a bidirectional model
 
 
 def _pad_report(on_step: OnStep, head: torch.Tensor, tail: torch.Tensor, offset: int) -> OnStep:
@@ -62,18 +64,71 @@ class _PrefixCache(torch.nn.Module):
         return torch.cat((logits.new_zeros(canvas.size(0), start, logits.size(-1)), logits), dim=1), None
 
 
+class _SpanCache(KVCache):
+    """A KV cache that also returns the positions after the span being written, up to ``span``: Fast-dLLM's
+    dual cache, where a block attends to the kept prefix, itself, and the suffix as the last refresh saw it."""
+
+    span = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = max(super().update(layer, k, v)[0].size(2), self.span)
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class _Bidirectional(torch.nn.Module):
+    """A bidirectional model decoding canvas[:, :end] of a longer canvas (semi-autoregressive, LLaDA): every call
+    sees the whole canvas, the positions after the block (``tail``, still masked) appended.
+
+    ``approx_cache`` (Fast-dLLM, Wu et al. 2025), approximate by design: the first pass of each block runs the
+    whole canvas and keeps every position's keys and values (exact logits); later passes in the block run
+    canvas[:, start:] against the cached prefix (``prefix``), or only the block against the cached prefix and
+    tail (``dual``). The cached keys were computed before the block's latest reveals; logits are zero before
+    ``start`` (samplers never read logits at fixed positions).
+    """
+
+    def __init__(self, model: Model, approx_cache: str, batch: int, device: torch.device) -> None:
+        super().__init__()
+        if approx_cache not in APPROX_CACHES:
+            raise ValueError(f"approx_cache must be one of {APPROX_CACHES}, got {approx_cache!r}")
+        self.model, self.mode, self.tail, self.start, self.fresh = model, approx_cache, None, 0, True
+        c = model.config
+        self.cache = None if approx_cache == "none" else _SpanCache(
+            c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, device, cache_dtype(model, device))
+
+    def begin(self, start: int, tail: torch.Tensor) -> None:
+        self.start, self.tail, self.fresh = start, tail, True
+
+    def forward(self, window: torch.Tensor, **_: Any) -> tuple[torch.Tensor, None]:
+        end, full = window.size(1), torch.cat((window, self.tail), dim=1)  # (B, L)
+        if self.cache is None:
+            return self.model(full)[0][:, :end], None
+        if self.fresh:  # refresh: every position's keys and values from the current canvas
+            self.cache.reset()
+            self.cache.span = 0
+            logits = self.model.decode(full, self.cache, keep=False)  # (B, L, V)
+            self.cache.advance(self.start)
+            self.cache.span, self.fresh = (full.size(1) if self.mode == "dual" else 0), False
+            return logits[:, :end], None
+        run = window[:, self.start:] if self.mode == "dual" else full[:, self.start:]
+        logits = self.model.decode(run, self.cache, keep=False)[:, :end - self.start]
+        return torch.cat((logits.new_zeros(window.size(0), self.start, logits.size(-1)), logits), dim=1), None
+
+
 def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: str | SamplerFn,
                     mask_token_id: int, steps: int, generator: torch.Generator | None,
                     fixed: torch.Tensor | None = None, on_step: OnStep | None = None, use_cache: bool = True,
-                    **sampler_opts: Any) -> tuple[torch.Tensor, dict]:
-    """Block diffusion sampling: canvas (B, L) -> tokens (B, L), denoised block by block, left to right.
+                    approx_cache: str = "none", **sampler_opts: Any) -> tuple[torch.Tensor, dict]:
+    """Block-by-block sampling: canvas (B, L) -> tokens (B, L), denoised block by block, left to right.
 
     Blocks are positions [k*block, (k+1)*block). Block k is one ``sampler`` call on canvas[:, :(k+1)*block]
     with every earlier position fixed. Blocks without an editable (non-fixed) position are skipped; the
     ``steps`` are shared among the others as evenly as possible, at least one each, so a canvas of N
     editable blocks takes max(steps, N) steps. Same signature and info as a sampler, plus ``blocks``.
-    ``use_cache`` (models with ``new_kv_cache``): finished blocks go into a KV cache, so each denoising pass
-    runs one block, not the whole prefix (BD3-LM); the logits agree with the uncached pass up to rounding.
+    A block diffusion model (BD3-LM) never sees the positions after the block. With ``use_cache`` (models with
+    ``new_kv_cache``) finished blocks go into a KV cache, so each pass runs one block, not the whole prefix;
+    the logits agree with the uncached pass up to rounding. A bidirectional model (``diffusion_block`` 0) sees
+    the whole canvas, later blocks still masked (semi-autoregressive, LLaDA), with the approximate
+    ``approx_cache`` (``_Bidirectional``). Models without a config (test fakes) see canvas[:, :end].
     """
     fn = get_sampler(sampler) if isinstance(sampler, str) else sampler
     if block < 1:
@@ -86,21 +141,27 @@ def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: 
     todo = [k for k in range(-(-L // block)) if (~fixed[:, k * block:(k + 1) * block]).any()]
     info = new_info()
     info.update(blocks=0, cache_passes=0)  # cache_passes: one-block passes that store finished blocks
-    cached = None
-    if use_cache and hasattr(model, "new_kv_cache") and getattr(model.config, "diffusion_block", 0) == block:
+    cached = bidirectional = None
+    model_block = getattr(getattr(model, "config", None), "diffusion_block", None)
+    if use_cache and hasattr(model, "new_kv_cache") and model_block == block:
         cached = _PrefixCache(model, tokens.size(0), tokens.device)
+    elif model_block == 0:
+        bidirectional = _Bidirectional(model, approx_cache, tokens.size(0), tokens.device)
+    runner = cached if cached is not None else bidirectional if bidirectional is not None else model
     for i, k in enumerate(todo):
         start, end = k * block, min((k + 1) * block, L)
         if cached is not None:
             with inference_mode(cached):
                 info["cache_passes"] += cached.keep(tokens, start)
+        if bidirectional is not None:
+            bidirectional.begin(start, tokens[:, end:])
         block_steps = max(1, steps // len(todo) + int(i < steps % len(todo)))
         window_fixed = fixed[:, :end].clone()
         window_fixed[:, :start] = True  # earlier blocks are final (any mask there was filled in its own turn)
         report = None
         if on_step is not None:
             report = _pad_report(on_step, tokens[:, :0], tokens[:, end:], len(info["committed_per_step"]))
-        out, part = fn(model if cached is None else cached, tokens[:, :end], mask_token_id=mask_token_id,
+        out, part = fn(runner, tokens[:, :end], mask_token_id=mask_token_id,
                        steps=block_steps, generator=generator, fixed=window_fixed, on_step=report, **sampler_opts)
         tokens[:, :end] = out
         _add_info(info, part)

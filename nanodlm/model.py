@@ -311,15 +311,15 @@ class GPT(nn.Module):
 
         gpt2: a prefill on an empty cache, then one token at a time. Block diffusion: at most one block, starting
         at a block boundary, attending to the cache and to itself; ``keep=False`` leaves it out of the cache (a
-        draft still being denoised). A bidirectional diffusion model has no cache: every position sees the future.
+        draft still being denoised). Bidirectional diffusion: any span, attending to every key the cache returns
+        (the kept prefix, itself, and more if the cache returns more, e.g. a stale suffix). That is approximate
+        by design: the cached keys were computed against an older canvas (Fast-dLLM's prefix and dual caches).
         """
         T, start, block = idx.size(1), cache.pos, self.config.diffusion_block
         self._check_length(start + T)
-        if self.config.model_type == "diffusion" and not block:
-            raise ValueError("a KV cache needs a causal (gpt2) or block diffusion model")
         if block and (start % block or T > block):
             raise ValueError(f"a block diffusion cache takes whole blocks of {block}: got {T} tokens at {start}")
-        if not block and start > 0 and T > 1:
+        if self.config.model_type == "gpt2" and start > 0 and T > 1:
             raise ValueError("a gpt2 KV cache takes a prefill or one token at a time")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self._trunk(idx, pos, None, cache)  # (B, T, C)
