@@ -5,6 +5,11 @@
 set -euo pipefail
 run=$1; judge=$2; out=$3; device=${4:-cpu}
 mkdir -p "$out"
+# every sampler knob pinned to its value when BENCHMARKS.md section 8 was measured (commit 5bf591d); a row's
+# flags come after these and win
+base=(--judge_ckpt=last --ckpt=last --sampler=remask --steps=64 --temperature=1.0 --top_k=none --top_p=none
+  --schedule=cosine --noise=1.0 --order=sampled --noise_decay=1.0 --prior_weight=0.0 --remask_frac=0.2
+  --threshold=0.5 --num_samples=32 --length=256 --seed=1)
 rows=(
   "ancestral|--sampler=ancestral"
   "remask_w0|--sampler=remask --prior_weight=0"
@@ -27,8 +32,8 @@ rows=(
 for row in "${rows[@]}"; do
   name=${row%%|*}; flags=${row#*|}
   # shellcheck disable=SC2086
-  nanodlm judge --judge="$judge" --judge_ckpt=last --out_dir="$run" --ckpt=last --num_samples=32 --length=256 \
-    --steps=64 --seed=1 --device="$device" $flags --json="$out/$name.json" > /dev/null
+  python3 -m nanodlm judge --judge="$judge" --out_dir="$run" "${base[@]}" --device="$device" $flags \
+    --json="$out/$name.json" > /dev/null
   python - "$out/$name.json" "$name" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
