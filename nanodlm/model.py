@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 MODEL_TYPES = ("gpt2", "diffusion")
 POS_EMBS = ("auto", "learned", "rope")  # auto: learned for gpt2, rope for diffusion
+ACTIVATIONS = ("gelu", "gelu_tanh")  # exact GELU (nanoGPT) | tanh approximation (GPT-2's weights, HF gelu_new)
 
 
 @dataclass
@@ -75,11 +76,14 @@ class GPTConfig(ModelArgs):
 
     vocab_size: int = 50304  # includes [MASK] for diffusion; the table is padded to a multiple of 64
     mask_token_id: int | None = None
+    activation: str = "gelu"  # see ACTIVATIONS; set from the weights when they come from GPT-2
     padded_vocab_size: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.pos_emb = self.resolved_pos_emb
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
         if self.model_type == "diffusion":
             if self.mask_token_id is None:
                 self.mask_token_id = self.vocab_size - 1
@@ -213,7 +217,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -259,6 +263,13 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, **overrides) -> GPT:
+        """GPT-2's weights (``gpt2`` ... ``gpt2-xl`` or a Hugging Face directory); see pretrained.py."""
+        from .pretrained import from_pretrained  # needs the optional transformers: imported only here
+
+        return from_pretrained(name_or_dir, **overrides)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0          # the CPU build; a looser pin pulls a multi-GB CUDA build
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,hf]"         # hf: transformers + datasets, so their tests run too
 # offline inputs for tests when the shared folder is beside the checkout (CI); tests skip what is missing
 if [ -d ../shared/tiktoken_cache ]; then export TIKTOKEN_CACHE_DIR="${TIKTOKEN_CACHE_DIR:-$(cd ../shared/tiktoken_cache && pwd)}"; fi
 if [ -d ../shared/data ]; then export NANODLM_DATA_MIRROR="${NANODLM_DATA_MIRROR:-$(cd ../shared/data && pwd)}"; fi
