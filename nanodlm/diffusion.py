@@ -78,11 +78,13 @@ def denoise(model: nn.Module, x_in: torch.Tensor, x: torch.Tensor, block: int) -
     return logits
 
 
-def _per_token_t(t: torch.Tensor, T: int) -> torch.Tensor:
-    """t (B,) per sequence or (B, n_blocks) per block -> (B, T) fp32: each position's diffusion time."""
+def _per_token_t(t: torch.Tensor, T: int, block: int = 0) -> torch.Tensor:
+    """t (B,) per sequence, or (B, ceil(T / block)) per block of ``block`` positions -> (B, T) fp32: each
+    position's diffusion time. The last block may be shorter than ``block`` when T is not a multiple of it."""
     if t.dim() == 1:
         return t.unsqueeze(1).expand(-1, T)
-    block = -(-T // t.size(1))
+    if block < 1 or t.size(1) != -(-T // block):
+        raise ValueError(f"per-block t of shape {tuple(t.shape)} does not fit T={T} in blocks of {block}")
     return t.repeat_interleave(block, dim=1)[:, :T]
 
 
@@ -203,21 +205,22 @@ def mdlm_corrupt(
         t = stratified_t(B * n_blocks, generator, x.device, eps, t_max).view(B, n_blocks)
     else:
         t = stratified_t(B, generator, x.device, eps, t_max)
-    masked = torch.rand(B, T, generator=generator, device=x.device) < _per_token_t(t, T)  # P(rand < t) = t
+    masked = torch.rand(B, T, generator=generator, device=x.device) < _per_token_t(t, T, block)  # P(rand < t) = t
     return x.masked_fill(masked, mask_token_id), t, masked
 
 
 def mdlm_loss(
-    logits: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, mask_token_id: int
+    logits: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, mask_token_id: int, block: int = 0
 ) -> torch.Tensor:
     """NELBO per token (nats): sum over masked positions of -log p_SUBS(x_i | x_t) / t, divided by B*T.
 
     Continuous-time MDLM bound (Sahoo et al. 2024; Shi et al. 2024) with alpha_t = 1 - t:
     weight alpha'_t / (1 - alpha_t) = -1/t. Its expectation over t ~ U(0,1) and x_t is the NELBO.
-    t: (B,) per sequence or (B, n_blocks) per block (block diffusion: a sum of per-block NELBOs).
+    t: (B,) per sequence or (B, n_blocks) per block of ``block`` positions (block diffusion: a sum of per-block
+    NELBOs).
     """
     nll = masked_nll(logits, x, masked, mask_token_id)  # (B, T)
-    return (nll / _per_token_t(t, x.size(1))).sum() / x.numel()
+    return (nll / _per_token_t(t, x.size(1), block)).sum() / x.numel()
 
 
 # ----------------------------------------------------------------------------- repair (mdlm + flagging)
@@ -248,6 +251,7 @@ def repair_loss(
     t: torch.Tensor,
     mask_token_id: int,
     copy_weight: float = 0.0,
+    block: int = 0,
 ) -> torch.Tensor:
     """mdlm term + flag term + copy_weight * copy term, each summed over its positions and divided by B*T.
 
@@ -261,7 +265,7 @@ def repair_loss(
     """
     flag_target = torch.full_like(x, mask_token_id)
     ce_flag = _full_ce(logits, flag_target)  # (B, T)
-    loss = mdlm_loss(logits, x, masked, t, mask_token_id)
+    loss = mdlm_loss(logits, x, masked, t, mask_token_id, block)
     loss = loss + torch.where(flipped, ce_flag, torch.zeros_like(ce_flag)).sum() / x.numel()
     if copy_weight > 0:
         clean = ~masked & ~flipped
@@ -298,7 +302,7 @@ def mdlm_objective(
     block = model_block(model)
     x_t, t, masked = mdlm_corrupt(x, o.mask_token_id, generator, o.eps, block, o.t_max)
     logits = denoise(model, x_t, x, block)
-    return mdlm_loss(logits, x, masked, t, o.mask_token_id)
+    return mdlm_loss(logits, x, masked, t, o.mask_token_id, block)
 
 
 def repair_objective(
@@ -308,7 +312,7 @@ def repair_objective(
     x_in, t, masked, flipped = repair_corrupt(x, o.mask_token_id, generator, o.eps, o.repair_rate_max, block,
                                               o.t_max)
     logits = denoise(model, x_in, x, block)
-    return repair_loss(logits, x, masked, flipped, t, o.mask_token_id, o.copy_weight)
+    return repair_loss(logits, x, masked, flipped, t, o.mask_token_id, o.copy_weight, block)
 
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Generator, DiffusionOptions], torch.Tensor]
@@ -345,7 +349,7 @@ def nelbo(
     u = torch.rand(B, n_blocks, generator=generator, device=x.device)
     out = torch.empty(B, n_draws, device=x.device)
     for k in range(n_draws):
-        tk = _per_token_t(((k + u) / n_draws).clamp_min(t_min), T)  # (B, T)
+        tk = _per_token_t(((k + u) / n_draws).clamp_min(t_min), T, block or T)  # (B, T)
         masked = torch.rand(B, T, generator=generator, device=x.device) < tk
         logits = denoise(model, x.masked_fill(masked, mask_token_id), x, block)
         out[:, k] = (masked_nll(logits, x, masked, mask_token_id) / tk).sum(dim=1) / T

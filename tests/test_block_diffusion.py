@@ -104,7 +104,22 @@ def test_mdlm_loss_per_block_weights_by_hand():
     masked = torch.tensor([[True, False, True, True]])
     t = torch.tensor([[0.5, 0.25]])  # blocks of 2
     expected = torch.log(torch.tensor(10.0)) * (1 / 0.5 + 1 / 0.25 + 1 / 0.25) / 4
-    torch.testing.assert_close(D.mdlm_loss(logits, x, masked, t, M), expected)
+    torch.testing.assert_close(D.mdlm_loss(logits, x, masked, t, M, block=2), expected)
+
+
+def test_per_block_t_when_length_is_not_a_multiple_of_the_block():
+    # T=6 in blocks of 4: positions 0-3 are block 0, positions 4-5 a short block 1 (ceil(6/2)=3 was wrong)
+    t = torch.tensor([[0.1, 0.9]])
+    assert torch.equal(D._per_token_t(t, 6, 4), torch.tensor([[0.1] * 4 + [0.9] * 2]))
+    logits = torch.zeros(1, 6, V)
+    x = torch.zeros(1, 6, dtype=torch.long)
+    masked = torch.tensor([[False, False, False, True, True, False]])
+    expected = torch.log(torch.tensor(10.0)) * (1 / 0.1 + 1 / 0.9) / 6  # position 3 keeps its own block's t
+    torch.testing.assert_close(D.mdlm_loss(logits, x, masked, t, M, block=4), expected)
+    _, t_corrupt, _ = D.mdlm_corrupt(torch.zeros(2, 6, dtype=torch.long), M, gen(1), block=4)
+    assert t_corrupt.shape == (2, 2)
+    with pytest.raises(ValueError, match="blocks of 4"):
+        D._per_token_t(torch.rand(1, 3), 6, 4)
 
 
 @pytest.mark.parametrize("objective", ["mdlm", "repair"])
