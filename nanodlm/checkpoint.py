@@ -10,37 +10,18 @@ for people and tools.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .data import load_tokenizer
 from .errors import UserError
+from .fileio import atomic_write
+from .model import GPT, GPTConfig
 
 FORMAT_VERSION = 1
 _PREFIXES = ("_orig_mod.", "module.")  # added by torch.compile and DDP
-
-
-def atomic_write(path: Path, data) -> None:
-    """Write ``data`` (bytes, or a function of the open binary file) to ``path`` all or nothing.
-
-    A temp file in the same directory, fsync, then rename: a reader (or a crash, even kill -9 mid-save)
-    only ever sees the old file or the complete new one.
-    """
-    write = data if callable(data) else (lambda f: f.write(data))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -104,9 +85,6 @@ def find_checkpoint(out_dir: str | Path, which: str = "best") -> Path:
 
 def load_model(out_dir: str | Path, which: str = "best", device: str = "cpu"):
     """(model in eval mode on ``device``, checkpoint meta, tokenizer) from a training run's out_dir."""
-    from .data import load_tokenizer
-    from .model import GPT, GPTConfig
-
     meta = load_checkpoint(find_checkpoint(out_dir, which), device)
     state, meta = meta["model"], meta["meta"]
     model = GPT(GPTConfig(**meta["model_args"]))

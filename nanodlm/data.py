@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanodlm.checkpoint import atomic_write
-from nanodlm.errors import UserError
+from .errors import UserError
+from .fileio import atomic_write
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

@@ -26,7 +26,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .checkpoint import load_model
+from .config import load_config
 from .data import SPLITS, load_meta, open_split
+from .diagnostics import diagnostics
+from .diffusion import mean_and_stderr, nelbo
+from .distributed import resolve_device
 from .errors import UserError
 
 LN2 = math.log(2.0)
@@ -107,8 +112,6 @@ def ar_cross_entropy(model: torch.nn.Module, windows: torch.Tensor, batch_size: 
             per_window.append(ce.mean(dim=1).cpu())
     finally:
         model.train(was_training)
-    from .diffusion import mean_and_stderr
-
     loss, stderr = mean_and_stderr(torch.cat(per_window))  # equal-length windows: window mean = token mean
     return {"loss": loss, "stderr": stderr, "tokens": int(windows.size(0) * (windows.size(1) - 1))}
 
@@ -123,8 +126,6 @@ def diffusion_nelbo(model: torch.nn.Module, windows: torch.Tensor, batch_size: i
     eq. 10 with alpha_t = 1 - t; Shi et al. 2024). Returns ``nelbo`` (mean), ``stderr`` (across windows,
     each window's draws averaged first) and ``tokens``. ``generator`` must live on the model's device.
     """
-    from .diffusion import mean_and_stderr, nelbo
-
     device = _model_device(model)
     T = windows.size(1) - 1
     mask_id = model.config.mask_token_id
@@ -164,10 +165,6 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     the total nats by the characters the scored tokens decode to (= bits_per_token for char tokenizers),
     which makes char and BPE models comparable. A fixed seed gives identical dicts on the same device.
     """
-    from .checkpoint import load_model
-    from .diagnostics import diagnostics
-    from .distributed import resolve_device
-
     device = resolve_device(cfg.device)
     model, meta, tok = load_model(cfg.out_dir, cfg.ckpt, device)
     train_cfg = meta.get("config", {})
@@ -277,8 +274,6 @@ def print_result(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from .config import load_config
-
     if argv and argv[0] in ("-h", "--help"):
         print("usage: nanodlm eval --out_dir=DIR [--key=value ...]\nkeys (defaults):")
         for name, field in EvalConfig.__dataclass_fields__.items():

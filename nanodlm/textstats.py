@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-from nanodlm.errors import UserError
+from .errors import UserError
 
 
 def unigram_entropy_bits(text: str | Sequence) -> float:

@@ -23,6 +23,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
 from .data import get_batch, load_meta, open_split
+from .diagnostics import diagnostics
+from .diffusion import DiffusionOptions, get_objective
 from .distributed import destroy_distributed, init_distributed, resolve_dtype
 from .errors import UserError
 from .model import GPT, GPTConfig
@@ -55,8 +57,6 @@ def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None):
     """(model, x, y, generator) -> scalar loss, picked once by model_type and objective."""
     if cfg.model_type == "gpt2":
         return lambda model, x, y, gen: model(x, y)[1]
-    from .diffusion import DiffusionOptions, get_objective
-
     objective = get_objective(cfg.objective)
     opts = DiffusionOptions(
         mask_token_id=mask_token_id, penalty_keep_mask=cfg.penalty_keep_mask,
@@ -157,8 +157,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     losses[k] = loss_fn(raw_model, x, y, noise_gen).item()
             out[f"{split}_loss"] = losses.mean().item()
         if cfg.model_type == "diffusion":
-            from .diagnostics import diagnostics
-
             batch_gen, noise_gen = new_generator(-1, "diag"), new_generator(-1, "diag-noise", True)
             rows = []
             for _ in range(max(1, cfg.eval_iters // 4)):
