@@ -104,13 +104,14 @@ def cache_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
 
 def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
-                use_cache: bool = True) -> torch.Tensor:
+                use_cache: bool = True, on_token: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Append ``max_new_tokens`` sampled tokens to idx (B, T) -> (B, T + max_new_tokens).
 
     The context is cropped to the last ``block_size`` tokens (nanoGPT). With the KV cache each new
     token costs one single-token forward; once the cache is full every step re-prefills the cropped
     window, which is exactly what the uncached path computes, so both give the same tokens.
     Models without ``new_kv_cache`` (fakes) always take the uncached path.
+    on_token(i, idx (B, T + i)) is called after the i-th new token is appended (i = 1 .. max_new_tokens).
     """
     check_sampling_args(temperature, top_k, top_p)
     config = getattr(model, "config", None)
@@ -118,7 +119,7 @@ def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, tempera
     cached = use_cache and hasattr(model, "new_kv_cache") and block_size is not None
     with inference_mode(model):
         cache = None
-        for _ in range(max_new_tokens):
+        for i in range(1, max_new_tokens + 1):
             window = idx if block_size is None else idx[:, -block_size:]  # (B, <= block_size)
             if not cached:
                 logits, _ = model(window)
@@ -132,4 +133,6 @@ def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, tempera
                 logits = model.decode(idx[:, -1:], cache)  # (B, 1): the newest token only
             idx_next = sample_logits(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
             idx = torch.cat((idx, idx_next[:, None]), dim=1)
+            if on_token is not None:
+                on_token(i, idx)
     return idx

@@ -19,6 +19,7 @@ benchmarks/README.md says how to reproduce them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -31,15 +32,14 @@ from typing import Any, TypeVar
 
 import torch
 
-from .config import build_config, parse_overrides
+from .config import build_config, parse_overrides, print_keys
 from .errors import UserError
-from .sample import SampleConfig, sampler_options
+from .generate import ALIASES, SamplerOptions, print_sampling_keys
 
 # The diffusion configuration the benchmarks default to, chosen by the sweep in BENCHMARKS.md ("Making diffusion
-# write"): repair objective (fills and flags), rotary positions, learning rate 2e-3, remask sampler with noise 1
-# (the sampler options are `nanodlm sample`'s defaults, prior_weight 0.7 among them)
-BENCH_DEFAULTS: dict[str, Any] = {"objective": "repair", "pos_emb": "rope", "sampler": SampleConfig.sampler,
-                                  **sampler_options(SampleConfig), "learning_rate": 2e-3, "copy_weight": 0.1}
+# write"): repair objective (fills and flags), rotary positions, learning rate 2e-3; the sampler options are
+# SamplerOptions' defaults (`nanodlm sample`'s: remask, noise 1, prior_weight 0.7)
+BENCH_DEFAULTS: dict[str, Any] = {"objective": "repair", "pos_emb": "rope", "learning_rate": 2e-3, "copy_weight": 0.1}
 RANDOM_VOCAB = 65  # shakespeare_char's vocabulary: `bench train` uses random tokens of it without prepared data
 
 T = TypeVar("T")
@@ -58,20 +58,24 @@ def split_args(cls: type[T], argv: list[str]) -> tuple[T, str | None, dict[str, 
     return build_config(cls, mine), config_file, rest
 
 
-def reject_extra(command: str, cls: type, config_file: str | None, rest: dict[str, str]) -> None:
+def parse_sampling_args(command: str, cls: type[T], argv: list[str], strict: bool = True
+                        ) -> tuple[T, SamplerOptions, dict[str, str]]:
+    """``--key=value ...`` -> (cls from its own keys, SamplerOptions from theirs, the other keys). A key of cls
+    shadows an option of the same name (``--steps`` is a list in ``bench steps``); ``strict``: no other keys."""
+    config_file, values = parse_overrides(argv)
+    if values.get("json") == "true":
+        values["json"] = "-"  # a bare --json prints to stdout
     if config_file is not None:
         raise UserError(f"bench {command} takes no positional argument; got {config_file!r}")
-    if rest:
-        key = next(iter(rest))
-        keys = ", ".join(f.name for f in fields(cls) if f.init)
-        raise UserError(f"unknown key '{key}' for bench {command} (keys: {keys})")
-
-
-def parse_bench_args(command: str, cls: type[T], argv: list[str]) -> T:
-    """A subcommand's own keys only: no positional argument and no key of another config."""
-    args, config_file, rest = split_args(cls, argv)
-    reject_extra(command, cls, config_file, rest)
-    return args
+    values = {ALIASES.get(k, k): v for k, v in values.items()}
+    own = {f.name for f in fields(cls) if f.init}
+    option_keys = {f.name for f in fields(SamplerOptions)} - own
+    rest = {k: v for k, v in values.items() if k not in own and k not in option_keys}
+    if strict and rest:
+        keys = ", ".join(sorted(own | option_keys))
+        raise UserError(f"unknown key '{next(iter(rest))}' for bench {command} (keys: {keys})")
+    args = build_config(cls, {k: v for k, v in values.items() if k in own})
+    return args, build_config(SamplerOptions, {k: v for k, v in values.items() if k in option_keys}), rest
 
 
 def parse_steps(text: str) -> list[int]:
@@ -175,11 +179,12 @@ def _help(name: str) -> int:
     from .bench_quality import QualityArgs
     from .bench_speed import SampleBenchArgs, TrainBenchArgs
     from .bench_steps import StepsBenchArgs
-    from .cli import _print_keys
-
     cls = {"train": TrainBenchArgs, "sample": SampleBenchArgs, "steps": StepsBenchArgs, "quality": QualityArgs}[name]
-    print(f"usage: nanodlm bench {name} [--key=value ...]\nkeys (defaults):")
-    _print_keys(cls)
+    print(f"usage: nanodlm bench {name} [--key=value ...]")
+    if name == "train":
+        print_keys(cls, "keys (defaults):")
+    else:
+        print_sampling_keys(cls, prompt=False)
     if name == "train":
         print("  ... and any TrainConfig key (`nanodlm train --help`); the base config is the cpu preset")
     return 0
@@ -204,10 +209,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def warm_up_sampling(out_dir: str, sampler: str, device: str, ckpt: str, num_samples: int, length: int) -> None:
+def warm_up_sampling(out_dir: str, options: SamplerOptions, device: str, ckpt: str, num_samples: int,
+                     length: int) -> None:
     """A throwaway generation at the timed batch and length (diffusion: one step), so the first timed run does
     not pay for kernel loading, library start-up and first-seen shapes."""
     from .judge import generate_texts
 
-    generate_texts(out_dir, num_samples=num_samples, length=length, temperature=1.0, top_k=None, top_p=None,
-                   seed=0, device=device, sampler=sampler, steps=1, ckpt=ckpt)
+    generate_texts(out_dir, dataclasses.replace(options, steps=1), num_samples=num_samples, length=length, seed=0,
+                   device=device, ckpt=ckpt)

@@ -14,6 +14,7 @@ beside it because a repetitive sampler gets a low perplexity.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,20 +24,11 @@ from typing import Any
 
 import torch
 
-from .bench import (
-    BENCH_DEFAULTS,
-    machine_info,
-    now,
-    print_table,
-    reject_extra,
-    split_args,
-    warm_up_sampling,
-    write_json,
-)
+from .bench import BENCH_DEFAULTS, machine_info, now, parse_sampling_args, print_table, warm_up_sampling, write_json
 from .config import TrainConfig, build_config, config_to_dict, read_config_file
 from .distributed import resolve_device
 from .errors import UserError
-from .sample import sampler_options
+from .generate import SamplerOptions
 
 # --- presets --------------------------------------------------------------------------------------------------
 
@@ -82,20 +74,12 @@ class QualityArgs:
     preset: str = "cpu"  # cpu | smoke
     json: str | None = None  # default <work_dir>/quality-<preset>.json
     work_dir: str = "bench-out"  # data/ and runs/ live here; trained models are reused from it
-    objective: str = BENCH_DEFAULTS["objective"]
-    sampler: str = BENCH_DEFAULTS["sampler"]
-    pos_emb: str = BENCH_DEFAULTS["pos_emb"]
+    objective: str = BENCH_DEFAULTS["objective"]  # the diffusion model's training objective
+    pos_emb: str = BENCH_DEFAULTS["pos_emb"]  # the diffusion model's positions
     steps: int | None = None  # diffusion sampling steps (default: the preset's)
-    noise: float = BENCH_DEFAULTS["noise"]  # confidence / remask reveal-order noise
-    order: str = BENCH_DEFAULTS["order"]  # confidence / remask reveal order: sampled | entropy | margin
-    noise_decay: float = BENCH_DEFAULTS["noise_decay"]  # noise at step i of n: noise * (1 - i/n) ** noise_decay
-    prior_weight: float = BENCH_DEFAULTS["prior_weight"]  # order sampled: log p(x|ctx) - w log p(x|start)
-    remask_frac: float = BENCH_DEFAULTS["remask_frac"]  # remask budget (see `nanodlm sample`)
-    threshold: float = BENCH_DEFAULTS["threshold"]  # remask: P([MASK] | x) above which a token may be re-masked
     compare_sampler: str | None = "ancestral"  # also sample the same diffusion model with this sampler
     num_samples: int | None = None  # default: the preset's
     length: int | None = None  # characters per sample (default: the preset's)
-    temperature: float = 1.0
     seed: int = 1337  # sampling, reference passages and NELBO masks (training seeds are in the configs)
     device: str = "auto"
     progress: bool = True  # tqdm bars while training
@@ -126,7 +110,7 @@ def _route_overrides(rest: dict[str, str]) -> dict[str, dict[str, str]]:
         name, dot, sub = key.partition(".")
         target, sub = (name, sub) if dot else ("diffusion", key)
         if target not in routed or sub not in train_keys:
-            bench_keys = ", ".join(f.name for f in fields(QualityArgs))
+            bench_keys = ", ".join([f.name for f in fields(QualityArgs)] + [f.name for f in fields(SamplerOptions)])
             raise UserError(f"unknown key '{key}' for bench quality (bench keys: {bench_keys}; any TrainConfig key "
                             "overrides the diffusion model, ar.KEY / judge.KEY the others)")
         if sub in PROTECTED:
@@ -188,15 +172,15 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
     from .judge import generate_texts, reference_texts, score_texts
     from .samplers import SAMPLERS
 
-    args, config_file, rest = split_args(QualityArgs, argv)
-    reject_extra("quality", QualityArgs, config_file, {})
+    args, options, rest = parse_sampling_args("quality", QualityArgs, argv, strict=False)
     routed = _route_overrides(rest)
     preset = PRESETS[args.preset]
     device = resolve_device(args.device)
     steps = args.steps or preset["steps"]
     num_samples, length = args.num_samples or preset["num_samples"], args.length or preset["length"]
-    if args.sampler not in SAMPLERS:
-        raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {args.sampler!r}")
+    options = dataclasses.replace(options, steps=steps)
+    if args.compare_sampler is not None and args.compare_sampler not in SAMPLERS:
+        raise UserError(f"--compare_sampler must be one of {', '.join(SAMPLERS)} or None; got {args.compare_sampler!r}")
 
     # ---- data
     work_dir = Path(args.work_dir)
@@ -241,22 +225,20 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
 
     # ---- samples, judged beside real text
     judge, judge_tok = models["judge"], loaded["judge"][2]
-    sampling = dict(num_samples=num_samples, length=length, temperature=args.temperature, top_k=None, top_p=None,
-                    seed=args.seed, device=device, ckpt=CKPT)
+    sampling = dict(num_samples=num_samples, length=length, seed=args.seed, device=device, ckpt=CKPT)
     print(f"sampling {num_samples} x {length} chars from each model and judging them")
-    for name, sampler in (("ar", "ar"), ("diffusion", args.sampler)):
-        warm_up_sampling(runs[name]["out_dir"], sampler, device, CKPT, num_samples, length)
-    ar_texts, ar_info = generate_texts(runs["ar"]["out_dir"], sampler="ar", steps=length, **sampling)
-    opts = sampler_options(args)
-    dm_texts, dm_info = generate_texts(runs["diffusion"]["out_dir"], sampler=args.sampler, steps=steps,
-                                       sample_opts=opts, **sampling)
+    for name in ("ar", "diffusion"):
+        warm_up_sampling(runs[name]["out_dir"], options, device, CKPT, num_samples, length)
+    ar_texts, ar_info = generate_texts(runs["ar"]["out_dir"], options, **sampling)
+    opts = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("sampler", "steps")}
+    dm_texts, dm_info = generate_texts(runs["diffusion"]["out_dir"], options, **sampling)
     real_texts = reference_texts(str(data_dir), DATASET, judge_tok, num_samples, length, args.seed, split="val")
     scores = {name: score_texts(judge, judge_tok, texts)
               for name, texts in (("real", real_texts), ("ar", ar_texts), ("diffusion", dm_texts))}
     compare: dict[str, Any] | None = None
-    if args.compare_sampler and args.compare_sampler != args.sampler:
-        cmp_texts, cmp_info = generate_texts(runs["diffusion"]["out_dir"], sampler=args.compare_sampler, steps=steps,
-                                             sample_opts=opts, **sampling)
+    if args.compare_sampler and args.compare_sampler != options.sampler:
+        cmp_texts, cmp_info = generate_texts(runs["diffusion"]["out_dir"],
+                                             dataclasses.replace(options, sampler=args.compare_sampler), **sampling)
         compare = {**score_texts(judge, judge_tok, cmp_texts), "sampler": args.compare_sampler, "steps": steps,
                    "chars_per_s": cmp_info["chars_per_s"], "example": cmp_texts[0]}
 
@@ -269,7 +251,7 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
                **scores["ar"], "chars_per_s": ar_info["chars_per_s"], "example": ar_texts[0]},
         "diffusion": {"nelbo": dm_eval["nelbo"], "nelbo_stderr": dm_eval["stderr"], "val_tokens": dm_eval["tokens"],
                       **scores["diffusion"], "steps": steps, "chars_per_s": dm_info["chars_per_s"],
-                      "forward_passes": dm_info.get("forward_passes"), "sampler": args.sampler, **opts,
+                      "forward_passes": dm_info.get("forward_passes"), "sampler": options.sampler, **opts,
                       "objective": dm_cfg.objective, "pos_emb": models["diffusion"].config.pos_emb,
                       "diffusion_block": models["diffusion"].config.diffusion_block,
                       "example": dm_texts[0]},
@@ -283,13 +265,14 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
             "ar": _describe(runs["ar"], models["ar"]), "diffusion": _describe(runs["diffusion"], models["diffusion"]),
             "judge": _describe(runs["judge"], models["judge"]),
             "eval_windows": int(windows_for(models["ar"]).size(0)), "nelbo_draws": 4,
-            "num_samples": num_samples, "length": length, "temperature": args.temperature, "top_k": None,
-            "top_p": None, "ar_prompt": "\n", "seed": args.seed, "date": now(), "machine": machine_info(device),
+            "num_samples": num_samples, "length": length, "temperature": options.temperature,
+            "top_k": options.top_k, "top_p": options.top_p, "ar_prompt": "\n", "seed": args.seed, "date": now(),
+            "machine": machine_info(device),
         },
     }
     ar, dm, real = result["ar"], result["diffusion"], result["real"]
     print_table(f"AR vs diffusion ({dm['objective']}, {dm['sampler']} {steps} steps), preset {args.preset}, "
-                f"{num_samples} x {length} chars, T={args.temperature}",
+                f"{num_samples} x {length} chars, T={options.temperature}",
                 ["", "val loss / NELBO", "judge PPL", "entropy (bits)", "distinct-4", "chars/s"],
                 [["real text", None, real["judge_ppl"], real["entropy_bits"], real["distinct_4"], None],
                  ["AR", f"{ar['val_loss']:.4f} ± {ar['val_loss_stderr']:.4f}", ar["judge_ppl"],

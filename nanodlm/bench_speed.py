@@ -12,7 +12,6 @@ import dataclasses
 import multiprocessing as mp
 import statistics
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ import numpy as np
 import torch
 
 from .bench import (
-    BENCH_DEFAULTS,
     RANDOM_VOCAB,
     machine_info,
     now,
-    parse_bench_args,
+    parse_sampling_args,
     parse_steps,
     print_table,
     split_args,
@@ -36,6 +34,7 @@ from .config import TrainConfig, build_config, config_to_dict, read_config_file
 from .data import get_batch, load_meta, open_split
 from .distributed import resolve_device
 from .errors import UserError
+from .generate import SamplerOptions
 
 # --- bench train ----------------------------------------------------------------------------------------------
 
@@ -270,18 +269,16 @@ def bench_train(argv: list[str]) -> dict[str, Any]:
 
 @dataclass
 class SampleBenchArgs:
-    out_dir_ar: str | None = None
-    out_dir_diffusion: str | None = None
+    out_dir_ar: str | None = None  # an AR run: timed with and without the KV cache
+    out_dir_diffusion: str | None = None  # a diffusion run: timed at each step count (the sampler options apply)
     num_samples: int = 8  # the "batch N" of the batched runs
     length: int = 256  # tokens generated per sample (chars for a char model)
-    steps: str = "16,64,256"
-    sampler: str = BENCH_DEFAULTS["sampler"]
-    temperature: float = 1.0
+    steps: str = "16,64,256"  # diffusion step counts
     repeats: int = 3  # timed runs per row after one warm-up; the median is reported
-    seed: int = 1337
-    device: str = "auto"
-    ckpt: str = "best"
-    json: str | None = None
+    seed: int = 1337  # every timed run starts from this seed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    ckpt: str = "best"  # best | last
+    json: str | None = None  # write the result here (a bare --json: stdout)
 
     def __post_init__(self) -> None:
         if min(self.num_samples, self.length, self.repeats) < 1:
@@ -291,62 +288,53 @@ class SampleBenchArgs:
 
 def bench_sample(argv: list[str]) -> dict[str, Any]:
     """Sampling throughput: AR with and without the KV cache, diffusion at each step count; batch 1 and N."""
-    from .ar_sampling import generate_ar
     from .checkpoint import load_model
-    from .sample import SampleConfig, generate_diffusion
+    from .generate import Generation, Prompt, generate
 
-    args = parse_bench_args("sample", SampleBenchArgs, argv)
+    args, options, _ = parse_sampling_args("sample", SampleBenchArgs, argv)
     if not args.out_dir_ar and not args.out_dir_diffusion:
         raise UserError("bench sample needs --out_dir_ar=DIR and/or --out_dir_diffusion=DIR")
     steps_list = parse_steps(args.steps)
     device = resolve_device(args.device)
     rows: list[dict[str, Any]] = []
+    prompt = Prompt(length=args.length, max_new_tokens=args.length)  # gpt2: after "\n"; diffusion: all [MASK]
 
-    def measure(model: str, mode: str, batch: int, steps: int | None, start: int, tok: Any,
-                generate: Callable[[torch.Generator], tuple[torch.Tensor, dict[str, Any]]]) -> None:
-        """One warm-up, then ``repeats`` timed runs, each from the same seed; generate(gen) -> (B, L) ids, info."""
-        generate(torch.Generator(device=device).manual_seed(args.seed))
-        runs = [timed(device, lambda: generate(torch.Generator(device=device).manual_seed(args.seed)))
-                for _ in range(args.repeats)]
-        (out, info), _ = runs[0]
-        seconds = statistics.median(dt for _, dt in runs)
-        chars = sum(len(tok.decode(row[start:].tolist())) for row in out)  # generated text only, no prompt
-        tokens = out.size(0) * (out.size(1) - start)
-        rows.append({"model": model, "mode": mode, "batch": batch, "steps": steps, "tokens": tokens, "chars": chars,
+    def measure(model: torch.nn.Module, tok: Any, name: str, mode: str, batch: int, steps: int | None,
+                opts: SamplerOptions) -> None:
+        """One warm-up, then ``repeats`` timed runs, each from the same seed (the generation alone is timed)."""
+        def run() -> Generation:
+            return generate(model, tok, opts, prompt, num_samples=batch, seed=args.seed)
+
+        run()
+        runs = [run() for _ in range(args.repeats)]
+        out = runs[0]
+        seconds = statistics.median(r.info["elapsed_s"] for r in runs)
+        chars = sum(len(t) for t in out.completions)  # generated text only, no prompt
+        tokens = out.tokens.size(0) * (out.tokens.size(1) - out.prompt_len)
+        rows.append({"model": name, "mode": mode, "batch": batch, "steps": steps, "tokens": tokens, "chars": chars,
                      "seconds": seconds, "tokens_per_s": tokens / seconds, "chars_per_s": chars / seconds,
-                     "forward_passes": info.get("forward_passes", out.size(1) - start)})
+                     "forward_passes": out.info["forward_passes"]})
 
     batches = sorted({1, args.num_samples})
     if args.out_dir_ar:
         model, _, tok = load_model(args.out_dir_ar, args.ckpt, device)
-        prompt = tok.encode("\n") or [0]
         for use_cache in (True, False):
             for batch in batches:
-                idx = torch.tensor([prompt] * batch, dtype=torch.long, device=device)  # (B, P)
-
-                def ar(gen: torch.Generator, idx: torch.Tensor = idx, use_cache: bool = use_cache) -> tuple:
-                    return generate_ar(model, idx, args.length, temperature=args.temperature, generator=gen,
-                                       use_cache=use_cache), {}
-
-                measure("gpt2", "kv-cache" if use_cache else "no-cache", batch, None, len(prompt), tok, ar)
+                measure(model, tok, "gpt2", "kv-cache" if use_cache else "no-cache", batch, None,
+                        dataclasses.replace(options, use_kv_cache=use_cache))
     if args.out_dir_diffusion:
         model, _, tok = load_model(args.out_dir_diffusion, args.ckpt, device)
         caches = (True, False) if model.config.diffusion_block else (False,)  # block diffusion: with/without
         for steps in steps_list:
             for batch in batches:
                 for use_cache in caches:
-                    scfg = SampleConfig(out_dir=args.out_dir_diffusion, num_samples=batch, length=args.length,
-                                        steps=steps, sampler=args.sampler, temperature=args.temperature,
-                                        use_kv_cache=use_cache)
-
-                    def diffusion(gen: torch.Generator, scfg: SampleConfig = scfg) -> tuple:
-                        return generate_diffusion(model, tok, scfg, gen, device)
-
-                    mode = f"{args.sampler}, {steps} steps" + (", KV cache" if use_cache else "")
-                    measure("diffusion", mode, batch, steps, 0, tok, diffusion)
+                    mode = f"{options.sampler}, {steps} steps" + (", KV cache" if use_cache else "")
+                    measure(model, tok, "diffusion", mode, batch, steps,
+                            dataclasses.replace(options, steps=steps, use_kv_cache=use_cache))
 
     result = {"benchmark": "sample", "date": now(), "machine": machine_info(device), "length": args.length,
-              "num_samples": args.num_samples, "temperature": args.temperature, "sampler": args.sampler,
+              "num_samples": args.num_samples, **{k: v for k, v in dataclasses.asdict(options).items()
+                                                  if k not in ("steps", "use_kv_cache")},
               "repeats": args.repeats, "ckpt": args.ckpt, "out_dir_ar": args.out_dir_ar,
               "out_dir_diffusion": args.out_dir_diffusion, "rows": rows}
     print_table(f"sampling throughput, {args.length} tokens per sample, {device}, median of {args.repeats}",

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .bench import (
-    BENCH_DEFAULTS,
-    machine_info,
-    now,
-    parse_bench_args,
-    parse_steps,
-    print_table,
-    warm_up_sampling,
-    write_json,
-)
+from .bench import machine_info, now, parse_sampling_args, parse_steps, print_table, warm_up_sampling, write_json
 from .bench_quality import CKPT, DATASET
 from .distributed import resolve_device
 from .errors import UserError
-from .sample import sampler_options
 
 # --- bench steps ----------------------------------------------------------------------------------------------
 
@@ -29,20 +20,10 @@ from .sample import sampler_options
 class StepsBenchArgs:
     out_dir: str | None = None  # the diffusion run (required)
     judge: str | None = None  # the AR judge's run (required)
-    steps: str = "1,4,16,64,256"
-    sampler: str = BENCH_DEFAULTS["sampler"]
-    noise: float = BENCH_DEFAULTS["noise"]  # confidence / remask options, as in `nanodlm sample`
-    order: str = BENCH_DEFAULTS["order"]
-    noise_decay: float = BENCH_DEFAULTS["noise_decay"]
-    prior_weight: float = BENCH_DEFAULTS["prior_weight"]
-    remask_frac: float = BENCH_DEFAULTS["remask_frac"]
-    threshold: float = BENCH_DEFAULTS["threshold"]
-    num_samples: int = 30
-    length: int = 256
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 1337
+    steps: str = "1,4,16,64,256"  # the diffusion step counts to sweep (the sampler options apply to each)
+    num_samples: int = 30  # texts per step count
+    length: int = 256  # tokens per text
+    seed: int = 1337  # sampling and the reference passages
     device: str = "auto"
     ckpt: str = "best"
     ar_out_dir: str | None = None  # an AR run: drawn as a horizontal line
@@ -74,7 +55,7 @@ def bench_steps(argv: list[str]) -> dict[str, Any]:
     """Judge PPL, entropy and chars/s of diffusion samples at each step count; AR and real text as lines."""
     from .judge import generate_texts, reference_texts, score_texts
 
-    args = parse_bench_args("steps", StepsBenchArgs, argv)
+    args, options, _ = parse_sampling_args("steps", StepsBenchArgs, argv)
     if not args.out_dir or not args.judge:
         raise UserError("bench steps needs --out_dir=DIFFUSION_DIR and --judge=JUDGE_DIR")
     steps_list = parse_steps(args.steps)
@@ -84,17 +65,15 @@ def bench_steps(argv: list[str]) -> dict[str, Any]:
         raise UserError(f"--out_dir={args.out_dir} holds a {meta['model_args'].get('model_type')} model; "
                         "bench steps needs a diffusion run (pass an AR run as --ar_out_dir)")
     judge, judge_tok, _ = _load_judge(args.judge, device)
-    sampling = dict(num_samples=args.num_samples, length=args.length, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=device)
+    sampling = dict(num_samples=args.num_samples, length=args.length, seed=args.seed, device=device, ckpt=args.ckpt)
 
     def judged(out_dir: str, steps: int) -> dict[str, Any]:
-        texts, info = generate_texts(out_dir, sampler=args.sampler, steps=steps, ckpt=args.ckpt,
-                                     sample_opts=sampler_options(args), **sampling)
+        texts, info = generate_texts(out_dir, dataclasses.replace(options, steps=steps), **sampling)
         return {**score_texts(judge, judge_tok, texts), **info, "example": texts[0][:200]}
 
     for out_dir in (args.out_dir, args.ar_out_dir):
         if out_dir:
-            warm_up_sampling(out_dir, args.sampler, device, args.ckpt, args.num_samples, args.length)
+            warm_up_sampling(out_dir, options, device, args.ckpt, args.num_samples, args.length)
     rows = []
     for steps in steps_list:
         rows.append(judged(args.out_dir, steps))
@@ -110,14 +89,13 @@ def bench_steps(argv: list[str]) -> dict[str, Any]:
         real = None
 
     result = {"benchmark": "steps", "date": now(), "machine": machine_info(device), "out_dir": args.out_dir,
-              "judge": args.judge, "ar_out_dir": args.ar_out_dir, "sampler": args.sampler, "ckpt": args.ckpt,
-              **sampler_options(args),
+              "judge": args.judge, "ar_out_dir": args.ar_out_dir, "ckpt": args.ckpt,
+              **{k: v for k, v in dataclasses.asdict(options).items() if k != "steps"},
               "objective": meta.get("config", {}).get("objective"), "num_samples": args.num_samples,
-              "length": args.length, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-              "seed": args.seed, "rows": rows, "ar": ar, "real": real}
+              "length": args.length, "seed": args.seed, "rows": rows, "ar": ar, "real": real}
     json_path = args.json or str(Path(args.out_dir) / "bench-steps.json")
     png_path = args.png or str(Path(json_path).with_suffix(".png"))
-    print_table(f"diffusion ({args.sampler}) vs steps, judged by {args.judge}",
+    print_table(f"diffusion ({options.sampler}) vs steps, judged by {args.judge}",
                 ["", "steps", "judge PPL", "entropy (bits)", "distinct-4", "chars/s"],
                 [["diffusion", r["steps"], r["judge_ppl"], r["entropy_bits"], r["distinct_4"], r["chars_per_s"]]
                  for r in rows]

@@ -16,10 +16,9 @@ import torch
 
 from .ar_sampling import Model, cache_dtype, inference_mode
 from .model import KVCache
-from .samplers import OnStep, SamplerFn, get_sampler, new_info
+from .samplers import APPROX_CACHES, OnStep, SamplerFn, SamplerOptions, get_sampler, new_info
 
 __all__ = ["APPROX_CACHES", "generate_blocks", "generate_long"]
-APPROX_CACHES = ("none", "prefix", "dual")  # semi-autoregressive decoding of a bidirectional model
 
 
 def _pad_report(on_step: OnStep, head: torch.Tensor, tail: torch.Tensor, offset: int) -> OnStep:
@@ -116,8 +115,9 @@ class _Bidirectional(torch.nn.Module):
 
 def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: str | SamplerFn,
                     mask_token_id: int, steps: int, generator: torch.Generator | None,
-                    fixed: torch.Tensor | None = None, on_step: OnStep | None = None, use_cache: bool = True,
-                    approx_cache: str = "none", **sampler_opts: Any) -> tuple[torch.Tensor, dict]:
+                    fixed: torch.Tensor | None = None, on_step: OnStep | None = None,
+                    use_cache: bool = SamplerOptions.use_kv_cache, approx_cache: str = SamplerOptions.approx_cache,
+                    **sampler_opts: Any) -> tuple[torch.Tensor, dict]:
     """Block-by-block sampling: canvas (B, L) -> tokens (B, L), denoised block by block, left to right.
 
     Blocks are positions [k*block, (k+1)*block). Block k is one ``sampler`` call on canvas[:, :(k+1)*block]
@@ -170,7 +170,7 @@ def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: 
 
 def generate_long(model: Model, prefix_ids: torch.Tensor, length: int, block_size: int,
                   sampler: str | SamplerFn, *, mask_token_id: int, steps: int, generator: torch.Generator | None,
-                  new_block: int | None = None, on_step: OnStep | None = None,
+                  new_block: int | None = SamplerOptions.new_block, on_step: OnStep | None = None,
                   **sampler_opts: Any) -> tuple[torch.Tensor, dict]:
     """Generate a sequence of ``length`` tokens (prefix included) longer than the model's window, block by block.
 

@@ -40,22 +40,13 @@ def cmd_prepare(argv: list[str]) -> int:
     return 0
 
 
-def _print_keys(cls) -> None:
-    from dataclasses import MISSING, fields
-
-    for f in fields(cls):
-        if f.init:
-            default = f.default if f.default is not MISSING else "(required)"
-            print(f"  --{f.name}={default!r}")
-
-
 def cmd_train(argv: list[str]) -> int:
-    from .config import TrainConfig, list_presets
+    from .config import TrainConfig, list_presets, print_keys
 
     if argv and argv[0] in ("-h", "--help"):
         print("usage: nanodlm train [CONFIG_FILE|PRESET] [--key=value ...]")
-        print(f"presets: {', '.join(list_presets())}\nkeys (defaults):")
-        _print_keys(TrainConfig)
+        print(f"presets: {', '.join(list_presets())}")
+        print_keys(TrainConfig, "keys (defaults):")
         return 0
     from .train import load_train_config, train
 
@@ -64,15 +55,14 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
-    from .sample import SampleConfig, sample
+    from .generate import print_sampling_keys
+    from .sample import SampleConfig, load_sample_args, sample
 
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: nanodlm sample --out_dir=DIR [--key=value ...]\nkeys (defaults):")
-        _print_keys(SampleConfig)
+        print("usage: nanodlm sample --out_dir=DIR [--key=value ...]")
+        print_sampling_keys(SampleConfig)
         return 0
-    from .config import load_config
-
-    sample(load_config(SampleConfig, argv))
+    sample(*load_sample_args(argv))
     return 0
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import json
+import re
 import types
 import typing
-from dataclasses import dataclass, fields
+from collections.abc import Collection
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -180,6 +183,20 @@ def build_config(cls: type[T], values: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
+def build_configs(values: dict[str, Any], *classes: type) -> list[Any]:
+    """Build every class from ``values``, each key going to the first class that has it (so a command's own
+    key shadows a shared one of the same name); a key no class has is an error listing them all."""
+    groups: list[dict[str, Any]] = [{} for _ in classes]
+    names = [{f.name for f in fields(cls) if f.init} for cls in classes]
+    for key, value in values.items():
+        owner = next((i for i, n in enumerate(names) if key in n), None)
+        if owner is None:
+            valid = sorted(set().union(*names))
+            raise UserError(f"unknown config key '{key}' (valid keys: {', '.join(valid)})")
+        groups[owner][key] = value
+    return [build_config(cls, group) for cls, group in zip(classes, groups)]
+
+
 def parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str]]:
     """``[CONFIG_FILE] [--key=value ...]`` -> (config file, {key: raw value})."""
     config_file = None
@@ -208,3 +225,29 @@ def load_config(cls: type[T], args: list[str]) -> T:
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def key_help(cls: type) -> dict[str, str]:
+    """{field: the ``# comment`` that ends its line in the class source}: the one-line description of a key."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source (a frozen build): keys without descriptions
+        return {}
+    out: dict[str, str] = {}
+    for line in source.splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+        if m:
+            out.setdefault(m.group(1), m.group(2).strip())
+    return out
+
+
+def print_keys(cls: type, title: str | None = None, skip: Collection[str] = ()) -> None:
+    """``--key=default  # description`` for each field of a config class (but ``skip``), under a title line."""
+    if title:
+        print(title)
+    helps = key_help(cls)
+    for f in fields(cls):
+        if f.init and f.name not in skip:
+            default = f.default if f.default is not MISSING else "(required)"
+            note = f"  # {helps[f.name]}" if helps.get(f.name) else ""
+            print(f"  --{f.name}={default!r}{note}")

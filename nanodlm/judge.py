@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .sample import SampleConfig, sampler_options
+from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
 from .textstats import distinct_n, judge_nll, longest_repeated_substring, unigram_entropy_bits
 
 SEPARATOR = "---------------"  # nanoGPT's sample.py prints this line after every sample
@@ -39,32 +38,20 @@ class JudgeConfig:
     judge: str = "out-judge"  # out_dir of the AR judge (train it with `nanodlm train judge`)
     judge_ckpt: str = "best"  # best | last
     samples: str | None = None  # a .jsonl (one JSON string per line) or nanoGPT-style text file
-    out_dir: str | None = None  # or: sample from this checkpoint
-    ckpt: str = "best"
-    sampler: str = "remask"  # diffusion sampler (see `nanodlm sample`)
-    steps: int = 64
-    num_samples: int = 8
+    out_dir: str | None = None  # or: sample from this checkpoint (with the sampler options below)
+    ckpt: str = "best"  # best | last, of out_dir
+    num_samples: int = 8  # texts to sample and score
     length: int = 256  # tokens per sample (gpt2: new tokens after the "\n" prompt)
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
     seed: int = 1337  # sampling and the choice of reference passages
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     data_dir: str | None = None  # reference text: default the judge's training data
-    dataset: str | None = None
+    dataset: str | None = None  # reference text: default the judge's training dataset
     json: str | None = None  # also write both rows here
-    schedule: str = SampleConfig.schedule  # diffusion sampler options, as in `nanodlm sample`
-    noise: float = SampleConfig.noise
-    order: str = SampleConfig.order
-    noise_decay: float = SampleConfig.noise_decay
-    prior_weight: float = SampleConfig.prior_weight
-    remask_frac: float = SampleConfig.remask_frac
-    threshold: float = SampleConfig.threshold
 
     def __post_init__(self) -> None:
         if (self.samples is None) == (self.out_dir is None):
             raise UserError("give exactly one of --samples=FILE or --out_dir=MODEL_DIR")
-        for key in ("steps", "num_samples", "length"):
+        for key in ("num_samples", "length"):
             if getattr(self, key) < 1:
                 raise UserError(f"--{key} must be >= 1; got {getattr(self, key)}")
 
@@ -178,57 +165,28 @@ def load_samples(path: str | Path) -> list[str]:
     return samples
 
 
-def generate_texts(out_dir: str, *, num_samples: int, length: int, temperature: float, top_k: int | None,
-                   top_p: float | None, seed: int, device: str, sampler: str, steps: int,
-                   ckpt: str = "best", sample_opts: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
-    """Sample ``num_samples`` texts from a checkpoint; return them (decoded, without the prompt) and info.
+def generate_texts(out_dir: str, options: SamplerOptions, *, num_samples: int, length: int, seed: int,
+                   device: str, ckpt: str = "best") -> tuple[list[str], dict[str, Any]]:
+    """Sample ``num_samples`` texts of ``length`` tokens from a checkpoint; return them (decoded, without the
+    prompt) and info.
 
-    gpt2: ``length`` new tokens after a "\\n" prompt (``sampler`` "ar", one forward per token, so
-    ``steps`` = length). diffusion: a canvas of ``length`` [MASK] tokens through ``sampler`` with ``steps``.
-    info: ``chars_per_s`` (wall clock of the generation alone, synchronised on CUDA), ``seconds``,
-    ``steps``, ``sampler``, ``model_type``, ``forward_passes``.
+    gpt2: ``length`` new tokens after a "\\n" prompt (sampler "ar", one forward per token, so ``steps`` =
+    length). diffusion: a canvas of ``length`` [MASK] tokens through ``options``. info: ``chars_per_s`` (wall
+    clock of the generation alone, synchronised on CUDA), ``seconds``, ``steps``, ``steps_used``, ``sampler``,
+    ``model_type``, ``forward_passes``.
     """
-    from .ar_sampling import generate_ar
     from .checkpoint import load_model
     from .distributed import resolve_device
-    from .sample import SampleConfig, generate_diffusion
 
-    device = resolve_device(device)
-    model, _, tok = load_model(out_dir, ckpt, device)
-    model_type = model.config.model_type
-    generator = torch.Generator(device=device).manual_seed(seed)
-
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    try:
-        if model_type == "gpt2":
-            prompt = tok.encode("\n") or [0]
-            idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)  # (B, P)
-            sync()
-            t0 = time.perf_counter()
-            out = generate_ar(model, idx, length, temperature=temperature, top_k=top_k, top_p=top_p,
-                              generator=generator)[:, len(prompt):]  # (B, length): the prompt dropped
-            sync()
-            info: dict[str, Any] = {"sampler": "ar", "steps": length, "forward_passes": length}
-        else:
-            scfg = SampleConfig(out_dir=out_dir, ckpt=ckpt, num_samples=num_samples, temperature=temperature,
-                                top_k=top_k, top_p=top_p, seed=seed, device=device, sampler=sampler, steps=steps,
-                                length=length, **(sample_opts or {}))
-            sync()
-            t0 = time.perf_counter()
-            out, sinfo = generate_diffusion(model, tok, scfg, generator, device)  # (B, length)
-            sync()
-            info = {"sampler": sampler, "steps": steps, "steps_used": sinfo.get("steps_used"),
-                    "forward_passes": sinfo.get("forward_passes")}
-    except ValueError as e:  # bad sampling settings (temperature < 0, top_p outside (0, 1], ...)
-        raise UserError(str(e)) from None
-    seconds = time.perf_counter() - t0
-    texts = [tok.decode(row) for row in out.cpu()]
-    chars = sum(len(t) for t in texts)
-    info.update(model_type=model_type, seconds=seconds, chars_per_s=chars / seconds if seconds > 0 else float("inf"))
-    return texts, info
+    model, _, tok = load_model(out_dir, ckpt, resolve_device(device))
+    out = generate(model, tok, options, Prompt(length=length, max_new_tokens=length), num_samples=num_samples,
+                   seed=seed)
+    info = out.info
+    ar = info["model_type"] == "gpt2"
+    return out.completions, {"sampler": info["sampler"], "steps": length if ar else options.steps,
+                             "steps_used": info["steps_used"], "forward_passes": info["forward_passes"],
+                             "model_type": info["model_type"], "seconds": info["elapsed_s"],
+                             "chars_per_s": info["chars_per_s"]}
 
 
 # --- CLI --------------------------------------------------------------------------------------------
@@ -252,18 +210,18 @@ def print_rows(rows: dict[str, dict[str, float]], title: str) -> None:
 
 def main(argv: list[str]) -> int:
     from .checkpoint import load_model
-    from .config import load_config
+    from .config import parse_overrides, read_config_file
     from .data import load_meta, load_tokenizer
     from .distributed import resolve_device
     from .evaluate import write_json
 
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: nanodlm judge --judge=AR_OUT_DIR (--samples=FILE | --out_dir=MODEL_DIR) [--key=value ...]\n"
-              "keys (defaults):")
-        for name, field in JudgeConfig.__dataclass_fields__.items():
-            print(f"  --{name}={field.default!r}")
+        print("usage: nanodlm judge --judge=AR_OUT_DIR (--samples=FILE | --out_dir=MODEL_DIR) [--key=value ...]")
+        print_sampling_keys(JudgeConfig, prompt=False)
         return 0
-    cfg = load_config(JudgeConfig, argv)
+    config_file, values = parse_overrides(argv)
+    cfg, options, _ = sampling_configs({**(read_config_file(config_file) if config_file else {}), **values},
+                                       JudgeConfig, prompt=False)
     if not Path(cfg.judge).is_dir():
         raise UserError(f"judge {cfg.judge} does not exist: train one with `nanodlm train judge` or check --judge")
     device = resolve_device(cfg.device)
@@ -275,10 +233,8 @@ def main(argv: list[str]) -> int:
     if cfg.samples is not None:
         texts = load_samples(cfg.samples)
     else:
-        texts, gen_info = generate_texts(cfg.out_dir, num_samples=cfg.num_samples, length=cfg.length,
-                                         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                         seed=cfg.seed, device=device, sampler=cfg.sampler, steps=cfg.steps,
-                                         ckpt=cfg.ckpt, sample_opts=sampler_options(cfg))
+        texts, gen_info = generate_texts(cfg.out_dir, options, num_samples=cfg.num_samples, length=cfg.length,
+                                         seed=cfg.seed, device=device, ckpt=cfg.ckpt)
     samples_row = score_texts(judge, judge_tok, texts)
     judge_cfg = judge_meta.get("config", {})
     # real text of the same number and (mean) length; by default the judge's own validation text

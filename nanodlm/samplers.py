@@ -20,241 +20,156 @@ the autoregressive ``generate_ar``.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+import inspect
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
-from .ar_sampling import Model, check_sampling_args, generate_ar, inference_mode, sample_logits, sample_with_logprobs
+from .ar_sampling import Model, filter_logits, inference_mode
+from .errors import UserError
+from .reveal import (
+    ORDERS,
+    SCHEDULES,
+    CachedForward,
+    OnStep,
+    SamplerFn,
+    check_order,
+    check_parallel,
+    check_prior_weight,
+    confident_fill,
+    count_pass,
+    first_pass_prior,
+    masked_fraction,
+    new_info,
+    prepare,
+    report,
+    sample_fill,
+    top_k_mask,
+)
 
-__all__ = ["ORDERS", "SAMPLERS", "generate_ar", "get_sampler", "sample_ancestral", "sample_confidence",
-           "sample_logits", "sample_remask", "sample_seed"]
-
-OnStep = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
-SamplerFn = Callable[..., tuple[torch.Tensor, dict[str, Any]]]
-SCHEDULES = ("linear", "cosine")
-# Reveal order of confidence / remask. Ranking by the sampled token's own probability (``sampled``, MaskGIT)
-# keeps draws that happened to be likely and redraws the rest: a selection bias towards frequent tokens that
-# lowers the text's entropy. ``entropy`` and ``margin`` rank by the position's distribution alone.
-# ``prior_weight`` = w > 0 corrects ``sampled`` for that bias: the confidence becomes
-# log p(drawn | x_t) - w * log p(drawn | the canvas at the start), and at w = 1 it is the draw's pointwise
-# mutual information with what has been revealed since: support from the context, not mere frequency.
-ORDERS = ("sampled", "entropy", "margin")
-
-
-# --- shared machinery -------------------------------------------------------------------------------------
-
-class _Forward:
-    """Calls the model, reusing the last logits while the canvas is unchanged; counts real forward passes."""
-
-    def __init__(self, model: Model) -> None:
-        self.model, self.passes = model, 0
-        self.tokens: torch.Tensor | None = None
-        self.logits: torch.Tensor | None = None
-
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.tokens is None or not torch.equal(tokens, self.tokens):
-            self.logits, _ = self.model(tokens)  # (B, L, V)
-            self.tokens = tokens.clone()
-            self.passes += 1
-        return self.logits
+__all__ = ["APPROX_CACHES", "ORDERS", "SAMPLERS", "SCHEDULES", "SamplerOptions", "get_sampler", "new_info",
+           "sample_ancestral", "sample_confidence", "sample_remask", "sample_seed", "sampler_keys"]
 
 
-def _prepare(canvas: torch.Tensor, mask_token_id: int, steps: int, fixed: torch.Tensor | None,
-             temperature: float, top_k: int | None, top_p: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate the arguments; return a copy of the canvas and the fixed mask, both (B, L)."""
-    if canvas.dim() != 2:
-        raise ValueError(f"canvas must be (B, L), got shape {tuple(canvas.shape)}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    check_sampling_args(temperature, top_k, top_p)
-    tokens = canvas.clone()
-    masked = tokens == mask_token_id
-    if fixed is None:
-        return tokens, ~masked
-    fixed = fixed.to(device=tokens.device, dtype=torch.bool)
-    if fixed.shape != tokens.shape:
-        raise ValueError(f"fixed has shape {tuple(fixed.shape)}, the canvas {tuple(tokens.shape)}")
-    if (fixed & masked).any():
-        raise ValueError("a fixed position holds [MASK]; fixed positions must hold given tokens")
-    return tokens, fixed
+APPROX_CACHES = ("none", "prefix", "dual")  # semi-autoregressive decoding of a bidirectional model (blockwise.py)
 
 
-def _sample_fill(logits: torch.Tensor, mask_token_id: int, temperature: float, top_k: int | None,
-                 top_p: float | None, generator: torch.Generator | None,
-                 order: str = "sampled") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample tokens with [MASK] forbidden: logits (N, V) -> ids (N,), a confidence per row (N,), log p(ids) (N,).
+# --- the options: one declaration, one set of defaults --------------------------------------------------
 
-    Confidence (higher = reveal sooner), by ``order``: ``sampled`` = log p(sampled id) (MaskGIT);
-    ``entropy`` = -H(p); ``margin`` = log p(top1) - log p(top2). The last two do not look at the sampled
-    id, so ranking by them does not favour lucky draws of frequent tokens (see ORDERS).
-    """
-    _check_order(order)
-    logits = logits.float().clone()
-    logits[:, mask_token_id] = float("-inf")  # before top-k/top-p, so those pick among real tokens
-    ids, logprobs = sample_with_logprobs(logits, temperature, top_k, top_p, generator)
-    # log p(id) = -log1p(sum_{j != id} p_j / p_id): keeps near-certain tokens apart, where float32
-    # log_softmax rounds them all to 0 and the confidence ranking would turn into ties
-    ratio = (logprobs - logprobs.gather(-1, ids[:, None])).exp()  # (N, V)
-    ratio.scatter_(-1, ids[:, None], 0.0)
-    logp = -torch.log1p(ratio.sum(-1))  # (N,)
-    if order == "entropy":
-        probs = logprobs.exp()
-        return ids, (probs * logprobs.clamp(min=torch.finfo(logprobs.dtype).min)).sum(-1), logp  # -H(p) (N,)
-    if order == "margin":
-        top2 = logprobs.topk(2, dim=-1).values  # (N, 2)
-        return ids, top2[:, 0] - top2[:, 1], logp
-    return ids, logp, logp
+@dataclass
+class SamplerOptions:
+    """Every sampling option, for every model type. A sampler receives the fields its signature names
+    (``sampler_keys``); the samplers' own keyword defaults are these (``SamplerOptions.noise`` ...)."""
 
+    sampler: str = "remask"  # diffusion: remask (default, BENCHMARKS.md) | confidence | ancestral | seed (the spec)
+    steps: int = 64  # diffusion denoising steps (alias max_steps, the spec's name); block diffusion: over all blocks
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None  # keep the k most likely tokens (None = all)
+    top_p: float | None = None  # nucleus: keep the most likely tokens up to this mass (None = all)
+    schedule: str = "cosine"  # confidence / remask: masks left after step i, linear | cosine
+    noise: float = 1.0  # confidence / remask: Gumbel noise on the reveal order (0 = greedy by confidence)
+    noise_decay: float = 1.0  # step i of n uses noise * (1 - i/n) ** noise_decay (1 = MaskGIT's linear annealing)
+    order: str = "sampled"  # confidence / remask reveal order: sampled (MaskGIT) | entropy | margin
+    prior_weight: float = 0.7  # confidence / remask, order sampled: rank by log p(x|ctx) - w log p(x|start)
+    remask_frac: float = 0.2  # remask: most of the revealed tokens re-masked per step (shrinks to 0)
+    threshold: float = 0.5  # remask: re-mask only tokens with P([MASK] | x) above this
+    parallel_threshold: float = 0.0  # confidence / remask: also reveal every draw with p > this (Fast-dLLM; 0 = off)
+    max_per_pass: int = 0  # confidence / remask with parallel_threshold: most reveals per pass (0 = no cap)
+    use_kv_cache: bool = True  # gpt2 and block diffusion: cache keys/values of the text so far
+    semi_ar_block: int = 0  # bidirectional diffusion: fill the canvas left to right in blocks of this size (0 = off)
+    approx_cache: str = "none"  # with semi_ar_block: Fast-dLLM's approximate KV cache, none | prefix | dual
+    new_block: int | None = None  # diffusion text longer than block_size: new tokens per window (block_size // 2)
 
-def _check_order(order: str) -> None:
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    def __post_init__(self) -> None:
+        def bad(key: str, rule: str) -> UserError:
+            return UserError(f"sampler option '{key}' {rule}; got {getattr(self, key)!r}")
 
+        for key, allowed in (("sampler", tuple(SAMPLERS)), ("schedule", SCHEDULES), ("order", ORDERS),
+                             ("approx_cache", APPROX_CACHES)):
+            if getattr(self, key) not in allowed:
+                raise bad(key, f"must be one of {', '.join(allowed)}")
+        if self.steps < 1:
+            raise bad("steps", "must be >= 1")
+        if self.temperature < 0:
+            raise bad("temperature", "must be >= 0 (0 = greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise bad("top_k", "must be >= 1 (None disables it)")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", "must be in (0, 1] (None disables it)")
+        if self.noise < 0 or self.noise_decay < 0:
+            raise bad("noise" if self.noise < 0 else "noise_decay", "must be >= 0")
+        if self.prior_weight < 0:
+            raise bad("prior_weight", "must be >= 0 (0 = MaskGIT's ranking)")
+        if self.prior_weight > 0 and self.order != "sampled" and "prior_weight" in sampler_keys(self.sampler):
+            raise bad("prior_weight", f"needs order=sampled; with order={self.order} set prior_weight=0")
+        if not 0.0 <= self.remask_frac <= 1.0:
+            raise bad("remask_frac", "must be in [0, 1]")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise bad("threshold", "must be in [0, 1] (a probability)")
+        if not 0.0 <= self.parallel_threshold < 1.0:
+            raise bad("parallel_threshold", "must be in [0, 1) (0 = off)")
+        if self.max_per_pass < 0:
+            raise bad("max_per_pass", "must be >= 0 (0 = no cap)")
+        if self.semi_ar_block < 0:
+            raise bad("semi_ar_block", "must be >= 0 (0 = the whole canvas at once)")
+        if self.new_block is not None and self.new_block < 1:
+            raise bad("new_block", "must be >= 1 (None = block_size // 2)")
 
-def _top_k_mask(scores: torch.Tensor, k: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
-    """scores (B, L), k (B,) -> bool (B, L) marking the k[b] highest scores of each row (stable on ties).
-    ``first`` (B, L) bool: those positions rank ahead of all others, each group in score order."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices  # (B, L)
-    if first is not None:
-        order = order.gather(-1, torch.sort(first.gather(-1, order).to(torch.uint8), dim=-1, descending=True,
-                                            stable=True).indices)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(scores.size(-1), device=scores.device).expand_as(order))
-    return ranks < k[:, None]
-
-
-def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    # float64: float32 Gumbel noise is too coarse in the tail and skews the ranking (LLaDA, Nie et al. 2025)
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
-    u = u.clamp(torch.finfo(torch.float64).tiny, 1.0 - 1e-16)
-    return -torch.log(-torch.log(u))
-
-
-def _masked_fraction(schedule: str, r: float) -> float:
-    """Fraction of the masks still hidden after a fraction r of the steps (MaskGIT, Chang et al. 2022)."""
-    if schedule == "linear":
-        return 1.0 - r
-    if schedule == "cosine":
-        return math.cos(math.pi / 2 * r)
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-
-
-def _confident_fill(logits: torch.Tensor, tokens: torch.Tensor, k: torch.Tensor, mask_token_id: int,
-                    temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None,
-                    noise: float, order: str = "sampled", prior: torch.Tensor | None = None,
-                    parallel_threshold: float = 0.0, max_per_pass: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reveal the k[b] most confident masked positions of each row -> (new tokens, revealed), both (B, L).
-
-    Confidence as ``order`` says (see ``_sample_fill``), minus prior[drawn id] when a ``prior`` (B, L, V)
-    is given (``_prior``), + ``noise`` x Gumbel when noise > 0.
-    ``parallel_threshold`` = tau > 0 (threshold parallel decoding, Fast-dLLM, Wu et al. 2025): also reveal
-    every masked position whose drawn token has probability > tau under the distribution it was drawn from,
-    at least one per row that has a mask, at most ``max_per_pass`` (0 = no cap; the most confident by the
-    ranking above). k[b] stays a floor, so the sampler still ends within its steps.
-    """
-    masked = tokens == mask_token_id
-    ids, conf, logp = _sample_fill(logits[masked], mask_token_id, temperature, top_k, top_p, generator, order)
-    if prior is not None:
-        conf = conf - prior[masked].gather(-1, ids[:, None]).squeeze(-1)
-    scores = torch.full(tokens.shape, float("-inf"), dtype=torch.float64, device=tokens.device)
-    scores[masked] = conf.double()  # log-confidence
-    if noise > 0:
-        scores = scores + noise * _gumbel(tokens.shape, generator, tokens.device)
-    above = None
-    if parallel_threshold > 0:
-        above = torch.zeros_like(masked)
-        above[masked] = logp > math.log(parallel_threshold)  # (B, L)
-        n = above.sum(-1).clamp(min=1)  # (B,): at least one per pass
-        if max_per_pass:
-            n = n.clamp(max=max_per_pass)
-        k = torch.maximum(k, n * masked.any(-1))
-    revealed = _top_k_mask(scores, k, above) & masked
-    proposal = tokens.clone()
-    proposal[masked] = ids
-    return torch.where(revealed, proposal, tokens), revealed
-
-
-def _prior(logits: torch.Tensor, prior_weight: float, mask_token_id: int) -> torch.Tensor | None:
-    """prior_weight x the first pass's log-probabilities, [MASK] excluded: (B, L, V) fp32, or None if 0."""
-    if prior_weight == 0:
-        return None
-    logits = logits.float().clone()
-    logits[..., mask_token_id] = float("-inf")
-    return prior_weight * torch.log_softmax(logits, dim=-1).clamp(min=torch.finfo(torch.float32).min)
-
-
-def _check_parallel(parallel_threshold: float, max_per_pass: int) -> None:
-    if not 0.0 <= parallel_threshold < 1.0 or max_per_pass < 0:
-        raise ValueError(f"parallel_threshold must be in [0, 1) (0 = off) and max_per_pass >= 0 (0 = no cap); "
-                         f"got {parallel_threshold} and {max_per_pass}")
-
-
-def _count_pass(info: dict[str, Any], forward: _Forward, passes_before: int, active: torch.Tensor) -> None:
-    """Add one to ``passes_per_sample`` of the rows still being written (active (B,) bool) if the model ran."""
-    if forward.passes > passes_before:
-        count = info["passes_per_sample"]
-        info["passes_per_sample"] = [c + int(a) for c, a in zip(count or [0] * len(active), active.tolist())]
-
-
-def _check_prior_weight(prior_weight: float, order: str) -> None:
-    if prior_weight < 0 or (prior_weight > 0 and order != "sampled"):
-        raise ValueError(f"prior_weight must be >= 0 and needs order='sampled'; got {prior_weight} with {order!r}")
-
-
-def _report(info: dict[str, Any], on_step: OnStep | None, step: int, tokens: torch.Tensor,
-            revealed: torch.Tensor, remasked: torch.Tensor | None = None) -> None:
-    remasked = torch.zeros_like(revealed) if remasked is None else remasked
-    info["committed_per_step"].append(int(revealed.sum()))
-    info["remasked_per_step"].append(int(remasked.sum()))
-    if on_step is not None:
-        on_step(step, tokens, revealed, remasked)
-
-
-def new_info() -> dict[str, Any]:
-    """``passes_per_sample``: per row, the forward passes that ran while the row still changed (its count at
-    batch 1 with the same draws); filled by confidence and remask."""
-    return {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0,
-            "passes_per_sample": []}
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """The options ``self.sampler`` takes, by name, ready for ``get_sampler(self.sampler)(..., **kwargs)``."""
+        return {key: getattr(self, key) for key in sampler_keys(self.sampler)}
 
 
 # --- samplers ---------------------------------------------------------------------------------------------
 
-def sample_seed(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int, temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
+def sample_seed(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int = SamplerOptions.steps,
+                temperature: float = SamplerOptions.temperature, top_k: int | None = SamplerOptions.top_k,
+                top_p: float | None = SamplerOptions.top_p, generator: torch.Generator | None,
                 fixed: torch.Tensor | None = None, on_step: OnStep | None = None) -> tuple[torch.Tensor, dict]:
-    """The user's spec (SPEC.md 2.3): for up to ``steps`` steps sample EVERY position from the model
-    (temperature / top-k / top-p) and overwrite only positions that are still [MASK] -- a sampled [MASK]
-    leaves the position masked. Stop early once no [MASK] remains. If masks remain after the loop, one
-    final pass resamples them with [MASK] forbidden (info["final_pass"]; reported as step steps_used + 1),
-    with the same temperature / top-k / top-p ([MASK] is removed first, so top-k keeps k real tokens).
+    """The specification's sampler (its ``generate_diffusion``), draw for draw.
+
+    For up to ``steps`` steps: sample EVERY position from softmax(top-k/top-p filtered logits / temperature)
+    and overwrite only positions that are still [MASK] (a sampled [MASK] leaves the position masked); stop
+    early once no [MASK] remains. If masks remain after the loop, one final pass samples every position from
+    softmax(logits / temperature) with [MASK] forbidden and NO top-k / top-p, and fills the masked ones
+    (info["final_pass"]; reported as step steps_used + 1). Each pass is one multinomial over all B x L
+    positions, as in the specification, so the same generator gives the same tokens. temperature 0 = argmax.
     """
-    tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
-    info, forward = new_info(), _Forward(model)
+    tokens, _ = prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
+    info, forward = new_info(), CachedForward(model)
     info["final_pass"] = False
+
+    def draw(logits: torch.Tensor) -> torch.Tensor:  # (B, L, V) filtered float32 logits -> (B, L) ids
+        if temperature == 0:
+            return logits.argmax(-1)
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs.view(-1, probs.size(-1)), 1, generator=generator).view(tokens.shape)
+
     with inference_mode(model):
         for step in range(1, steps + 1):
             masked = tokens == mask_token_id  # (B, L)
             if not masked.any():
                 break
-            sampled = sample_logits(forward(tokens), temperature, top_k, top_p, generator)  # (B, L), every position
+            sampled = draw(filter_logits(forward(tokens), temperature, top_k, top_p))  # (B, L), every position
             tokens = torch.where(masked, sampled, tokens)  # fixed/given positions are never [MASK], never touched
             info["steps_used"] = step
-            _report(info, on_step, step, tokens, masked & (tokens != mask_token_id))
+            report(info, on_step, step, tokens, masked & (tokens != mask_token_id))
         masked = tokens == mask_token_id
         if masked.any():
-            ids = _sample_fill(forward(tokens)[masked], mask_token_id, temperature, top_k, top_p, generator)[0]
-            tokens = tokens.clone()
-            tokens[masked] = ids
+            logits = filter_logits(forward(tokens), temperature)  # / temperature only
+            logits[..., mask_token_id] = float("-inf")  # forbid [MASK]
+            tokens = torch.where(masked, draw(logits), tokens)
             info["final_pass"] = True
-            _report(info, on_step, info["steps_used"] + 1, tokens, masked)
+            report(info, on_step, info["steps_used"] + 1, tokens, masked)
     info["forward_passes"] = forward.passes
     return tokens, info
 
 
-def sample_ancestral(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int,
-                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+def sample_ancestral(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int = SamplerOptions.steps,
+                     temperature: float = SamplerOptions.temperature, top_k: int | None = SamplerOptions.top_k,
+                     top_p: float | None = SamplerOptions.top_p,
                      generator: torch.Generator | None, fixed: torch.Tensor | None = None,
                      on_step: OnStep | None = None) -> tuple[torch.Tensor, dict]:
     """MDLM ancestral sampling (Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models").
@@ -264,8 +179,8 @@ def sample_ancestral(model: Model, canvas: torch.Tensor, *, mask_token_id: int, 
     the model's distribution with [MASK] excluded; revealed tokens stay. At s = 0 the probability is 1, so
     every mask is revealed. The forward pass is skipped while the canvas is unchanged (cached logits).
     """
-    tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
-    info, forward = new_info(), _Forward(model)
+    tokens, _ = prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
+    info, forward = new_info(), CachedForward(model)
     with inference_mode(model):
         for step in range(1, steps + 1):
             masked = tokens == mask_token_id  # (B, L)
@@ -276,22 +191,24 @@ def sample_ancestral(model: Model, canvas: torch.Tensor, *, mask_token_id: int, 
             u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
             revealed = masked & (u < p_reveal)
             if revealed.any():
-                ids = _sample_fill(forward(tokens)[revealed], mask_token_id, temperature, top_k, top_p, generator)[0]
+                ids = sample_fill(forward(tokens)[revealed], mask_token_id, temperature, top_k, top_p, generator)[0]
                 tokens = tokens.clone()
                 tokens[revealed] = ids
             info["steps_used"] = step
-            _report(info, on_step, step, tokens, revealed)
+            report(info, on_step, step, tokens, revealed)
     info["forward_passes"] = forward.passes
     return tokens, info
 
 
-def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int,
-                      temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                      generator: torch.Generator | None, fixed: torch.Tensor | None = None,
-                      on_step: OnStep | None = None, schedule: str = "linear",
-                      noise: float = 0.0, order: str = "sampled", noise_decay: float = 1.0,
-                      prior_weight: float = 0.0, parallel_threshold: float = 0.0,
-                      max_per_pass: int = 0) -> tuple[torch.Tensor, dict]:
+def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int = SamplerOptions.steps,
+                      temperature: float = SamplerOptions.temperature, top_k: int | None = SamplerOptions.top_k,
+                      top_p: float | None = SamplerOptions.top_p, generator: torch.Generator | None,
+                      fixed: torch.Tensor | None = None, on_step: OnStep | None = None,
+                      schedule: str = SamplerOptions.schedule, noise: float = SamplerOptions.noise,
+                      order: str = SamplerOptions.order, noise_decay: float = SamplerOptions.noise_decay,
+                      prior_weight: float = SamplerOptions.prior_weight,
+                      parallel_threshold: float = SamplerOptions.parallel_threshold,
+                      max_per_pass: int = SamplerOptions.max_per_pass) -> tuple[torch.Tensor, dict]:
     """Confidence-ordered unmasking: MaskGIT (Chang et al. 2022), LLaDA low-confidence remasking (Nie et al. 2025).
 
     Each step samples a token for every masked position ([MASK] excluded) and keeps the k most confident
@@ -302,14 +219,14 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
     ``prior_weight`` w > 0 subtracts w x log p(drawn | the canvas at the first pass) from each confidence (see
     ORDERS): at w = 0.7 the remask sampler keeps the text's character entropy (BENCHMARKS.md, section 8).
     ``parallel_threshold`` tau > 0 also reveals every mask whose draw has probability > tau, at least one per
-    pass, at most ``max_per_pass`` (``_confident_fill``): few passes where the model is sure, one where not.
+    pass, at most ``max_per_pass`` (``confident_fill``): few passes where the model is sure, one where not.
     """
-    tokens, _ = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
-    _masked_fraction(schedule, 0.0)  # validate the names up front
-    _check_order(order)
-    _check_prior_weight(prior_weight, order)
-    _check_parallel(parallel_threshold, max_per_pass)
-    info, forward = new_info(), _Forward(model)
+    tokens, _ = prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
+    masked_fraction(schedule, 0.0)  # validate the names up front
+    check_order(order)
+    check_prior_weight(prior_weight, order)
+    check_parallel(parallel_threshold, max_per_pass)
+    info, forward = new_info(), CachedForward(model)
     n_start = (tokens == mask_token_id).sum(-1)  # (B,)
     prior = None  # (B, L, V): prior_weight x log-probs of the first pass
     with inference_mode(model):
@@ -317,29 +234,32 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
             masked = tokens == mask_token_id
             if not masked.any():
                 break
-            keep = 0.0 if step == steps else _masked_fraction(schedule, step / steps)
+            keep = 0.0 if step == steps else masked_fraction(schedule, step / steps)
             k = (masked.sum(-1) - torch.floor(n_start * keep).long()).clamp(min=0)  # (B,) to reveal now
             revealed, passes = torch.zeros_like(masked), forward.passes
             if k.any() or parallel_threshold > 0:
                 logits = forward(tokens)
-                prior = _prior(logits, prior_weight, mask_token_id) if prior is None else prior
-                tokens, revealed = _confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
+                prior = first_pass_prior(logits, prior_weight, mask_token_id) if prior is None else prior
+                tokens, revealed = confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
                                                    generator, noise * (1 - step / steps) ** noise_decay, order, prior,
                                                    parallel_threshold, max_per_pass)
-            _count_pass(info, forward, passes, masked.any(-1))
+            count_pass(info, forward, passes, masked.any(-1))
             info["steps_used"] = step
-            _report(info, on_step, step, tokens, revealed)
+            report(info, on_step, step, tokens, revealed)
     info["forward_passes"] = forward.passes
     return tokens, info
 
 
-def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int,
-                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  generator: torch.Generator | None, fixed: torch.Tensor | None = None,
-                  on_step: OnStep | None = None, schedule: str = "linear", noise: float = 0.0,
-                  remask_frac: float = 0.2, threshold: float = 0.5,
-                  order: str = "sampled", noise_decay: float = 1.0, prior_weight: float = 0.0,
-                  parallel_threshold: float = 0.0, max_per_pass: int = 0) -> tuple[torch.Tensor, dict]:
+def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps: int = SamplerOptions.steps,
+                  temperature: float = SamplerOptions.temperature, top_k: int | None = SamplerOptions.top_k,
+                  top_p: float | None = SamplerOptions.top_p, generator: torch.Generator | None,
+                  fixed: torch.Tensor | None = None, on_step: OnStep | None = None,
+                  schedule: str = SamplerOptions.schedule, noise: float = SamplerOptions.noise,
+                  remask_frac: float = SamplerOptions.remask_frac, threshold: float = SamplerOptions.threshold,
+                  order: str = SamplerOptions.order, noise_decay: float = SamplerOptions.noise_decay,
+                  prior_weight: float = SamplerOptions.prior_weight,
+                  parallel_threshold: float = SamplerOptions.parallel_threshold,
+                  max_per_pass: int = SamplerOptions.max_per_pass) -> tuple[torch.Tensor, dict]:
     """Fill by confidence and correct: re-mask tokens the model itself flags as wrong.
 
     The model is trained to predict [MASK] on tokens that were randomly corrupted (SPEC.md 2.2), so
@@ -356,14 +276,14 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
        always ends within ``steps`` steps with no masks. It stops early at a fixed point (no mask, nothing
        flagged). P([MASK] | x) is the untempered softmax; tokens revealed in this step are judged next step.
     """
-    tokens, fixed = _prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)
-    _masked_fraction(schedule, 0.0)
-    _check_order(order)
-    _check_prior_weight(prior_weight, order)
-    _check_parallel(parallel_threshold, max_per_pass)
+    tokens, fixed = prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)
+    masked_fraction(schedule, 0.0)
+    check_order(order)
+    check_prior_weight(prior_weight, order)
+    check_parallel(parallel_threshold, max_per_pass)
     if not 0.0 <= remask_frac <= 1.0:
         raise ValueError(f"remask_frac must be in [0, 1], got {remask_frac}")
-    info, forward = new_info(), _Forward(model)
+    info, forward = new_info(), CachedForward(model)
     editable = ~fixed  # (B, L)
     n_edit = editable.sum(-1)  # (B,)
     prior = None  # (B, L, V): prior_weight x log-probs of the first pass
@@ -371,13 +291,13 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
         for step in range(1, steps + 1):
             last, passes = step == steps, forward.passes
             logits = forward(tokens)  # (B, L, V), judged on the canvas before this step's changes
-            prior = _prior(logits, prior_weight, mask_token_id) if prior is None else prior
+            prior = first_pass_prior(logits, prior_weight, mask_token_id) if prior is None else prior
             masked = tokens == mask_token_id
-            keep = 0.0 if last else _masked_fraction(schedule, step / steps)
+            keep = 0.0 if last else masked_fraction(schedule, step / steps)
             k = (masked.sum(-1) - torch.floor(n_edit * keep).long()).clamp(min=0)  # (B,)
             new, revealed = tokens, torch.zeros_like(masked)
             if k.any() or (parallel_threshold > 0 and masked.any()):
-                new, revealed = _confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
+                new, revealed = confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
                                                 generator, noise * (1 - step / steps) ** noise_decay, order, prior,
                                                 parallel_threshold, max_per_pass)
             remasked = torch.zeros_like(masked)
@@ -388,24 +308,27 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
                 candidates = editable & ~masked & (p_mask > threshold)
                 budget = torch.floor(remask_frac * (editable & ~masked).sum(-1) * (1 - step / steps)).long()
                 scores = torch.where(candidates, p_mask.double(), float("-inf"))
-                remasked = _top_k_mask(scores, budget) & candidates
+                remasked = top_k_mask(scores, budget) & candidates
                 new = new.masked_fill(remasked, mask_token_id)
-            _count_pass(info, forward, passes, masked.any(-1) | remasked.any(-1))
+            count_pass(info, forward, passes, masked.any(-1) | remasked.any(-1))
             if not masked.any() and not remasked.any():
                 break  # fixed point: nothing to fill, nothing flagged; later steps would change nothing
             tokens = new
             info["steps_used"] = step
-            _report(info, on_step, step, tokens, revealed, remasked)
+            report(info, on_step, step, tokens, revealed, remasked)
     info["forward_passes"] = forward.passes
     return tokens, info
 
 
+# The registry: name -> sampler. Which options a sampler takes is its signature (``sampler_keys``), so a new
+# sampler is one entry here and each option reaches it without being repacked.
 SAMPLERS: dict[str, SamplerFn] = {
     "seed": sample_seed,
     "ancestral": sample_ancestral,
     "confidence": sample_confidence,
     "remask": sample_remask,
 }
+OPTION_KEYS = tuple(f.name for f in fields(SamplerOptions))
 
 
 def get_sampler(name: str) -> SamplerFn:
@@ -413,3 +336,9 @@ def get_sampler(name: str) -> SamplerFn:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def sampler_keys(name: str) -> tuple[str, ...]:
+    """The SamplerOptions fields sampler ``name`` takes: the keyword parameters of its function that are options."""
+    params = inspect.signature(get_sampler(name)).parameters
+    return tuple(key for key in OPTION_KEYS if key in params)

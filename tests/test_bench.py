@@ -16,6 +16,7 @@ from nanodlm.bench_quality import NOT_HASHED, PRESETS, _route_overrides, config_
 from nanodlm.cli import main as cli_main
 from nanodlm.config import TrainConfig, build_config, config_to_dict
 from nanodlm.errors import UserError
+from nanodlm.generate import SamplerOptions
 from nanodlm.train import train
 
 MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -64,7 +65,7 @@ def test_quality_smoke_writes_every_key_and_reuses_models(tmp_path: Path, monkey
             assert _finite(r[section][key]), (section, key, r[section].get(key))
     assert r["diffusion"]["steps"] == PRESETS["smoke"]["steps"]
     assert (r["diffusion"]["sampler"], r["diffusion"]["objective"], r["diffusion"]["pos_emb"]) == (
-        bench.BENCH_DEFAULTS["sampler"], bench.BENCH_DEFAULTS["objective"], bench.BENCH_DEFAULTS["pos_emb"])
+        SamplerOptions.sampler, bench.BENCH_DEFAULTS["objective"], bench.BENCH_DEFAULTS["pos_emb"])
     p = r["protocol"]
     for key in ("num_samples", "length", "temperature", "seed", "date", "machine"):
         assert key in p
@@ -151,7 +152,7 @@ def test_sample_reports_every_mode(tiny_runs: dict[str, str]) -> None:
                             "--num_samples=2", "--length=12", "--steps=2,4", "--device=cpu"])
     modes = {(row["model"], row["mode"], row["batch"]) for row in r["rows"]}
     assert len(r["rows"]) == len(modes) == 2 * 2 + 2 * 2  # (cache, no cache) + 2 step counts, at batch 1 and 2
-    assert ("gpt2", "no-cache", 2) in modes and ("diffusion", f"{bench.BENCH_DEFAULTS['sampler']}, 4 steps", 1) in modes
+    assert ("gpt2", "no-cache", 2) in modes and ("diffusion", f"{SamplerOptions.sampler}, 4 steps", 1) in modes
     for row in r["rows"]:
         assert row["tokens"] == row["batch"] * 12 and row["chars_per_s"] > 0
 
@@ -160,7 +161,7 @@ def test_sample_times_block_diffusion_with_and_without_its_cache(tiny_runs: dict
     r = bench_speed.bench_sample([f"--out_dir_diffusion={tiny_runs['block']}", "--num_samples=2", "--length=12",
                                   "--steps=3", "--device=cpu"])
     modes = sorted(row["mode"] for row in r["rows"] if row["batch"] == 2)
-    assert modes == sorted([f"{bench.BENCH_DEFAULTS['sampler']}, 3 steps" + m for m in ("", ", KV cache")])
+    assert modes == sorted([f"{SamplerOptions.sampler}, 3 steps" + m for m in ("", ", KV cache")])
 
 
 def test_steps_writes_json_and_png(tiny_runs: dict[str, str], tmp_path: Path) -> None:
@@ -173,7 +174,7 @@ def test_steps_writes_json_and_png(tiny_runs: dict[str, str], tmp_path: Path) ->
     assert [row["steps"] for row in r["rows"]] == [1, 4]
     for row in (*r["rows"], r["ar"], r["real"]):
         assert _finite(row["judge_ppl"]) and _finite(row["entropy_bits"])
-    assert _finite(r["ar"]["chars_per_s"]) and r["sampler"] == bench.BENCH_DEFAULTS["sampler"]
+    assert _finite(r["ar"]["chars_per_s"]) and r["sampler"] == SamplerOptions.sampler
     png = out.with_suffix(".png")
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
 

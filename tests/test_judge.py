@@ -136,10 +136,10 @@ def test_cli_judge_errors(tiny_runs: dict[str, str], capsys: pytest.CaptureFixtu
 
 
 def test_generate_texts_gpt2_drops_prompt(tiny_runs: dict[str, str]) -> None:
+    from nanodlm.generate import SamplerOptions
     from nanodlm.judge import generate_texts
 
-    kwargs = dict(num_samples=2, length=20, temperature=1.0, top_k=None, top_p=None, seed=5, device="cpu",
-                  sampler="ignored", steps=1)
+    kwargs = dict(options=SamplerOptions(steps=1), num_samples=2, length=20, seed=5, device="cpu")
     texts, info = generate_texts(tiny_runs["gpt2"], **kwargs)
     assert [len(t) for t in texts] == [20, 20]  # length new characters, the "\n" prompt not included
     assert info["sampler"] == "ar" and info["steps"] == 20 and info["model_type"] == "gpt2"

@@ -12,6 +12,7 @@ from nanodlm.samplers import SAMPLERS
 V = 11  # the last id is [MASK]
 MASK = V - 1
 PARALLEL = ("confidence", "remask")
+MASKGIT = dict(schedule="linear", noise=0.0, prior_weight=0.0)  # greedy reveal order: each rule checked alone
 
 
 class Fake(nn.Module):
@@ -44,10 +45,10 @@ def masks(B: int, L: int) -> torch.Tensor:
 
 def run(name: str, model: nn.Module, canvas: torch.Tensor, steps: int, seed: int = 0, **opts):
     seen: list[torch.Tensor] = []
-    extra = {"remask_frac": 0.0} if name == "remask" else {}
+    extra = dict(MASKGIT, **({"remask_frac": 0.0} if name == "remask" else {}))
     tokens, info = SAMPLERS[name](model, canvas, mask_token_id=MASK, steps=steps, temperature=0.0,
                                   generator=torch.Generator().manual_seed(seed),
-                                  on_step=lambda s, t, r, m: seen.append(r.clone()), **extra, **opts)
+                                  on_step=lambda s, t, r, m: seen.append(r.clone()), **{**extra, **opts})
     return tokens, info, seen
 
 

@@ -13,15 +13,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nanodlm.ar_sampling import generate_ar
+from nanodlm.ar_sampling import generate_ar, sample_logits
 from nanodlm.blockwise import generate_long
 from nanodlm.live import LiveView
 from nanodlm.model import GPT, GPTConfig
-from nanodlm.samplers import SAMPLERS, get_sampler, sample_logits
+from nanodlm.samplers import SAMPLERS, get_sampler
 
 V = 11  # vocab size of every fake; the last id is [MASK]
 MASK = V - 1
 NEG = -30.0  # a logit that is never sampled in practice (p ~ 1e-13) but keeps softmax finite
+MASKGIT = dict(schedule="linear", noise=0.0, prior_weight=0.0)  # greedy reveal order: each rule checked alone
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -200,7 +201,8 @@ def test_confidence_follows_schedule(schedule):
     model = constant(table)
     seen = []
     tokens, info = SAMPLERS["confidence"](model, masks(2, L), mask_token_id=MASK, steps=steps, temperature=0.0,
-                                          schedule=schedule, generator=gen(), on_step=lambda s, t, r, m: seen.append(r))
+                                          **{**MASKGIT, "schedule": schedule}, generator=gen(),
+                                          on_step=lambda s, t, r, m: seen.append(r))
     assert info["committed_per_step"] == expected
     assert (tokens == 1).all()
     first = seen[0][0].nonzero().flatten().tolist()
@@ -231,7 +233,7 @@ def test_remask_corrects_a_flagged_token():
 
     events = []
     tokens, info = SAMPLERS["remask"](Fake(fn), masks(1, L), mask_token_id=MASK, steps=4, temperature=0.0,
-                                      remask_frac=1.0, generator=gen(),
+                                      remask_frac=1.0, generator=gen(), **MASKGIT,
                                       on_step=lambda s, t, rev, rem: events.append((t.clone(), rev, rem)))
     assert events[0][0][0, 3] == 1 and events[0][1][0, 3]  # step 1 reveals position 3 as 1
     assert events[1][2][0].nonzero().flatten().tolist() == [3]  # step 2 re-masks it, and only it
@@ -250,7 +252,7 @@ def test_remask_fixed_never_remasked_and_terminates(steps):
     canvas = masks(2, 12)
     canvas[:, :3] = torch.tensor([4, 5, 6])
     tokens, info = SAMPLERS["remask"](Fake(fn), canvas, mask_token_id=MASK, steps=steps, remask_frac=1.0,
-                                      generator=gen())
+                                      generator=gen(), **MASKGIT)
     assert torch.equal(tokens[:, :3], canvas[:, :3]) and (tokens != MASK).all()
     assert info["steps_used"] <= steps and len(info["committed_per_step"]) == info["steps_used"]
     if steps == 5:
@@ -371,7 +373,7 @@ def test_reveal_order_ranks_by_the_distribution_not_the_draw(name, order, first)
     seen: list[list[int]] = []
     for seed in range(5):  # whatever the sampled tokens
         seen.clear()
-        SAMPLERS[name](constant(table), masks(1, 2), mask_token_id=MASK, steps=2, schedule="linear", order=order,
+        SAMPLERS[name](constant(table), masks(1, 2), mask_token_id=MASK, steps=2, order=order, **MASKGIT,
                        generator=gen(seed), on_step=lambda s, t, r, m: seen.append(r[0].nonzero().flatten().tolist()))
         assert seen[0] == [first]
 
@@ -401,8 +403,8 @@ def test_prior_weight_prefers_draws_the_context_supports(name, weight, first):
         return logits
 
     seen: list[list[int]] = []
-    SAMPLERS[name](Fake(fn), masks(1, 3), mask_token_id=MASK, steps=3, schedule="linear", temperature=0.0,
-                   prior_weight=weight, generator=gen(),
+    SAMPLERS[name](Fake(fn), masks(1, 3), mask_token_id=MASK, steps=3, temperature=0.0,
+                   **{**MASKGIT, "prior_weight": weight}, generator=gen(),
                    on_step=lambda s, t, r, m: seen.append(r[0].nonzero().flatten().tolist()))
     assert seen[0] == [0] and seen[1] == [first]
 

@@ -1,0 +1,250 @@
+"""The generation library: a loaded model + its tokenizer + ``SamplerOptions`` + a ``Prompt`` -> text.
+
+``generate`` picks the generator from ``model.config.model_type``: gpt2 appends tokens left to right (with the
+KV cache); a diffusion model fills a canvas of [MASK] with the sampler the options name, block by block for
+block diffusion (``blockwise.generate_blocks``) and window by window for text longer than ``block_size``
+(``blockwise.generate_long``). ``nanodlm sample``, ``judge``, ``bench`` and the web demo are thin callers.
+
+    from nanodlm.generate import Prompt, SamplerOptions, generate
+    out = generate(model, tok, SamplerOptions(steps=32), Prompt(start="ROMEO:"), num_samples=2, seed=0)
+    out.texts, out.tokens, out.info["forward_passes"]
+
+Command lines build both from ``--key=value`` flags with ``sampling_configs``: every command that samples
+exposes the same keys, declared once in the two dataclasses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from .ar_sampling import generate_ar
+from .blockwise import generate_blocks, generate_long
+from .config import build_configs, print_keys
+from .errors import UserError
+from .samplers import OnStep, SamplerOptions, get_sampler
+
+__all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "generate", "print_sampling_keys", "read_text",
+           "sampling_configs"]
+
+T = TypeVar("T")
+ALIASES = {"max_steps": "steps"}  # the specification calls the number of denoising steps max_steps
+
+
+@dataclass
+class Prompt:
+    """What to condition on, and how much to write."""
+
+    start: str | None = None  # text the sample begins with, or FILE:path (gpt2 default "\n"; diffusion: none)
+    suffix: str | None = None  # diffusion: fixed end of the text (FILE:path works too)
+    infill: str | None = None  # diffusion: a template whose `placeholder` characters are the positions to fill
+    placeholder: str = "_"  # one character; in --infill a run of N is N positions (N tokens for BPE)
+    length: int | None = None  # diffusion: tokens per sample, prefix and suffix included (None = block_size)
+    max_new_tokens: int = 500  # gpt2: tokens appended to the prompt
+
+    def __post_init__(self) -> None:
+        if len(self.placeholder) != 1:
+            raise UserError(f"prompt key 'placeholder' must be a single character; got {self.placeholder!r}")
+        if self.length is not None and self.length < 1:
+            raise UserError(f"prompt key 'length' must be >= 1 (or None for block_size); got {self.length}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"prompt key 'max_new_tokens' must be >= 1; got {self.max_new_tokens}")
+        if self.infill is not None and (self.start is not None or self.suffix is not None):
+            raise UserError("give either --infill or --start/--suffix: the infill template holds the whole text")
+
+
+@dataclass
+class Generation:
+    """tokens (B, L) long: the whole text, prompt included; texts: tokens decoded; completions: the text
+    after the prompt's ``prompt_len`` leading tokens; info: what the generator reports (see ``generate``)."""
+
+    tokens: torch.Tensor
+    texts: list[str]
+    completions: list[str]
+    prompt_len: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def read_text(value: str) -> str:
+    """A prompt value: the text itself, or the contents of ``path`` for ``FILE:path``."""
+    if value.startswith("FILE:"):
+        path = Path(value[5:])
+        if not path.is_file():
+            raise UserError(f"prompt file {path} not found")
+        return path.read_text(encoding="utf-8")
+    return value
+
+
+def build_canvas(tok: Any, prompt: Prompt, block_size: int, mask_id: int) -> tuple[list[int], list[int], int]:
+    """(prefix ids, suffix ids, total length) or, for an infill template, (the whole canvas, [], its length)."""
+    if prompt.infill is not None:
+        ids: list[int] = []
+        for i, part in enumerate(read_text(prompt.infill).split(prompt.placeholder)):
+            if i:
+                ids.append(mask_id)  # a placeholder run of N characters is N positions (N tokens for BPE)
+            if part:
+                ids.extend(tok.encode(part))
+        if len(ids) > block_size:
+            raise UserError(f"--infill template is {len(ids)} tokens; it must fit in block_size {block_size}")
+        if mask_id not in ids:
+            raise UserError(f"--infill template has no {prompt.placeholder!r} to fill: mark the gaps with it "
+                            "(or change --placeholder)")
+        return ids, [], len(ids)
+    prefix = tok.encode(read_text(prompt.start)) if prompt.start else []
+    suffix = tok.encode(read_text(prompt.suffix)) if prompt.suffix else []
+    length = block_size if prompt.length is None else prompt.length
+    if length < len(prefix) + len(suffix) + 1:
+        raise UserError(f"--length {length} leaves no room after {len(prefix)} prefix and {len(suffix)} suffix "
+                        f"tokens: raise --length")
+    if length > block_size and suffix:
+        raise UserError(f"--length {length} with --suffix does not fit in block_size {block_size}: "
+                        f"lower --length to {block_size} or drop --suffix")
+    return prefix, suffix, length
+
+
+def sampling_configs(values: dict[str, Any], command: type[T], prompt: bool = True
+                     ) -> tuple[T, SamplerOptions, Prompt | None]:
+    """{key: value} flags -> (the command's config, SamplerOptions, Prompt or None). A key of the command's own
+    shadows an option of the same name; ``max_steps`` is ``steps``; a key none of them has is an error."""
+    values = {ALIASES.get(k, k): v for k, v in values.items()}
+    if prompt:
+        cfg, options, prompt_cfg = build_configs(values, command, SamplerOptions, Prompt)
+        return cfg, options, prompt_cfg
+    cfg, options = build_configs(values, command, SamplerOptions)
+    return cfg, options, None
+
+
+def print_sampling_keys(command: type, prompt: bool = True) -> None:
+    """The ``--help`` key list of a command that samples: its own keys, then the sampler options (and prompt)."""
+    print_keys(command, "keys (defaults):")
+    print_keys(SamplerOptions, "sampler options (every command that samples takes these; max_steps = steps):",
+               skip={f.name for f in fields(command)})
+    if prompt:
+        print_keys(Prompt, "prompt:")
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()  # a fresh random seed
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+def _newline(tok: Any) -> list[int]:
+    """The default gpt2 prompt (nanoGPT's "\\n"); token 0 for a vocabulary without a newline."""
+    try:
+        return tok.encode("\n") or [0]
+    except UserError:
+        return [0]
+
+
+def _ar(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prompt, B: int, gen: torch.Generator,
+        on_step: OnStep | None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    if prompt.suffix is not None or prompt.infill is not None:
+        raise UserError("--suffix and --infill need a diffusion model; a gpt2 model continues --start")
+    if prompt.start is not None:
+        ids = tok.encode(read_text(prompt.start)) or [0]
+    else:
+        ids = _newline(tok)
+    idx = torch.tensor([ids] * B, dtype=torch.long, device=_device(model))  # (B, P)
+    on_token = None
+    if on_step is not None:
+        def on_token(i: int, text: torch.Tensor) -> None:  # text (B, P + i): one more token at the end
+            revealed = torch.zeros_like(text, dtype=torch.bool)
+            revealed[:, -1] = True
+            on_step(i, text, revealed, torch.zeros_like(revealed))
+    out = generate_ar(model, idx, prompt.max_new_tokens, temperature=options.temperature, top_k=options.top_k,
+                      top_p=options.top_p, generator=gen, use_cache=options.use_kv_cache, on_token=on_token)
+    n = prompt.max_new_tokens
+    info = {"sampler": "ar", "steps_used": n, "forward_passes": n, "committed_per_step": [B] * n,
+            "remasked_per_step": [0] * n}
+    fixed = torch.zeros_like(out, dtype=torch.bool)
+    fixed[:, :len(ids)] = True
+    return out, info, fixed
+
+
+def _diffusion(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prompt, B: int,
+               gen: torch.Generator, on_step: OnStep | None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    config = model.config
+    mask_id = config.mask_token_id
+    sampler: Callable[..., tuple[torch.Tensor, dict[str, Any]]] = get_sampler(options.sampler)
+    kwargs = options.sampler_kwargs()  # exactly the options this sampler takes (steps, temperature, ...)
+    if config.diffusion_block and options.semi_ar_block not in (0, config.diffusion_block):
+        raise UserError(f"semi_ar_block is for bidirectional models; this block diffusion model decodes in blocks "
+                        f"of {config.diffusion_block}: drop --semi_ar_block")
+    block = config.diffusion_block or options.semi_ar_block
+    if block:  # block diffusion, or semi-autoregressive decoding: each window is denoised block by block
+        inner = sampler
+
+        def sampler(model: Any, canvas: torch.Tensor, **kw: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+            return generate_blocks(model, canvas, block=block, sampler=inner, use_cache=options.use_kv_cache,
+                                   approx_cache=options.approx_cache, **kw)
+    prefix, suffix, length = build_canvas(tok, prompt, config.block_size, mask_id)
+    device = _device(model)
+    if length > config.block_size:
+        prefix_t = torch.tensor([prefix] * B, dtype=torch.long, device=device).view(B, len(prefix))
+        out, info = generate_long(model, prefix_t, length, config.block_size, sampler, mask_token_id=mask_id,
+                                  generator=gen, new_block=options.new_block, on_step=on_step, **kwargs)
+        fixed = torch.zeros_like(out, dtype=torch.bool)
+        fixed[:, :len(prefix)] = True
+        return out, info, fixed
+    row = prefix + [mask_id] * (length - len(prefix) - len(suffix)) + suffix
+    canvas = torch.tensor([row] * B, dtype=torch.long, device=device)
+    out, info = sampler(model, canvas, mask_token_id=mask_id, generator=gen, on_step=on_step, **kwargs)
+    return out, info, canvas != mask_id
+
+
+def generate(model: torch.nn.Module, tokenizer: Any, options: SamplerOptions | None = None,
+             prompt: Prompt | None = None, *, num_samples: int = 1, seed: int | torch.Generator | None = None,
+             on_step: OnStep | None = None) -> Generation:
+    """Generate ``num_samples`` texts from ``model`` (gpt2 or diffusion, read from ``model.config``).
+
+    seed: an int, a ``torch.Generator`` on the model's device, or None (random). on_step(step, tokens (B, L),
+    revealed (B, L) bool, remasked (B, L) bool) sees the canvas after every update: each denoising step for
+    diffusion, each new token for gpt2 (tokens is then the text so far, revealed its last column).
+    info: ``model_type``, ``sampler`` ("ar" for gpt2), ``steps_used``, ``forward_passes``, ``committed_per_step``,
+    ``remasked_per_step``, ``fixed`` ((B, L) bool: the positions the prompt gave), ``elapsed_s`` (wall clock of
+    the generation, synchronised on CUDA), ``chars_per_s`` (characters of the completions per second), and
+    whatever the sampler adds (``blocks``, ``final_pass``, ...).
+    """
+    options = options or SamplerOptions()
+    prompt = prompt or Prompt()
+    if num_samples < 1:
+        raise UserError(f"num_samples must be >= 1; got {num_samples}")
+    device = _device(model)
+    gen = _generator(seed, device)
+    run = _ar if model.config.model_type == "gpt2" else _diffusion
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    t0 = time.perf_counter()
+    try:
+        tokens, info, fixed = run(model, tokenizer, options, prompt, num_samples, gen, on_step)
+    except ValueError as e:  # settings only the generator can check (new_block > block_size, ...)
+        raise UserError(str(e)) from None
+    sync()
+    elapsed = time.perf_counter() - t0
+    prompt_len = int(fixed[0].long().cumprod(0).sum())  # leading given tokens: the prompt (gpt2) or the prefix
+    rows = tokens.tolist()
+    texts = [tokenizer.decode(row) for row in rows]
+    completions = [tokenizer.decode(row[prompt_len:]) for row in rows]
+    chars = sum(len(t) for t in completions)
+    info = {"model_type": model.config.model_type, "sampler": options.sampler, **info, "fixed": fixed,
+            "elapsed_s": elapsed, "chars_per_s": chars / elapsed if elapsed > 0 else float("inf")}
+    return Generation(tokens=tokens, texts=texts, completions=completions, prompt_len=prompt_len, info=info)
