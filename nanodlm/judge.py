@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .errors import UserError
 from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
+from .protocol import passages
 from .textstats import distinct_n, judge_nll, longest_repeated_substring, unigram_entropy_bits
 
 SEPARATOR = "---------------"  # nanoGPT's sample.py prints this line after every sample
@@ -36,7 +36,7 @@ COLUMNS = (("judge_ppl", "judge PPL"), ("judge_nll", "judge NLL"), ("entropy_bit
 @dataclass
 class JudgeConfig:
     judge: str = "out-judge"  # out_dir of the AR judge (train it with `nanodlm train judge`)
-    judge_ckpt: str = "best"  # best | last
+    judge_ckpt: str = "last"  # last | best (best.pt was chosen on the val text the real-text row scores)
     samples: str | None = None  # a .jsonl (one JSON string per line) or nanoGPT-style text file
     out_dir: str | None = None  # or: sample from this checkpoint (with the sampler options below)
     ckpt: str = "best"  # best | last, of out_dir
@@ -115,19 +115,13 @@ def reference_texts(data_dir: str, dataset: str, tokenizer, num: int, length_cha
     """``num`` passages of real text from a split, each ``length_chars`` characters (fewer only if the
     decoded window is shorter), at offsets drawn from ``seed``: the same seed gives the same passages.
 
-    A window of ``length_chars`` tokens is decoded and cut to ``length_chars`` characters (a char token is
-    one character, a BPE token usually several).
+    A window of ``length_chars`` tokens (``protocol.passages``) is decoded and cut to ``length_chars``
+    characters (a char token is one character, a BPE token usually several).
     """
     from .data import open_split
 
-    if num < 1 or length_chars < 1:
-        raise UserError(f"num and length_chars must be positive, got {num} and {length_chars}")
     data = open_split(data_dir, dataset, split)
-    if len(data) < length_chars:
-        raise UserError(f"the {split} split of {dataset!r} has {len(data)} tokens, too few for passages of "
-                        f"{length_chars} characters; use shorter samples")
-    starts = np.random.default_rng(seed).integers(0, len(data) - length_chars + 1, size=num)  # (num,)
-    return [tokenizer.decode(np.asarray(data[s:s + length_chars]))[:length_chars] for s in starts]
+    return [text[:length_chars] for text in passages(data, tokenizer.decode, num, length_chars, seed)]
 
 
 def load_samples(path: str | Path) -> list[str]:
