@@ -1,22 +1,25 @@
-"""``bench quality``: the AR vs diffusion protocol, judged (``bench steps`` lives in ``bench_steps.py``).
+"""``bench quality``: the AR vs diffusion protocol on any prepared dataset, chosen on dev, reported on test.
 
-In one command: prepare shakespeare_char under ``work_dir/data``; train (or reuse) an AR
-model, a diffusion model and an AR judge, each in ``work_dir/runs/<name>-<hash8>`` keyed by a hash of its
-training config; sample ``num_samples`` texts of ``length`` characters at temperature 1 from both models
-(AR after a "\\n" prompt); score them and real validation passages with the judge; evaluate the AR loss and the
-diffusion NELBO on the same validation windows; write one JSON and print a summary table.
+In one command (``--dataset``, default shakespeare_char, under ``work_dir/data``):
 
-Both models are evaluated at their last checkpoint (after ``max_iters``, the same number of training tokens),
-not the best-on-val one: choosing by val loss and then reporting val numbers would flatter the model.
-Judge perplexity is the "generative perplexity" of MDLM (Sahoo et al. 2024, arXiv:2406.07524); entropy sits
-beside it because a repetitive sampler gets a low perplexity.
+1. **Runs.** Train (or reuse) every candidate of each side, each in ``work_dir/runs/<side>-<hash8>``
+   (``bench_runs``): the AR model over positions x learning rates, the diffusion model over learning rates, the
+   judge over its own list; the lists are preset data.
+2. **Selection on dev** (the first half of val.bin, ``protocol.py``): each side keeps the candidate with the
+   lowest dev loss (AR cross-entropy, diffusion NELBO); every model at its last checkpoint.
+3. **The frontier.** Each model's sampling knob is swept (AR: temperature; diffusion: ``--knob``, default
+   prior_weight) and every point judged at the selection seeds against real dev text and at the report seeds
+   against real test text. The operating point is the knob value whose dev entropy is nearest real dev text's.
+4. **Report on test** (the second half of val.bin, report seeds only): test loss / NELBO, judge PPL, entropy and
+   distinct-4 at the operating point (mean ± standard error over the seeds), and the headline: each model's
+   judge PPL at real test text's entropy, interpolated on its test curve (``protocol.ppl_at_entropy``).
+
+Judge perplexity is the "generative perplexity" of MDLM (Sahoo et al. 2024, arXiv:2406.07524).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,11 +27,18 @@ from typing import Any
 
 import torch
 
-from .bench import BENCH_DEFAULTS, machine_info, now, parse_sampling_args, print_table, warm_up_sampling, write_json
-from .config import TrainConfig, build_config, config_to_dict, read_config_file
+from .bench import BENCH_DEFAULTS, machine_info, now, parse_sampling_args, print_table, write_json
+from .bench_frontier import Judge, operating_point, point, real_text, sweep
+from .bench_runs import CKPT, PROTECTED, ROLES, candidates, describe, ensure_dataset, route_overrides, train_or_reuse
+from .checkpoint import load_model
+from .config import read_config_file
+from .data import load_tokenizer, open_split
 from .distributed import resolve_device
 from .errors import UserError
-from .generate import SamplerOptions
+from .evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
+from .generate import Prompt, SamplerOptions, generate
+from .protocol import REPORT_SPLIT, SELECTION_SPLIT, argmin, dev_test, plot_frontier
+from .samplers import SAMPLERS, sampler_keys
 
 # --- presets --------------------------------------------------------------------------------------------------
 
@@ -42,45 +52,66 @@ _SMOKE_MODEL: dict[str, Any] = dict(
     n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, dropout=0.0, learning_rate=1e-3, min_lr=1e-4,
     warmup_iters=5, beta2=0.99, max_iters=30, lr_decay_iters=30, eval_interval=30, eval_iters=2, log_interval=10,
 )
+# what each side searches ({TrainConfig key: [values]}), the knob values each frontier sweeps, and the seeds.
+# The AR search is the diffusion model's (rotary positions and the learning rates it was given) plus the
+# learned positions of the recipe.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "model": _CPU_MODEL,
         "judge": "judge",  # configs/judge.py: 6 layers, 6 heads, 192 dim, block 256
+        "search": {"ar": {"pos_emb": ["learned", "rope"], "learning_rate": [1e-3, 2e-3, 3e-3]},
+                   "diffusion": {"learning_rate": [1e-3, 2e-3, 3e-3]}, "judge": {}},
+        "temperature": [0.8, 0.9, 1.0, 1.1, 1.2],  # AR's frontier
+        "knob": {"prior_weight": [0.0, 0.5, 0.6, 0.7, 0.8, 0.9], "temperature": [0.8, 0.9, 1.0, 1.1, 1.2],
+                 "noise": [0.5, 1.0, 2.0, 4.0, 16.0]},  # the diffusion sampler's frontier, by --knob
+        "selection_seeds": [1, 2], "report_seeds": [1337, 1338, 1339],
         "num_samples": 32, "length": 256, "steps": 64, "eval_windows": 200, "eval_batch_size": 32,
     },
     "smoke": {  # the same protocol, small enough for a test: seconds on 2 cores
         "model": {**_SMOKE_MODEL, "plot": False},
         "judge": {**_SMOKE_MODEL, "n_layer": 2, "plot": False},
+        "search": {"ar": {"pos_emb": ["learned", "rope"]}, "diffusion": {"learning_rate": [1e-3, 3e-3]}, "judge": {}},
+        "temperature": [0.7, 1.0, 1.5],
+        "knob": {"prior_weight": [0.0, 0.7, 1.5], "temperature": [0.7, 1.0, 1.5], "noise": [0.5, 1.0, 4.0]},
+        "selection_seeds": [1], "report_seeds": [2, 3, 4],
         "num_samples": 4, "length": 64, "steps": 8, "eval_windows": 8, "eval_batch_size": 8,
     },
 }
-DATASET = "shakespeare_char"
-# keys that cannot change the trained weights (or are the run's location): left out of the run hash
-NOT_HASHED = ("out_dir", "data_dir", "init_from", "eval_only", "progress", "plot", "log_interval", "wandb_log",
-              "wandb_project", "wandb_run_name", "always_save_checkpoint", "device", "backend", "compile")
-# keys added after runs were first hashed: left out while at these values, so those runs keep their hash
-HASHED_IF_SET = {"diffusion_block": 0, "mdlm_t_max": 1.0}
-# keys a gpt2 run never reads: its hash must not change when their defaults do
-DIFFUSION_ONLY = ("objective", "penalty_keep_mask", "penalty_mask_correct", "mdlm_eps", "repair_rate_max",
-                  "copy_weight", "diffusion_block", "mdlm_t_max")
-PROTECTED = ("out_dir", "data_dir", "dataset", "model_type", "init_from", "eval_only", "device")
-CKPT = "last"  # see the module docstring
 
 
-# --- bench quality --------------------------------------------------------------------------------------------
+def _floats(text: str | None, key: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--{key} must be comma-separated numbers like 1e-3,2e-3; got {text!r}") from None
+    if not values:
+        raise UserError(f"--{key} is empty")
+    return values
+
 
 @dataclass
 class QualityArgs:
     preset: str = "cpu"  # cpu | smoke
-    json: str | None = None  # default <work_dir>/quality-<preset>.json
+    dataset: str = "shakespeare_char"  # any dataset prepared in <work_dir>/data (char or BPE)
+    json: str | None = None  # default <work_dir>/quality-<dataset>-<preset>.json
+    png: str | None = None  # the frontier plot; default: the JSON path with .png
     work_dir: str = "bench-out"  # data/ and runs/ live here; trained models are reused from it
     objective: str = BENCH_DEFAULTS["objective"]  # the diffusion model's training objective
     pos_emb: str = BENCH_DEFAULTS["pos_emb"]  # the diffusion model's positions
+    ar_pos_emb: str | None = None  # AR search, comma lists (default: the preset's)
+    ar_learning_rate: str | None = None
+    diffusion_learning_rate: str | None = None  # diffusion search (default: the preset's)
+    knob: str = "prior_weight"  # the diffusion sampler option swept: prior_weight | noise | temperature
+    knob_values: str | None = None  # comma list (default: the preset's for --knob)
+    temperatures: str | None = None  # AR's frontier, comma list (default: the preset's)
+    selection_seeds: str | None = None  # sampling seeds that choose (default: the preset's)
+    report_seeds: str | None = None  # sampling seeds that report, at least 3, none of the selection seeds
     steps: int | None = None  # diffusion sampling steps (default: the preset's)
-    compare_sampler: str | None = "ancestral"  # also sample the same diffusion model with this sampler
-    num_samples: int | None = None  # default: the preset's
-    length: int | None = None  # characters per sample (default: the preset's)
-    seed: int = 1337  # sampling, reference passages and NELBO masks (training seeds are in the configs)
+    compare_sampler: str | None = "ancestral"  # also report the same diffusion model with this sampler
+    num_samples: int | None = None  # texts per seed (default: the preset's)
+    length: int | None = None  # tokens per sample (default: the preset's)
     device: str = "auto"
     progress: bool = True  # tqdm bars while training
 
@@ -90,200 +121,232 @@ class QualityArgs:
         for key in ("steps", "num_samples", "length"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise UserError(f"--{key} must be >= 1; got {getattr(self, key)}")
+        if self.knob not in PRESETS[self.preset]["knob"]:
+            raise UserError(f"--knob must be one of {', '.join(PRESETS[self.preset]['knob'])}; got {self.knob!r}")
 
 
-def config_hash(cfg: TrainConfig) -> str:
-    """8 hex digits of sha256 over the training config, without the keys in NOT_HASHED (and for gpt2 runs
-    without DIFFUSION_ONLY)."""
-    skip = NOT_HASHED + (DIFFUSION_ONLY if cfg.model_type == "gpt2" else ())
-    values = {k: v for k, v in config_to_dict(cfg).items()
-              if k not in skip and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])}
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+def _searches(args: QualityArgs, preset: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    search = {role: dict(preset["search"][role]) for role in ROLES}
+    if args.ar_pos_emb is not None:
+        search["ar"]["pos_emb"] = [v.strip() for v in args.ar_pos_emb.split(",") if v.strip()]
+    for role, text in (("ar", args.ar_learning_rate), ("diffusion", args.diffusion_learning_rate)):
+        if text is not None:
+            search[role]["learning_rate"] = _floats(text, f"{role}_learning_rate")
+    return search
 
 
-def _route_overrides(rest: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Unknown bench keys -> TrainConfig overrides: ``--ar.KEY`` / ``--judge.KEY`` for those models, plain
-    ``--KEY`` for the diffusion model."""
-    routed: dict[str, dict[str, str]] = {"ar": {}, "diffusion": {}, "judge": {}}
-    train_keys = {f.name for f in fields(TrainConfig) if f.init}
-    for key, value in rest.items():
-        name, dot, sub = key.partition(".")
-        target, sub = (name, sub) if dot else ("diffusion", key)
-        if target not in routed or sub not in train_keys:
-            bench_keys = ", ".join([f.name for f in fields(QualityArgs)] + [f.name for f in fields(SamplerOptions)])
-            raise UserError(f"unknown key '{key}' for bench quality (bench keys: {bench_keys}; any TrainConfig key "
-                            "overrides the diffusion model, ar.KEY / judge.KEY the others)")
-        if sub in PROTECTED:
-            raise UserError(f"'{key}' is fixed by the protocol (run folders, dataset and device are set by bench)")
-        routed[target][sub] = value
-    return routed
+def _seeds(args: QualityArgs, preset: dict[str, Any]) -> dict[str, list[int]]:
+    seeds = {split: [int(s) for s in (_floats(text, key) or preset[key])]
+             for split, text, key in (("dev", args.selection_seeds, "selection_seeds"),
+                                      ("test", args.report_seeds, "report_seeds"))}
+    if set(seeds["dev"]) & set(seeds["test"]):
+        raise UserError(f"a seed cannot both choose and report: selection {seeds['dev']}, report {seeds['test']}")
+    if len(seeds["test"]) < 3:
+        raise UserError(f"--report_seeds needs at least 3 seeds for a standard error; got {seeds['test']}")
+    return seeds
 
 
-def _run(name: str, values: dict[str, Any], work_dir: Path, data_dir: Path, device: str, progress: bool
-         ) -> dict[str, Any]:
-    """Train ``name`` in work_dir/runs/<name>-<hash8>, or reuse it when its ckpt.pt reached max_iters
-    (an interrupted run resumes). Returns out_dir, reused, the config and the training ms/iter."""
-    from .plotting import read_metrics
-    from .train import train
-
-    base = {**values, "dataset": DATASET, "data_dir": str(data_dir), "device": device, "progress": progress,
-            "always_save_checkpoint": True}  # a save at every eval: an interrupted run resumes from there
-    cfg = build_config(TrainConfig, {**base, "out_dir": "-"})
-    out_dir = work_dir / "runs" / f"{name}-{config_hash(cfg)}"
-    cfg = build_config(TrainConfig, {**base, "out_dir": str(out_dir)})
-    done_iters = -1
-    meta_path = out_dir / "ckpt.json"  # written after ckpt.pt: if it says finished, ckpt.pt is finished
-    if (out_dir / "ckpt.pt").exists() and meta_path.exists():
-        done_iters = int(json.loads(meta_path.read_text()).get("iter_num", -1))
-    reused = done_iters == cfg.max_iters
-    if reused:
-        print(f"{name}: reusing {out_dir} ({done_iters} iters)")
-    else:
-        if done_iters >= 0:
-            cfg = build_config(TrainConfig, {**config_to_dict(cfg), "init_from": "resume"})
-        print(f"{name}: training in {out_dir}" + (f" (resuming at iter {done_iters})" if done_iters >= 0 else ""))
-        summary = train(cfg)
-        if summary.get("interrupted"):
-            raise KeyboardInterrupt
-    steps = [r["ms"] for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "step"]
-    steps = sorted(steps[1:] or steps)  # the first logged step pays the warm-up
-    ms = steps[len(steps) // 2] if steps else float("nan")  # median: robust to evals and hiccups
-    return {"out_dir": str(out_dir), "reused": reused, "cfg": cfg, "train_ms_per_iter": ms}
-
-
-def _describe(run: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
-    cfg: TrainConfig = run["cfg"]
-    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    return {
-        "out_dir": run["out_dir"], "reused": run["reused"], "params": model.get_num_params(),
-        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "block_size": cfg.block_size,
-        "batch_size": cfg.batch_size, "max_iters": cfg.max_iters, "tokens_seen": cfg.max_iters * tokens_per_iter,
-        "learning_rate": cfg.learning_rate, "min_lr": cfg.min_lr, "warmup_iters": cfg.warmup_iters,
-        "pos_emb": model.config.pos_emb, "train_ms_per_iter": run["train_ms_per_iter"],
-        "config_hash": Path(run["out_dir"]).name.rsplit("-", 1)[-1],
-    }
-
+# --- bench quality --------------------------------------------------------------------------------------------
 
 def bench_quality(argv: list[str]) -> dict[str, Any]:
-    """The whole AR vs diffusion protocol (see the module docstring) -> the result dict, also written as JSON."""
-    from .checkpoint import load_model
-    from .data import load_meta, open_split, prepare
-    from .evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
-    from .judge import generate_texts, reference_texts, score_texts
-    from .samplers import SAMPLERS
-
+    """The whole protocol (see the module docstring) -> the result dict, also written as JSON (and a PNG)."""
     args, options, rest = parse_sampling_args("quality", QualityArgs, argv, strict=False)
-    routed = _route_overrides(rest)
+    routed = route_overrides(rest, [f.name for f in fields(QualityArgs)])
     preset = PRESETS[args.preset]
     device = resolve_device(args.device)
-    steps = args.steps or preset["steps"]
+    options = dataclasses.replace(options, steps=args.steps or preset["steps"])
     num_samples, length = args.num_samples or preset["num_samples"], args.length or preset["length"]
-    options = dataclasses.replace(options, steps=steps)
+    seeds = _seeds(args, preset)
+    knob_values = _floats(args.knob_values, "knob_values") or preset["knob"][args.knob]
+    temperatures = _floats(args.temperatures, "temperatures") or preset["temperature"]
+    if args.knob != "temperature" and args.knob not in sampler_keys(options.sampler):
+        raise UserError(f"sampler {options.sampler} does not take --{args.knob}; choose --knob=temperature or a "
+                        f"sampler that takes it")
     if args.compare_sampler is not None and args.compare_sampler not in SAMPLERS:
         raise UserError(f"--compare_sampler must be one of {', '.join(SAMPLERS)} or None; got {args.compare_sampler!r}")
 
-    # ---- data
+    # ---- data and runs: every candidate of every side, trained once, then reused while its config is unchanged
     work_dir = Path(args.work_dir)
     data_dir = work_dir / "data"
-    try:
-        load_meta(str(data_dir), DATASET)
-    except UserError:
-        print(f"preparing {DATASET} in {data_dir}")
-        prepare(DATASET, data_dir=str(data_dir))
-
-    # ---- models: trained once, then reused while their configs are unchanged
+    meta = ensure_dataset(data_dir, args.dataset)
     judge_values = preset["judge"]
     if isinstance(judge_values, str):
         judge_values = {k: v for k, v in read_config_file(judge_values).items() if k not in PROTECTED}
-    values = {
-        "ar": {**preset["model"], "model_type": "gpt2", **routed["ar"]},
-        "diffusion": {**preset["model"], "model_type": "diffusion", "objective": args.objective,
-                      "pos_emb": args.pos_emb, "learning_rate": BENCH_DEFAULTS["learning_rate"],
-                      "copy_weight": BENCH_DEFAULTS["copy_weight"], **routed["diffusion"]},
-        "judge": {**judge_values, "model_type": "gpt2", **routed["judge"]},
-    }
-    runs = {name: _run(name, v, work_dir, data_dir, device, args.progress) for name, v in values.items()}
+    base = {"ar": {**preset["model"], "model_type": "gpt2"},
+            "diffusion": {**preset["model"], "model_type": "diffusion", "objective": args.objective,
+                          "pos_emb": args.pos_emb, "learning_rate": BENCH_DEFAULTS["learning_rate"],
+                          "copy_weight": BENCH_DEFAULTS["copy_weight"]},
+            "judge": {**judge_values, "model_type": "gpt2"}}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for role, search in _searches(args, preset).items():
+        runs[role] = []
+        for cand in candidates(search):
+            run = train_or_reuse(role, {**base[role], **cand, **routed[role]}, work_dir, data_dir, args.dataset,
+                                 device, args.progress)
+            if all(r["out_dir"] != run["out_dir"] for r in runs[role]):  # an override can collapse the search
+                runs[role].append({**run, "search": cand})
 
-    # ---- likelihoods on the same validation windows
-    loaded = {name: load_model(run["out_dir"], CKPT, device) for name, run in runs.items()}  # (model, meta, tok)
-    models = {name: model for name, (model, _, _) in loaded.items()}
-    val = open_split(str(data_dir), DATASET, "val")
+    # ---- selection on dev: the lowest dev loss of each side; its test loss is what the JSON reports
+    splits = dev_test(open_split(str(data_dir), args.dataset, "val"))
     eval_bs = preset["eval_batch_size"]
-    windows: dict[int, torch.Tensor] = {}
+    windows: dict[tuple[str, int], torch.Tensor] = {}
 
-    def windows_for(model: torch.nn.Module) -> torch.Tensor:
-        T = model.config.block_size  # (N, T+1); the AR and diffusion presets share T, so they share windows
-        if T not in windows:
-            windows[T] = eval_windows(val, T, min(preset["eval_windows"], max(1, len(val) // (T + 1))))
-        return windows[T]
+    def loss(model: torch.nn.Module, split: str) -> dict[str, float]:
+        T = model.config.block_size  # (N, T+1) windows of that split, shared by every model of that T
+        if (split, T) not in windows:
+            n = min(preset["eval_windows"], max(1, len(splits[split]) // (T + 1)))
+            windows[split, T] = eval_windows(splits[split], T, n)
+        if model.config.model_type == "gpt2":
+            out = ar_cross_entropy(model, windows[split, T], eval_bs)
+            return {"loss": out["loss"], "stderr": out["stderr"], "tokens": out["tokens"]}
+        gen = torch.Generator(device=device).manual_seed(seeds[split][0])  # the masks: a seed of that split
+        out = diffusion_nelbo(model, windows[split, T], eval_bs, gen, n_draws=4)
+        return {"loss": out["nelbo"], "stderr": out["stderr"], "tokens": out["tokens"]}
 
-    print("evaluating AR loss, diffusion NELBO and judge loss on the validation windows")
-    ar_eval = ar_cross_entropy(models["ar"], windows_for(models["ar"]), eval_bs)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    dm_eval = diffusion_nelbo(models["diffusion"], windows_for(models["diffusion"]), eval_bs, gen, n_draws=4)
-    judge_eval = ar_cross_entropy(models["judge"], windows_for(models["judge"]), eval_bs)
+    print(f"choosing on {SELECTION_SPLIT}")
+    models, toks, tests, chosen = {}, {}, {}, {}
+    for role, role_runs in runs.items():
+        for run in role_runs:
+            model, _, tok = load_model(run["out_dir"], CKPT, device)
+            run["dev"] = loss(model, "dev")
+            print(f"  {role} {run['search'] or ''}: dev loss {run['dev']['loss']:.4f} ({run['out_dir']})")
+            del model
+        best = argmin([run["dev"]["loss"] for run in role_runs])
+        chosen[role] = role_runs[best]
+        models[role], _, toks[role] = load_model(chosen[role]["out_dir"], CKPT, device)
+        tests[role] = loss(models[role], "test")
 
-    # ---- samples, judged beside real text
-    judge, judge_tok = models["judge"], loaded["judge"][2]
-    sampling = dict(num_samples=num_samples, length=length, seed=args.seed, device=device, ckpt=CKPT)
-    print(f"sampling {num_samples} x {length} chars from each model and judging them")
-    for name in ("ar", "diffusion"):
-        warm_up_sampling(runs[name]["out_dir"], options, device, CKPT, num_samples, length)
-    ar_texts, ar_info = generate_texts(runs["ar"]["out_dir"], options, **sampling)
-    opts = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("sampler", "steps")}
-    dm_texts, dm_info = generate_texts(runs["diffusion"]["out_dir"], options, **sampling)
-    real_texts = reference_texts(str(data_dir), DATASET, judge_tok, num_samples, length, args.seed, split="val")
-    scores = {name: score_texts(judge, judge_tok, texts)
-              for name, texts in (("real", real_texts), ("ar", ar_texts), ("diffusion", dm_texts))}
-    compare: dict[str, Any] | None = None
+    # ---- the frontier: dev curves choose the operating point, test curves report it
+    judge = Judge(models["judge"], toks["judge"])
+    data_tok = load_tokenizer(meta)
+    real = real_text(splits, data_tok.decode, judge, seeds, num_samples, length)
+    prompts = {"ar": Prompt(max_new_tokens=length), "diffusion": Prompt(length=length)}
+    knobs = {"ar": ("temperature", temperatures), "diffusion": (args.knob, knob_values)}
+    curves, points = {}, {}
+    for role in ("ar", "diffusion"):
+        generate(models[role], toks[role], dataclasses.replace(options, steps=1), prompts[role],
+                 num_samples=num_samples, seed=0)  # warm-up: kernels and shapes, so the first timing is fair
+        knob, values = knobs[role]
+        print(f"{role}: sweeping {knob} over {values}")
+        curves[role] = sweep(models[role], toks[role], options, prompts[role], judge, knob, values, seeds, num_samples)
+        points[role] = operating_point(curves[role], real)
+    compare = None
     if args.compare_sampler and args.compare_sampler != options.sampler:
-        cmp_texts, cmp_info = generate_texts(runs["diffusion"]["out_dir"],
-                                             dataclasses.replace(options, sampler=args.compare_sampler), **sampling)
-        compare = {**score_texts(judge, judge_tok, cmp_texts), "sampler": args.compare_sampler, "steps": steps,
-                   "chars_per_s": cmp_info["chars_per_s"], "example": cmp_texts[0]}
+        opts = dataclasses.replace(options, sampler=args.compare_sampler,
+                                   **{args.knob: points["diffusion"]["chosen"]})  # the same setting, other sampler
+        compare = point(models["diffusion"], toks["diffusion"], opts, prompts["diffusion"], judge, num_samples,
+                        seeds["test"], sampler=args.compare_sampler, steps=options.steps)
 
     # ---- the result
-    dm_cfg: TrainConfig = runs["diffusion"]["cfg"]
+    def side(role: str, main_key: str) -> dict[str, Any]:
+        op, test = points[role], tests[role]
+        p = op["point"]
+        knob, _ = knobs[role]
+        sampling = _sampling(role, dataclasses.replace(options, **{knob: op["chosen"]}), length)
+        return {
+            main_key: test["loss"], f"{main_key}_stderr": test["stderr"], "loss_split": "test",
+            "loss_tokens": test["tokens"],
+            **{k: p[k] for k in ("judge_ppl", "judge_ppl_se", "entropy_bits", "entropy_bits_se", "distinct_4",
+                                 "distinct_4_se")},
+            **{k: op[k] for k in ("ppl_at_real_entropy", "ppl_at_real_entropy_se", "real_entropy_in_range",
+                                  "swept_entropy_bits")},
+            "steps": length if role == "ar" else options.steps, "forward_passes": p.get("forward_passes"),
+            "chars_per_s": p["chars_per_s"], "chars_per_s_se": p["chars_per_s_se"],
+            "config": {"train": describe(chosen[role], models[role])["train_config"], "sampling": sampling,
+                       "knob": knob, "knob_value": op["chosen"]},
+            "selection": {"by": "lowest dev loss" if role == "ar" else "lowest dev NELBO",
+                          "candidates": [{**r["search"], "dev_loss": r["dev"]["loss"], "dev_stderr": r["dev"]["stderr"],
+                                          "out_dir": r["out_dir"]} for r in runs[role]],
+                          "chosen": chosen[role]["search"],
+                          "knob": f"{knob}={op['chosen']:g}: dev entropy nearest real dev text's"},
+            "frontier": {"knob": knob, **curves[role]},
+            "example": p["example"],
+        }
+
+    ar, dm = side("ar", "val_loss"), side("diffusion", "nelbo")
+    judge_loss = tests["judge"]["loss"]
     result: dict[str, Any] = {
         "benchmark": "quality",
-        "real": scores["real"],
-        "ar": {"val_loss": ar_eval["loss"], "val_loss_stderr": ar_eval["stderr"], "val_tokens": ar_eval["tokens"],
-               **scores["ar"], "chars_per_s": ar_info["chars_per_s"], "example": ar_texts[0]},
-        "diffusion": {"nelbo": dm_eval["nelbo"], "nelbo_stderr": dm_eval["stderr"], "val_tokens": dm_eval["tokens"],
-                      **scores["diffusion"], "steps": steps, "chars_per_s": dm_info["chars_per_s"],
-                      "forward_passes": dm_info.get("forward_passes"), "sampler": options.sampler, **opts,
-                      "objective": dm_cfg.objective, "pos_emb": models["diffusion"].config.pos_emb,
-                      "diffusion_block": models["diffusion"].config.diffusion_block,
-                      "example": dm_texts[0]},
-        "diffusion_compare": compare,
-        "judge": {"val_loss": judge_eval["loss"], "val_loss_stderr": judge_eval["stderr"]},
-        "ratios": {"nelbo_over_ar": dm_eval["nelbo"] / ar_eval["loss"],
-                   "judge_ppl_over_ar": scores["diffusion"]["judge_ppl"] / scores["ar"]["judge_ppl"],
-                   "chars_per_s_over_ar": dm_info["chars_per_s"] / ar_info["chars_per_s"]},
+        "real": {**{k: real["test"][k] for k in ("judge_ppl", "judge_ppl_se", "entropy_bits", "entropy_bits_se",
+                                                 "distinct_4", "distinct_4_se", "example")}, "dev": real["dev"]},
+        "ar": ar, "diffusion": dm, "diffusion_compare": compare,
+        "judge": {"val_loss": judge_loss, "val_loss_stderr": tests["judge"]["stderr"], "loss_split": "test",
+                  "stronger_than_contestants": judge_loss < min(ar["val_loss"], dm["nelbo"]),
+                  "selection": [{**r["search"], "dev_loss": r["dev"]["loss"]} for r in runs["judge"]]},
+        "ratios": {"ppl_at_real_entropy_over_ar": _ratio(dm["ppl_at_real_entropy"], ar["ppl_at_real_entropy"]),
+                   "nelbo_over_ar": _ratio(dm["nelbo"], ar["val_loss"]),
+                   "judge_ppl_over_ar": _ratio(dm["judge_ppl"], ar["judge_ppl"]),
+                   "chars_per_s_over_ar": _ratio(dm["chars_per_s"], ar["chars_per_s"])},
         "protocol": {
-            "preset": args.preset, "dataset": DATASET, "checkpoint": f"{CKPT} (after max_iters)",
-            "ar": _describe(runs["ar"], models["ar"]), "diffusion": _describe(runs["diffusion"], models["diffusion"]),
-            "judge": _describe(runs["judge"], models["judge"]),
-            "eval_windows": int(windows_for(models["ar"]).size(0)), "nelbo_draws": 4,
-            "num_samples": num_samples, "length": length, "temperature": options.temperature,
-            "top_k": options.top_k, "top_p": options.top_p, "ar_prompt": "\n", "seed": args.seed, "date": now(),
-            "machine": machine_info(device),
+            "selection_split": SELECTION_SPLIT, "report_split": REPORT_SPLIT,
+            "seeds": {"selection": seeds["dev"], "report": seeds["test"],
+                      "nelbo_masks": {"dev": seeds["dev"][0], "test": seeds["test"][0]}},
+            "split_tokens": {"dev": [0, len(splits["dev"])], "test": [len(splits["dev"]), len(splits["dev"]) +
+                                                                       len(splits["test"])]},
+            "eval_windows": {s: int(windows[s, models["ar"].config.block_size].size(0)) for s in ("dev", "test")},
+            "preset": args.preset, "dataset": args.dataset, "tokenizer": meta.get("tokenizer", "char"),
+            "checkpoint": f"{CKPT} (after max_iters)", "nelbo_draws": 4, "num_samples": num_samples,
+            "length": length, "ar_prompt": "\n",
+            **{role: describe(chosen[role], models[role]) for role in ROLES},
+            "date": now(), "machine": machine_info(device),
         },
     }
-    ar, dm, real = result["ar"], result["diffusion"], result["real"]
-    print_table(f"AR vs diffusion ({dm['objective']}, {dm['sampler']} {steps} steps), preset {args.preset}, "
-                f"{num_samples} x {length} chars, T={options.temperature}",
-                ["", "val loss / NELBO", "judge PPL", "entropy (bits)", "distinct-4", "chars/s"],
-                [["real text", None, real["judge_ppl"], real["entropy_bits"], real["distinct_4"], None],
-                 ["AR", f"{ar['val_loss']:.4f} ± {ar['val_loss_stderr']:.4f}", ar["judge_ppl"],
-                  ar["entropy_bits"], ar["distinct_4"], ar["chars_per_s"]],
-                 ["diffusion", f"≤ {dm['nelbo']:.4f} ± {dm['nelbo_stderr']:.4f}", dm["judge_ppl"],
-                  dm["entropy_bits"], dm["distinct_4"], dm["chars_per_s"]],
-                 *([[f"diffusion, {compare['sampler']}", None, compare["judge_ppl"], compare["entropy_bits"],
-                     compare["distinct_4"], compare["chars_per_s"]]] if compare else []),
-                 ["diffusion / AR", f"{result['ratios']['nelbo_over_ar']:.3f}",
-                  result["ratios"]["judge_ppl_over_ar"], None, None, result["ratios"]["chars_per_s_over_ar"]]])
-    if not all(math.isfinite(v) for v in (ar["val_loss"], dm["nelbo"], dm["judge_ppl"], ar["judge_ppl"])):
-        print("warning: some numbers are not finite (null in the JSON)")
-    write_json(args.json or str(work_dir / f"quality-{args.preset}.json"), result)
+    _print(result, args, options)
+    json_path = args.json or str(work_dir / f"quality-{args.dataset}-{args.preset}.json")
+    write_json(json_path, result)
+    png = args.png or (str(Path(json_path).with_suffix(".png")) if json_path != "-" else None)
+    if png and plot_frontier({"AR": {"knob": "temperature", "rows": curves["ar"]["test"]},
+                              "diffusion": {"knob": args.knob, "rows": curves["diffusion"]["test"]}},
+                             real["test"], png, f"{args.dataset}, preset {args.preset}: test text, report seeds"):
+        print(f"wrote {png}")
     return result
+
+
+def _sampling(role: str, opts: SamplerOptions, length: int) -> dict[str, Any]:
+    """Every sampling setting a side used: AR reads temperature, top-k/p and the cache after a "\\n" prompt;
+    diffusion its sampler, steps, the options that sampler takes and the canvas length."""
+    if role == "ar":
+        return {"prompt": "\n", "max_new_tokens": length, "temperature": opts.temperature, "top_k": opts.top_k,
+                "top_p": opts.top_p, "use_kv_cache": opts.use_kv_cache}
+    return {"sampler": opts.sampler, "steps": opts.steps, "length": length, **opts.sampler_kwargs(),
+            "use_kv_cache": opts.use_kv_cache, "new_block": opts.new_block}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b and math.isfinite(a) and math.isfinite(b) else None
+
+
+def _pm(v: float | None, se: float | None, fmt: str = ".3f") -> str | None:
+    if v is None or not math.isfinite(v):
+        return None
+    return f"{v:{fmt}} ± {se:{fmt}}" if se is not None and math.isfinite(se) else f"{v:{fmt}}"
+
+
+def _print(r: dict[str, Any], args: QualityArgs, options: SamplerOptions) -> None:
+    ar, dm, real, cmp = r["ar"], r["diffusion"], r["real"], r["diffusion_compare"]
+    rows = [["real text (test)", None, _pm(real["judge_ppl"], real["judge_ppl_se"]),
+             _pm(real["entropy_bits"], real["entropy_bits_se"]), real["distinct_4"], None, None]]
+    for name, s, key in (("AR", ar, "val_loss"), ("diffusion", dm, "nelbo")):
+        label = f"{name}, {s['config']['knob']} {s['config']['knob_value']:g}"
+        rows.append([label, _pm(s[key], s[f"{key}_stderr"], ".4f"), _pm(s["judge_ppl"], s["judge_ppl_se"]),
+                     _pm(s["entropy_bits"], s["entropy_bits_se"]), s["distinct_4"],
+                     _pm(s["ppl_at_real_entropy"], s["ppl_at_real_entropy_se"]), s["chars_per_s"]])
+    if cmp:
+        rows.append([f"diffusion, {cmp['sampler']}", None, _pm(cmp["judge_ppl"], cmp["judge_ppl_se"]),
+                     _pm(cmp["entropy_bits"], cmp["entropy_bits_se"]), cmp["distinct_4"], None, cmp["chars_per_s"]])
+    q = r["ratios"]
+    rows.append(["diffusion / AR", q["nelbo_over_ar"], q["judge_ppl_over_ar"], None, None,
+                 q["ppl_at_real_entropy_over_ar"], q["chars_per_s_over_ar"]])
+    print_table(f"{args.dataset}, preset {args.preset}: chosen on dev, reported on test over seeds "
+                f"{r['protocol']['seeds']['report']} ({options.sampler}, {options.steps} steps)",
+                ["", "test loss / NELBO", "judge PPL", "entropy (bits)", "distinct-4", "PPL at real entropy",
+                 "chars/s"], rows)
+    print(f"chosen: AR {ar['selection']['chosen']}, diffusion {dm['selection']['chosen']}; judge test loss "
+          f"{r['judge']['val_loss']:.4f}")
+    if not r["judge"]["stronger_than_contestants"]:
+        print("warning: the judge's test loss is not below every contestant's: strengthen it (--judge.KEY=...)")
+    for name, s in (("AR", ar), ("diffusion", dm)):
+        if not s["real_entropy_in_range"]:
+            lo, hi = s["swept_entropy_bits"]
+            print(f"warning: real text's entropy {real['entropy_bits']:.3f} lies outside {name}'s swept range "
+                  f"[{lo:.3f}, {hi:.3f}]: no PPL at real entropy (widen the knob values)")

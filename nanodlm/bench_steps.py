@@ -10,9 +10,11 @@ from typing import Any
 import torch
 
 from .bench import machine_info, now, parse_sampling_args, parse_steps, print_table, warm_up_sampling, write_json
-from .bench_quality import CKPT, DATASET
+from .bench_runs import CKPT
 from .distributed import resolve_device
 from .errors import UserError
+
+DATASET = "shakespeare_char"  # the reference text when the diffusion run does not name its dataset
 
 # --- bench steps ----------------------------------------------------------------------------------------------
 

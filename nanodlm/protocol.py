@@ -46,14 +46,14 @@ def dev_test(val: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def passages(data: np.ndarray, decode, num: int, length: int, seed: int) -> list[str]:
-    """``num`` passages of ``length`` tokens from ``data`` at offsets drawn from ``seed``, decoded and cut to
-    ``length`` characters (a char token is one character, a BPE token usually several)."""
+    """``num`` passages of ``length`` tokens from ``data`` at offsets drawn from ``seed``, decoded: as many
+    tokens as a sample of ``length`` tokens (a char token is one character, a BPE token usually several)."""
     if num < 1 or length < 1:
         raise UserError(f"num and length must be positive, got {num} and {length}")
     if len(data) < length:
         raise UserError(f"the text holds {len(data)} tokens, too few for passages of {length}; use shorter samples")
     starts = np.random.default_rng(seed).integers(0, len(data) - length + 1, size=num)  # (num,)
-    return [decode(np.asarray(data[s:s + length]))[:length] for s in starts]
+    return [decode(np.asarray(data[s:s + length])) for s in starts]
 
 
 # --- choosing and averaging -----------------------------------------------------------------------------------

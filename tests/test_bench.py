@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,10 +11,8 @@ import torch
 from conftest import TINY
 
 from nanodlm import bench, bench_speed
-from nanodlm.bench_quality import NOT_HASHED, PRESETS, _route_overrides, config_hash
 from nanodlm.cli import main as cli_main
-from nanodlm.config import TrainConfig, build_config, config_to_dict
-from nanodlm.errors import UserError
+from nanodlm.config import TrainConfig, build_config
 from nanodlm.generate import SamplerOptions
 from nanodlm.train import train
 
@@ -42,79 +39,6 @@ def tiny_runs(data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dict[s
                                          "eval_interval": 4, **extra}))
     torch.set_rng_state(rng)
     return runs
-
-
-# --- bench quality ----------------------------------------------------------------------------------------------
-
-@needs_mirror
-def test_quality_smoke_writes_every_key_and_reuses_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NANODLM_DATA_MIRROR", str(MIRROR))
-    out, work = tmp_path / "quality.json", tmp_path / "work"
-    argv = ["quality", "--preset=smoke", f"--json={out}", f"--work_dir={work}", "--device=cpu", "--progress=false"]
-    assert bench.main(argv) == 0
-    r = json.loads(out.read_text())
-    required = {
-        "real": ("judge_ppl", "entropy_bits"),
-        "ar": ("val_loss", "judge_ppl", "entropy_bits", "chars_per_s"),
-        "diffusion": ("nelbo", "nelbo_stderr", "judge_ppl", "entropy_bits", "chars_per_s"),
-        "judge": ("val_loss",),
-        "ratios": ("nelbo_over_ar", "judge_ppl_over_ar"),
-    }
-    for section, keys in required.items():
-        for key in keys:
-            assert _finite(r[section][key]), (section, key, r[section].get(key))
-    assert r["diffusion"]["steps"] == PRESETS["smoke"]["steps"]
-    assert (r["diffusion"]["sampler"], r["diffusion"]["objective"], r["diffusion"]["pos_emb"]) == (
-        SamplerOptions.sampler, bench.BENCH_DEFAULTS["objective"], bench.BENCH_DEFAULTS["pos_emb"])
-    p = r["protocol"]
-    for key in ("num_samples", "length", "temperature", "seed", "date", "machine"):
-        assert key in p
-    assert {"platform", "torch", "device", "cpu_count"} <= set(p["machine"])
-    # the same number of training tokens for AR and diffusion
-    assert p["ar"]["tokens_seen"] == p["diffusion"]["tokens_seen"] > 0
-    assert p["ar"]["params"] > 0 and p["judge"]["n_layer"] == 2
-    assert not any(p[m]["reused"] for m in ("ar", "diffusion", "judge"))
-    assert r["ar"]["num_texts"] == p["num_samples"] == 4
-
-    ckpts = sorted((work / "runs").glob("*/ckpt.pt"))
-    assert len(ckpts) == 3
-    mtimes = [c.stat().st_mtime_ns for c in ckpts]
-    assert bench.main(argv) == 0  # same configs: every model is reused, nothing retrains
-    r2 = json.loads(out.read_text())
-    assert all(r2["protocol"][m]["reused"] for m in ("ar", "diffusion", "judge"))
-    assert [c.stat().st_mtime_ns for c in ckpts] == mtimes
-    assert r2["ar"]["val_loss"] == r["ar"]["val_loss"] and r2["diffusion"]["nelbo"] == r["diffusion"]["nelbo"]
-
-
-def test_run_hash_ignores_location_and_display_but_not_the_model() -> None:
-    cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "progress": True})
-    assert config_hash(cfg) == config_hash(build_config(TrainConfig, {"n_layer": 2, "out_dir": "b", "progress": False}))
-    assert config_hash(cfg) != config_hash(build_config(TrainConfig, {"n_layer": 3, "out_dir": "a"}))
-
-
-def test_run_hash_of_older_runs_survives_new_keys() -> None:
-    """Runs hashed before diffusion_block and mdlm_t_max existed keep their folder (and are reused) while
-    those keys sit at their defaults."""
-    cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion"})
-    late = ("diffusion_block", "mdlm_t_max")
-    values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED and k not in late}
-    old = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
-    assert config_hash(cfg) == old
-    block = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion", "diffusion_block": 8})
-    clipped = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion", "mdlm_t_max": 0.9})
-    assert config_hash(block) != old and config_hash(clipped) != old
-    ar = {"n_layer": 2, "out_dir": "a", "model_type": "gpt2"}
-    assert config_hash(build_config(TrainConfig, ar)) == config_hash(
-        build_config(TrainConfig, {**ar, "objective": "seed", "copy_weight": 0.0}))  # keys a gpt2 run never reads
-
-
-def test_quality_overrides_route_to_the_right_model() -> None:
-    routed = _route_overrides({"n_layer": "2", "ar.n_embd": "64", "judge.max_iters": "10"})
-    assert routed == {"diffusion": {"n_layer": "2"}, "ar": {"n_embd": "64"}, "judge": {"max_iters": "10"}}
-    with pytest.raises(UserError, match="num_sample"):
-        _route_overrides({"num_sample": "3"})
-    with pytest.raises(UserError, match="fixed by the protocol"):
-        _route_overrides({"ar.out_dir": "x"})
 
 
 # --- bench train ------------------------------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""The runs behind ``bench quality``: data, training runs keyed by a config hash, and the choice among candidates.
+
+A run lives in ``work_dir/runs/<name>-<hash8>``, hash8 = a hash of its training config (``config_hash``), and is
+reused while that config is unchanged. A *search* is a dict {TrainConfig key: [values]} whose product gives the
+candidates of one side (``candidates``); the protocol trains them all and keeps the one with the lowest loss on
+dev (``protocol.py``): the AR model and the diffusion model each get their own best setting, the judge too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig, build_config, config_to_dict
+from .errors import UserError
+
+# keys that cannot change the trained weights (or are the run's location): left out of the run hash
+NOT_HASHED = ("out_dir", "data_dir", "init_from", "eval_only", "progress", "plot", "log_interval", "wandb_log",
+              "wandb_project", "wandb_run_name", "always_save_checkpoint", "device", "backend", "compile")
+# keys added after runs were first hashed: left out while at these values, so those runs keep their hash
+HASHED_IF_SET = {"diffusion_block": 0, "mdlm_t_max": 1.0}
+# keys a gpt2 run never reads: its hash must not change when their defaults do
+DIFFUSION_ONLY = ("objective", "penalty_keep_mask", "penalty_mask_correct", "mdlm_eps", "repair_rate_max",
+                  "copy_weight", "diffusion_block", "mdlm_t_max")
+PROTECTED = ("out_dir", "data_dir", "dataset", "model_type", "init_from", "eval_only", "device")
+CKPT = "last"  # every model is evaluated at its last checkpoint: best.pt was selected on val text
+ROLES = ("ar", "diffusion", "judge")
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """8 hex digits of sha256 over the training config, without the keys in NOT_HASHED (and for gpt2 runs
+    without DIFFUSION_ONLY)."""
+    skip = NOT_HASHED + (DIFFUSION_ONLY if cfg.model_type == "gpt2" else ())
+    values = {k: v for k, v in config_to_dict(cfg).items()
+              if k not in skip and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def route_overrides(rest: dict[str, str], bench_keys: list[str]) -> dict[str, dict[str, str]]:
+    """Unknown bench keys -> TrainConfig overrides: ``--ar.KEY`` / ``--judge.KEY`` for those models, plain
+    ``--KEY`` for the diffusion model."""
+    routed: dict[str, dict[str, str]] = {role: {} for role in ROLES}
+    train_keys = {f.name for f in fields(TrainConfig) if f.init}
+    for key, value in rest.items():
+        name, dot, sub = key.partition(".")
+        target, sub = (name, sub) if dot else ("diffusion", key)
+        if target not in routed or sub not in train_keys:
+            raise UserError(f"unknown key '{key}' for bench quality (bench keys: {', '.join(bench_keys)}; any "
+                            "TrainConfig key overrides the diffusion model, ar.KEY / judge.KEY the others)")
+        if sub in PROTECTED:
+            raise UserError(f"'{key}' is fixed by the protocol (run folders, dataset and device are set by bench)")
+        routed[target][sub] = value
+    return routed
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+def ensure_dataset(data_dir: Path, dataset: str) -> dict[str, Any]:
+    """meta.json of ``data_dir/dataset``. shakespeare_char is prepared on the spot (from $NANODLM_DATA_MIRROR,
+    the cache or a download); any other dataset must be prepared first: the error gives the command."""
+    from .data import load_meta, prepare
+
+    try:
+        return load_meta(str(data_dir), dataset)
+    except UserError:
+        if dataset == "shakespeare_char":
+            print(f"preparing {dataset} in {data_dir}")
+            return prepare(dataset, data_dir=str(data_dir))
+    if dataset == "shakespeare":
+        command = f"nanodlm prepare shakespeare --data_dir={data_dir}"
+    else:
+        command = f"nanodlm prepare text --input=FILE --name={dataset} --data_dir={data_dir} [--tokenizer=gpt2]"
+    raise UserError(f"dataset {dataset!r} is not prepared in {data_dir}: run `{command}`, then bench quality again")
+
+
+# --- runs -----------------------------------------------------------------------------------------------------
+
+def candidates(search: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """{key: [values]} -> one override dict per combination, in order ({} when the search is empty)."""
+    keys = list(search)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(search[k] for k in keys))]
+
+
+def _spellings(cfg: TrainConfig) -> list[TrainConfig]:
+    """``cfg`` and the same model with pos_emb spelled the other way (auto <-> what auto resolves to), so a run
+    trained before the search named its positions is found again."""
+    other = cfg.resolved_pos_emb if cfg.pos_emb == "auto" else "auto"
+    alias = build_config(TrainConfig, {**config_to_dict(cfg), "pos_emb": other})
+    return [cfg] if alias.resolved_pos_emb != cfg.resolved_pos_emb else [cfg, alias]
+
+
+def _finished_iters(out_dir: Path) -> int:
+    meta_path = out_dir / "ckpt.json"  # written after ckpt.pt: if it says finished, ckpt.pt is finished
+    if (out_dir / "ckpt.pt").exists() and meta_path.exists():
+        return int(json.loads(meta_path.read_text()).get("iter_num", -1))
+    return -1
+
+
+def train_or_reuse(name: str, values: dict[str, Any], work_dir: Path, data_dir: Path, dataset: str, device: str,
+                   progress: bool) -> dict[str, Any]:
+    """Train ``name`` in work_dir/runs/<name>-<hash8>, or reuse it when its ckpt.pt reached max_iters
+    (an interrupted run resumes). Returns out_dir, reused, the config and the training ms/iter."""
+    from .plotting import read_metrics
+    from .train import train
+
+    base = {**values, "dataset": dataset, "data_dir": str(data_dir), "device": device, "progress": progress,
+            "always_save_checkpoint": True}  # a save at every eval: an interrupted run resumes from there
+    cfg = build_config(TrainConfig, {**base, "out_dir": "-"})
+    dirs = [work_dir / "runs" / f"{name}-{config_hash(c)}" for c in _spellings(cfg)]
+    done = [d for d in dirs if _finished_iters(d) == cfg.max_iters]
+    out_dir = done[0] if done else dirs[0]
+    cfg = build_config(TrainConfig, {**base, "out_dir": str(out_dir)})
+    if done:
+        print(f"{name}: reusing {out_dir} ({cfg.max_iters} iters)")
+    else:
+        done_iters = _finished_iters(out_dir)
+        if done_iters >= 0:
+            cfg = build_config(TrainConfig, {**config_to_dict(cfg), "init_from": "resume"})
+        print(f"{name}: training in {out_dir}" + (f" (resuming at iter {done_iters})" if done_iters >= 0 else ""))
+        summary = train(cfg)
+        if summary.get("interrupted"):
+            raise KeyboardInterrupt
+    steps = [r["ms"] for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "step"]
+    steps = sorted(steps[1:] or steps)  # the first logged step pays the warm-up
+    ms = steps[len(steps) // 2] if steps else float("nan")  # median: robust to evals and hiccups
+    return {"out_dir": str(out_dir), "reused": bool(done), "cfg": cfg, "train_ms_per_iter": ms}
+
+
+def describe(run: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """What a run is, for the JSON: folder, sizes, tokens seen, speed, and its whole training config."""
+    cfg: TrainConfig = run["cfg"]
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    train_cfg = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED or k == "data_dir"}
+    return {
+        "out_dir": run["out_dir"], "reused": run["reused"], "params": model.get_num_params(),
+        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "block_size": cfg.block_size,
+        "batch_size": cfg.batch_size, "max_iters": cfg.max_iters, "tokens_seen": cfg.max_iters * tokens_per_iter,
+        "learning_rate": cfg.learning_rate, "min_lr": cfg.min_lr, "warmup_iters": cfg.warmup_iters,
+        "pos_emb": model.config.pos_emb, "train_ms_per_iter": run["train_ms_per_iter"],
+        "config_hash": Path(run["out_dir"]).name.rsplit("-", 1)[-1], "train_config": train_cfg,
+    }

@@ -1,0 +1,184 @@
+"""`bench quality`, the fair ruler: runs keyed by hash, choices on dev, reports on test, every JSON key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import _corpus
+
+from nanodlm import bench
+from nanodlm import bench_quality as quality
+from nanodlm.bench_runs import (
+    NOT_HASHED,
+    PROTECTED,
+    candidates,
+    config_hash,
+    ensure_dataset,
+    route_overrides,
+    train_or_reuse,
+)
+from nanodlm.config import TrainConfig, build_config, config_to_dict, read_config_file
+from nanodlm.data import prepare
+from nanodlm.errors import UserError
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- runs -------------------------------------------------------------------------------------------------------
+
+def _hash(values: dict) -> str:
+    return config_hash(build_config(TrainConfig, {**values, "dataset": "shakespeare_char", "out_dir": "-"}))
+
+
+def test_cpu_preset_runs_keep_their_hashes() -> None:
+    """Models trained under these folders (BENCHMARKS.md, the lead's sweep) must be found again."""
+    p = quality.PRESETS["cpu"]
+    m = p["model"]
+    assert _hash({**m, "model_type": "gpt2"}) == "5db8f2be"  # the AR model of sections 6 and 8
+    assert _hash({**m, "model_type": "gpt2", "pos_emb": "rope", "learning_rate": 2e-3}) == "8b1fbc7f"
+    dm = {**m, "model_type": "diffusion", "objective": "repair", "pos_emb": "rope", "copy_weight": 0.1}
+    assert _hash({**dm, "learning_rate": 2e-3}) == "c54e78c0"
+    block4 = {**dm, "learning_rate": 2e-3, "diffusion_block": 4, "mdlm_eps": 0.45, "mdlm_t_max": 0.95}
+    assert _hash(block4) == "018f782e"
+    judge = {k: v for k, v in read_config_file(p["judge"]).items() if k not in PROTECTED}
+    assert _hash({**judge, "model_type": "gpt2"}) == "49612d03"  # configs/judge.py since bd040dd (rope, lr 2e-3)
+    assert len(candidates(p["search"]["ar"])) == 6 and len(candidates(p["search"]["diffusion"])) == 3
+    assert candidates({}) == [{}]
+
+
+def test_run_hash_ignores_location_and_display_but_not_the_model() -> None:
+    cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "progress": True})
+    assert config_hash(cfg) == config_hash(build_config(TrainConfig, {"n_layer": 2, "out_dir": "b", "progress": False}))
+    assert config_hash(cfg) != config_hash(build_config(TrainConfig, {"n_layer": 3, "out_dir": "a"}))
+
+
+def test_run_hash_of_older_runs_survives_new_keys() -> None:
+    """Runs hashed before diffusion_block and mdlm_t_max existed keep their folder (and are reused) while
+    those keys sit at their defaults."""
+    cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion"})
+    late = ("diffusion_block", "mdlm_t_max")
+    values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED and k not in late}
+    old = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+    assert config_hash(cfg) == old
+    block = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion", "diffusion_block": 8})
+    clipped = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion", "mdlm_t_max": 0.9})
+    assert config_hash(block) != old and config_hash(clipped) != old
+    ar = {"n_layer": 2, "out_dir": "a", "model_type": "gpt2"}
+    assert config_hash(build_config(TrainConfig, ar)) == config_hash(
+        build_config(TrainConfig, {**ar, "objective": "seed", "copy_weight": 0.0}))  # keys a gpt2 run never reads
+
+
+def test_a_run_trained_with_pos_emb_auto_is_reused_as_learned(tmp_path: Path) -> None:
+    values = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "max_iters": 3, "model_type": "gpt2"}
+    old = tmp_path / "runs" / f"ar-{_hash_at(values, tmp_path)}"  # trained before the search named positions
+    old.mkdir(parents=True)
+    (old / "ckpt.pt").write_bytes(b"")
+    (old / "ckpt.json").write_text(json.dumps({"iter_num": 3}))
+    run = train_or_reuse("ar", {**values, "pos_emb": "learned"}, tmp_path, tmp_path / "data", "tiny", "cpu", False)
+    assert run["reused"] and run["out_dir"] == str(old)
+
+
+def _hash_at(values: dict, work: Path) -> str:
+    return config_hash(build_config(TrainConfig, {**values, "dataset": "tiny", "data_dir": str(work / "data"),
+                                                  "out_dir": "-"}))
+
+
+def test_unprepared_dataset_names_the_prepare_command(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"nanodlm prepare text --input=FILE --name=novel --data_dir="):
+        ensure_dataset(tmp_path / "data", "novel")
+    with pytest.raises(UserError, match=r"nanodlm prepare shakespeare --data_dir="):
+        ensure_dataset(tmp_path / "data", "shakespeare")
+
+
+def test_overrides_route_to_the_right_model() -> None:
+    routed = route_overrides({"n_layer": "2", "ar.n_embd": "64", "judge.max_iters": "10"}, ["preset"])
+    assert routed == {"diffusion": {"n_layer": "2"}, "ar": {"n_embd": "64"}, "judge": {"max_iters": "10"}}
+    with pytest.raises(UserError, match="num_sample"):
+        route_overrides({"num_sample": "3"}, ["num_samples"])
+    with pytest.raises(UserError, match="fixed by the protocol"):
+        route_overrides({"ar.out_dir": "x"}, [])
+
+
+# --- the protocol end to end --------------------------------------------------------------------------------------
+
+def test_smoke_on_any_prepared_text_writes_every_key_chooses_on_dev_reports_on_test(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    src = tmp_path / "novel.txt"
+    src.write_text(_corpus()[:30_000], encoding="utf-8")
+    prepare("text", input_path=str(src), data_dir=str(work / "data"), out_name="novel")
+
+    # every window the protocol evaluates on, and which half of val it came from
+    seen: list[np.ndarray] = []
+    real_windows = quality.eval_windows
+
+    def spy(data, block_size, n):
+        seen.append(data)
+        return real_windows(data, block_size, n)
+
+    # a fake AR loss that prefers one position encoding, so the choice is known in advance
+    real_ce = quality.ar_cross_entropy
+    prefer = {"pos": "rope"}
+
+    def fake_ce(model, windows, batch_size):
+        out = real_ce(model, windows, batch_size)
+        return {**out, "loss": 1.0 if model.config.pos_emb == prefer["pos"] else 2.0}
+
+    parts: dict[str, np.ndarray] = {}
+    real_split = quality.dev_test
+
+    def split_spy(val):
+        parts.update(real_split(val))
+        return parts
+
+    monkeypatch.setattr(quality, "dev_test", split_spy)
+    monkeypatch.setattr(quality, "eval_windows", spy)
+    monkeypatch.setattr(quality, "ar_cross_entropy", fake_ce)
+    out = tmp_path / "q.json"
+    argv = ["quality", "--preset=smoke", "--dataset=novel", f"--json={out}", f"--work_dir={work}", "--device=cpu",
+            "--progress=false"]
+    assert bench.main(argv) == 0
+    r = json.loads(out.read_text())
+
+    p = r["protocol"]
+    assert p["selection_split"].startswith("dev") and p["report_split"].startswith("test")
+    assert set(p["seeds"]["selection"]).isdisjoint(p["seeds"]["report"]) and len(p["seeds"]["report"]) >= 3
+    assert _finite(r["real"]["judge_ppl"]) and _finite(r["real"]["entropy_bits"])
+    for side, main_key in (("ar", "val_loss"), ("diffusion", "nelbo")):
+        s = r[side]
+        for key in (main_key, "judge_ppl", "judge_ppl_se", "entropy_bits", "entropy_bits_se", "steps", "chars_per_s"):
+            assert _finite(s[key]), (side, key, s.get(key))
+        assert "ppl_at_real_entropy" in s  # a number, or null when real entropy is outside the swept range
+        assert s["ppl_at_real_entropy"] is None or _finite(s["ppl_at_real_entropy"])
+        assert {"train", "sampling"} <= set(s["config"]) and s["config"]["train"]["learning_rate"] > 0
+        assert len(s["frontier"]["dev"]) == len(s["frontier"]["test"]) >= 3
+    assert r["diffusion"]["config"]["sampling"]["steps"] == r["diffusion"]["steps"] == quality.PRESETS["smoke"]["steps"]
+
+    # the choice follows the dev number; reports use the other half
+    assert r["ar"]["selection"]["chosen"] == {"pos_emb": "rope"} and r["ar"]["config"]["train"]["pos_emb"] == "rope"
+    dev_losses = [c["dev_loss"] for c in r["diffusion"]["selection"]["candidates"]]
+    chosen_lr = r["diffusion"]["config"]["train"]["learning_rate"]
+    assert chosen_lr == r["diffusion"]["selection"]["candidates"][int(np.argmin(dev_losses))]["learning_rate"]
+    val = np.memmap(work / "data" / "novel" / "val.bin", dtype=np.uint16, mode="r")
+    half = len(val) // 2
+    assert p["split_tokens"] == {"dev": [0, half], "test": [half, len(val)]}
+    assert len(parts["dev"]) == half and np.array_equal(parts["test"], val[half:])
+    dev = [a for a in seen if np.shares_memory(a, parts["dev"])]
+    test = [a for a in seen if np.shares_memory(a, parts["test"])]
+    assert dev and test and len(dev) + len(test) == len(seen)  # every evaluation on exactly one half
+    assert not any(np.shares_memory(a, parts["test"]) for a in dev)
+
+    # the other preference flips the choice; every model is reused
+    prefer["pos"] = "learned"
+    assert bench.main(argv) == 0
+    r2 = json.loads(out.read_text())
+    assert r2["ar"]["selection"]["chosen"] == {"pos_emb": "learned"}
+    assert all(p2["reused"] for p2 in (r2["protocol"][m] for m in ("ar", "diffusion", "judge")))
+    assert Path(out.with_suffix(".png")).read_bytes()[:4] == b"\x89PNG"
