@@ -17,6 +17,7 @@ commands:
   eval     --out_dir=DIR [--key=value]    loss / NELBO bound and diagnostics on a split
   judge    --judge=DIR ...                score text with a separate AR model
   bench    [train|sample|steps|quality]   throughput and quality benchmarks
+  serve    --out_dir=DIR [--key=value]    a local web page that shows the model writing, step by step
 
 `nanodlm COMMAND --help` describes a command's keys."""
 
@@ -84,6 +85,18 @@ def cmd_bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def cmd_serve(argv: list[str]) -> int:
+    from .config import print_keys
+    from .serve import ServeConfig
+    from .serve import main as serve_main
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: nanodlm serve --out_dir=DIR [--ar_out_dir=DIR] [--host=127.0.0.1] [--port=8000]")
+        print_keys(ServeConfig, "keys (defaults):")
+        return 0
+    return serve_main(argv)
+
+
 COMMANDS = {
     "prepare": cmd_prepare,
     "train": cmd_train,
@@ -91,6 +104,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "judge": cmd_judge,
     "bench": cmd_bench,
+    "serve": cmd_serve,
 }
 
 

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .animate import check_trajectory_path, write_trajectory
 from .checkpoint import load_model
 from .config import parse_overrides, read_config_file
 from .distributed import resolve_device
 from .generate import Generation, Prompt, SamplerOptions, generate, sampling_configs
+from .trajectory import Recorder
 
 
 @dataclass
@@ -28,6 +30,11 @@ class SampleConfig:
     show: bool = False  # live view of the canvas (needs a terminal)
     verbose: bool = False  # per-step commit counts and steps used, on stderr
     output: str | None = None  # also write the samples here, one JSON string per line
+    trajectory: str | None = None  # write the steps as an animation: FILE.html (self-contained) or FILE.gif (Pillow)
+
+    def __post_init__(self) -> None:
+        if self.trajectory is not None:
+            check_trajectory_path(self.trajectory)
 
 
 def load_sample_args(argv: list[str]) -> tuple[SampleConfig, SamplerOptions, Prompt]:
@@ -48,13 +55,22 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
         from .live import LiveView
 
         view = LiveView(lambda i: tok.decode([i]), mask_token_id=model.config.mask_token_id)
-    kwargs = dict(num_samples=cfg.num_samples, seed=cfg.seed, on_step=view)
+    recorder = None
+    if cfg.trajectory:
+        recorder = Recorder(lambda i: tok.decode([i]), mask_token_id=model.config.mask_token_id, model=model)
+    steps = [fn for fn in (view, recorder) if fn is not None]
+    on_step = (lambda *a: [fn(*a) for fn in steps]) if len(steps) > 1 else (steps or [None])[0]
+    kwargs = dict(num_samples=cfg.num_samples, seed=cfg.seed, on_step=on_step)
     if view is not None:
         with view:
             out: Generation = generate(model, tok, options, prompt, **kwargs)
     else:
         out = generate(model, tok, options, prompt, **kwargs)
     info = out.info
+    if recorder is not None:
+        write_trajectory(cfg.trajectory, recorder, f"nanodlm sample --out_dir={cfg.out_dir} --sampler="
+                         f"{info['sampler']} --seed={cfg.seed}")
+        print(f"wrote {cfg.trajectory} ({len(recorder.frames)} frames)", file=sys.stderr)
     if cfg.verbose and info["model_type"] != "gpt2":
         print(f"steps used: {info['steps_used']}, forward passes: {info['forward_passes']}, "
               f"committed per step: {info['committed_per_step']}", file=sys.stderr)

@@ -1,0 +1,342 @@
+"""``nanodlm serve``: a local web page that shows a diffusion model writing, step by step.
+
+The page (``nanodlm/static/``) posts its form to ``POST /api/generate``, which streams the trajectory as
+server-sent events (README, "Web demo"): ``start``, then one ``step`` per canvas update (the event format of
+``nanodlm.trajectory``), then ``done`` (or ``error``). ``GET /api/info`` describes the models and the limits.
+Starlette and uvicorn are an optional extra (``pip install -e ".[serve]"``), imported only here.
+
+Safe by default: binds 127.0.0.1; requests never name a file; every sampling value is validated by the same
+config as ``nanodlm sample`` (same one-line messages, as a 400); length, steps and samples are capped by the
+model and the ``limit_*`` keys; at most ``limit_concurrent`` generations run at once (others get 503 "busy");
+each runs in a worker thread that stops at its next step when the client disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from importlib import resources
+from typing import Any
+
+import torch
+
+from .errors import UserError
+from .generate import Generation, Prompt, SamplerOptions, build_canvas, generate, sampling_configs
+from .sample import SampleConfig
+from .samplers import SAMPLERS
+from .trajectory import Aborted, Recorder
+
+log = logging.getLogger("nanodlm.serve")
+STATIC = {"canvas.js": "text/javascript", "canvas.css": "text/css", "app.js": "text/javascript"}  # all it serves
+MAX_BODY = 64 * 1024  # bytes of JSON in a request
+MODELS = ("diffusion", "ar")
+INSTALL_HINT = "nanodlm serve needs Starlette and uvicorn: pip install -e '.[serve]' (or pip install starlette uvicorn)"
+
+
+@dataclass
+class ServeConfig:
+    out_dir: str = "out"  # the diffusion model
+    ar_out_dir: str | None = None  # optional: an autoregressive model that writes the same length beside it
+    ckpt: str = "best"  # best | last
+    host: str = "127.0.0.1"  # this machine only; 0.0.0.0 lets anyone who can reach it use the model
+    port: int = 8000
+    device: str = "auto"
+    limit_length: int | None = None  # most tokens per sample (default and at most: the model's block_size)
+    limit_steps: int = 1024  # most denoising steps per request
+    limit_samples: int = 4  # most samples per request
+    limit_concurrent: int = 2  # generations running at once; further requests get 503 "busy"
+
+    def __post_init__(self) -> None:
+        for key in ("port", "limit_length", "limit_steps", "limit_samples", "limit_concurrent"):
+            value = getattr(self, key)
+            if value is not None and value < (0 if key == "port" else 1):
+                raise UserError(f"--{key} must be >= {0 if key == 'port' else 1}; got {value}")
+
+
+@dataclass
+class Engine:
+    """A loaded model, its tokenizer and where it came from."""
+
+    name: str  # diffusion | ar
+    out_dir: str
+    model: Any
+    tok: Any
+    device: str
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self.model.config.mask_token_id if self.name == "diffusion" else None
+
+    def describe(self) -> dict[str, Any]:
+        c = self.model.config
+        return {"out_dir": self.out_dir, "model_type": c.model_type, "block_size": c.block_size,
+                "diffusion_block": c.diffusion_block, "n_params": sum(p.numel() for p in self.model.parameters())}
+
+
+@dataclass
+class Job:
+    """A validated request: its sizes (checked against the limits) and ``run(on_step) -> (tokens (B, L), info)``."""
+
+    length: int
+    steps: int
+    num_samples: int
+    run: Callable[[Callable[..., None]], Generation]
+
+
+@dataclass
+class GenerateRequest:
+    """A request's own keys beside the sampler options and the prompt (defaults: ``nanodlm sample``'s)."""
+
+    model: str = "diffusion"  # diffusion | ar (the --ar_out_dir model)
+    num_samples: int = SampleConfig.num_samples
+    seed: int = SampleConfig.seed
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise UserError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
+        if self.num_samples < 1:
+            raise UserError(f"num_samples must be >= 1; got {self.num_samples}")
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"seed must be in [0, 2**63); got {self.seed}")
+
+
+def request_keys() -> list[str]:
+    """Every key a request may set: its own, then the sampler options and the prompt, as ``nanodlm sample``."""
+    return [f.name for cls in (GenerateRequest, SamplerOptions, Prompt) for f in fields(cls) if f.init]
+
+
+def parse_request(body: bytes) -> tuple[GenerateRequest, SamplerOptions, Prompt]:
+    """JSON object -> the three configs, built and validated as the CLI builds them (UserError otherwise)."""
+    def no_constants(name: str) -> None:
+        raise ValueError(f"{name} is not a number")
+
+    try:
+        values = json.loads(body.decode("utf-8"), parse_constant=no_constants)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"the request body is not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError("the request body must be a JSON object of sampling keys, e.g. {\"steps\": 32}")
+    for key, value in values.items():
+        if isinstance(value, str) and value.startswith("FILE:"):
+            raise UserError(f"'{key}' starts with FILE:, which reads a file on the command line; send the text itself")
+    request, options, prompt = sampling_configs(values, GenerateRequest)
+    return request, options, prompt
+
+
+def plan_job(engine: Engine, request: GenerateRequest, options: SamplerOptions, prompt: Prompt) -> Job:
+    """The job's sizes, found as ``generate`` will find them (the same one-line errors), and its run function."""
+    model, tok = engine.model, engine.tok
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(request.seed)
+    if engine.name == "diffusion":
+        _, _, length = build_canvas(tok, prompt, model.config.block_size, model.config.mask_token_id)
+        steps = options.steps
+    else:  # the race: the AR model writes the same length (prompt included) as the diffusion canvas
+        if prompt.suffix is not None or prompt.infill is not None:
+            raise UserError("the autoregressive model writes left to right: suffix and infill need the diffusion model")
+        n_prompt = len(tok.encode(prompt.start) or [0]) if prompt.start is not None else 1  # generate's "\n"
+        if prompt.length is not None:
+            if prompt.length <= n_prompt:
+                raise UserError(f"--length {prompt.length} leaves no room after {n_prompt} prompt tokens: "
+                                "raise --length")
+            prompt = replace(prompt, max_new_tokens=prompt.length - n_prompt, length=None)
+        length = steps = n_prompt + prompt.max_new_tokens
+        steps = prompt.max_new_tokens
+
+    def run(on_step: Callable[..., None]) -> Generation:
+        return generate(model, tok, options, prompt, num_samples=request.num_samples, seed=generator, on_step=on_step)
+
+    return Job(length, steps, request.num_samples, run)
+
+
+def check_limits(job: Job, cfg: ServeConfig, block_size: int) -> None:
+    limit_length = min(cfg.limit_length or block_size, block_size)
+    for key, value, limit, flag in (("length", job.length, limit_length, "limit_length"),
+                                    ("steps", job.steps, cfg.limit_steps, "limit_steps"),
+                                    ("num_samples", job.num_samples, cfg.limit_samples, "limit_samples")):
+        if value > limit:
+            raise UserError(f"{key} {value} is above this server's limit of {limit} (nanodlm serve --{flag})")
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    """One server-sent event; the JSON is on one line (json.dumps escapes newlines)."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class Server:
+    """The models, the limits and the concurrency cap behind the routes."""
+
+    def __init__(self, engines: dict[str, Engine], cfg: ServeConfig) -> None:
+        self.engines, self.cfg = engines, cfg
+        self.slots = threading.BoundedSemaphore(cfg.limit_concurrent)
+        self.stats = {"running": 0, "finished": 0, "aborted": 0, "failed": 0, "busy": 0}
+        self.lock = threading.Lock()
+
+    def limits(self) -> dict[str, int]:
+        block_size = self.engines["diffusion"].model.config.block_size
+        return {"length": min(self.cfg.limit_length or block_size, block_size), "steps": self.cfg.limit_steps,
+                "num_samples": self.cfg.limit_samples, "concurrent": self.cfg.limit_concurrent}
+
+    def info(self) -> dict[str, Any]:
+        defaults = {"sampler": SamplerOptions.sampler, "steps": SamplerOptions.steps, "seed": GenerateRequest.seed,
+                    "temperature": SamplerOptions.temperature, "placeholder": Prompt.placeholder,
+                    "num_samples": GenerateRequest.num_samples}
+        with self.lock:
+            stats = dict(self.stats)
+        return {"models": {name: e.describe() for name, e in self.engines.items()}, "limits": self.limits(),
+                "samplers": list(SAMPLERS), "defaults": defaults, "keys": request_keys(), "stats": stats}
+
+    def _count(self, key: str, delta: int = 1) -> None:
+        with self.lock:
+            self.stats[key] += delta
+
+    def prepare(self, body: bytes) -> tuple[Engine, Job]:
+        """Validate a request body (UserError with the CLI's message on any problem)."""
+        request, options, prompt = parse_request(body)
+        engine = self.engines.get(request.model)
+        if engine is None:
+            raise UserError("this server has no autoregressive model: start it with --ar_out_dir=DIR")
+        job = plan_job(engine, request, options, prompt)
+        check_limits(job, self.cfg, self.engines["diffusion"].model.config.block_size)
+        return engine, job
+
+    def start(self, engine: Engine, job: Job, emit: Callable[[str | None, dict[str, Any]], None],
+              stop: threading.Event) -> None:
+        """Run ``job`` in a worker thread that emits events; the caller holds a slot, released here when it ends."""
+        recorder = Recorder(lambda i: engine.tok.decode([i]), mask_token_id=engine.mask_token_id,
+                            length=job.length, model=engine.model, keep=False, should_stop=stop.is_set,
+                            on_frame=lambda frame: emit("step", recorder.event(frame)))
+
+        def work() -> None:
+            self._count("running")
+            outcome = "failed"
+            try:
+                recorder.start()
+                out = job.run(recorder)
+                last = recorder.last.step if recorder.last else 0
+                emit("done", {"steps": last, "forward_passes": recorder.passes(),
+                              "elapsed": round(recorder.elapsed(), 4), "texts": out.texts,
+                              "steps_used": out.info.get("steps_used")})
+                outcome = "finished"
+            except Aborted:
+                outcome = "aborted"
+            except UserError as e:
+                emit("error", {"error": str(e)})
+            except Exception as e:  # a bug: logged here with its traceback, one line to the client
+                log.exception("generation failed")
+                emit("error", {"error": f"generation failed ({type(e).__name__}); see the server's log"})
+            finally:
+                self._count("running", -1)
+                self._count(outcome)
+                self.slots.release()
+                emit(None, {})
+
+        threading.Thread(target=work, name=f"nanodlm-{engine.name}", daemon=True).start()
+
+
+def create_app(server: Server):
+    """The Starlette application: ``/``, ``/static/<one of STATIC>``, ``/api/info``, ``/api/generate``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    static = resources.files("nanodlm") / "static"
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:  # a fixed list: the client never names a file on disk
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return Response((static / name).read_text(encoding="utf-8"), media_type=STATIC[name])
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(server.info())
+
+    async def generate(request: Request) -> Response:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return JSONResponse({"error": f"the request body is over {MAX_BODY} bytes"}, status_code=413)
+        try:
+            engine, job = server.prepare(body)
+        except UserError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        if not server.slots.acquire(blocking=False):
+            server._count("busy")
+            limit = server.cfg.limit_concurrent
+            return JSONResponse({"error": f"busy: {limit} generation(s) running, the most this server runs at once "
+                                          "(nanodlm serve --limit_concurrent); try again in a moment"},
+                                status_code=503, headers={"Retry-After": "1"})
+        loop, queue, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+
+        def emit(event: str | None, data: dict[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (event, data))
+            except RuntimeError:  # the event loop is gone (server shutting down)
+                stop.set()
+
+        server.start(engine, job, emit, stop)
+
+        async def stream():
+            try:
+                yield sse("start", {"model": engine.name, "length": job.length, "steps": job.steps,
+                                    "num_samples": job.num_samples})
+                while True:
+                    event, data = await queue.get()
+                    if event is None:
+                        break
+                    yield sse(event, data)
+            finally:  # finished, or the client went away: either way the worker stops at its next step
+                stop.set()
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return Starlette(routes=[Route("/", index), Route("/static/{name}", asset), Route("/api/info", info),
+                             Route("/api/generate", generate, methods=["POST"])])
+
+
+def load_server(cfg: ServeConfig) -> Server:
+    from .checkpoint import load_model
+    from .distributed import resolve_device
+
+    device = resolve_device(cfg.device)
+    engines = {}
+    for name, out_dir, want in (("diffusion", cfg.out_dir, "diffusion"), ("ar", cfg.ar_out_dir, "gpt2")):
+        if out_dir is None:
+            continue
+        model, _, tok = load_model(out_dir, cfg.ckpt, device)
+        if model.config.model_type != want:
+            flag = "--out_dir" if name == "diffusion" else "--ar_out_dir"
+            raise UserError(f"{flag}={out_dir} holds a {model.config.model_type} model; it must be a {want} model")
+        engines[name] = Engine(name, out_dir, model, tok, device)
+    return Server(engines, cfg)
+
+
+def main(argv: list[str]) -> int:
+    from .config import load_config
+
+    cfg = load_config(ServeConfig, argv)
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    server = load_server(cfg)
+    app = create_app(server)
+    limits = server.limits()
+    print(f"nanodlm serve: diffusion model {cfg.out_dir}" + (f", AR model {cfg.ar_out_dir}" if cfg.ar_out_dir else ""))
+    print(f"limits: length <= {limits['length']}, steps <= {limits['steps']}, num_samples <= {limits['num_samples']}, "
+          f"{limits['concurrent']} generation(s) at once")
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
+    print(f"open http://{'localhost' if cfg.host in ('127.0.0.1', '0.0.0.0') else cfg.host}:{cfg.port}/", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    return 0
