@@ -264,13 +264,6 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str, **overrides) -> GPT:
-        """GPT-2's weights (``gpt2`` ... ``gpt2-xl`` or a Hugging Face directory); see pretrained.py."""
-        from .pretrained import from_pretrained  # needs the optional transformers: imported only here
-
-        return from_pretrained(name_or_dir, **overrides)
-
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .model import GPT, GPTConfig
 
 # nanoGPT's names -> (n_layer, n_head, n_embd); all have block_size 1024 and vocab 50,257
 GPT2_SIZES = {
@@ -112,8 +113,6 @@ def convert_hf_state(hf_state: dict[str, torch.Tensor], padded_vocab_size: int) 
 
 def load_hf_gpt2(name_or_dir: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(model_args, state_dict) of a GPT-2 from Hugging Face, ready for ``GPT(GPTConfig(**model_args))``."""
-    from .model import GPTConfig
-
     hf = _load_hf_model(name_or_dir)
     model_args = hf_model_args(hf.config)
     state = convert_hf_state(hf.state_dict(), GPTConfig(**model_args).padded_vocab_size)
@@ -122,8 +121,6 @@ def load_hf_gpt2(name_or_dir: str) -> tuple[dict[str, Any], dict[str, torch.Tens
 
 def from_pretrained(name_or_dir: str, **overrides: Any):
     """A GPT (eval mode, fp32, CPU) with GPT-2's weights; ``overrides`` may set ``dropout``."""
-    from .model import GPT, GPTConfig
-
     bad = set(overrides) - {"dropout"}
     if bad:
         raise UserError(f"from_pretrained can only override dropout; got {', '.join(sorted(bad))}")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nanodlm.errors import UserError
-from nanodlm.model import GPT
+from nanodlm.pretrained import from_pretrained
 
 transformers = pytest.importorskip("transformers")
 
@@ -33,7 +33,7 @@ def hf_dir(tmp_path):
 
 
 def test_logits_match_hf(hf_dir):
-    ours = GPT.from_pretrained(str(hf_dir))
+    ours = from_pretrained(str(hf_dir))
     theirs = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).float().eval()
     idx = torch.randint(0, 65, (3, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_exact_gelu_variant_matches(tmp_path):
     cfg = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2,
                                   activation_function="gelu")
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(str(tmp_path))
+    ours = from_pretrained(str(tmp_path))
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     idx = torch.randint(0, 50, (2, 16))
     with torch.no_grad():
@@ -66,7 +66,7 @@ def test_unsupported_variant_is_one_line_error(tmp_path):
                                   activation_function="relu")
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="activation_function='relu'"):
-        GPT.from_pretrained(str(tmp_path))
+        from_pretrained(str(tmp_path))
 
 
 def test_offline_without_cache_says_where(tmp_path, monkeypatch):
@@ -77,11 +77,11 @@ def test_offline_without_cache_says_where(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError) as e:
-        GPT.from_pretrained("gpt2-medium")
+        from_pretrained("gpt2-medium")
     msg = str(e.value)
     assert "\n" not in msg and "empty-cache" in msg and "HF_HOME" in msg
 
 
 def test_unknown_name(tmp_path):
     with pytest.raises(UserError, match="neither a GPT-2 name"):
-        GPT.from_pretrained(str(tmp_path / "nope"))
+        from_pretrained(str(tmp_path / "nope"))
