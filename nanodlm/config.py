@@ -23,6 +23,7 @@ from .diffusion import OBJECTIVES
 from .distributed import BACKENDS, DTYPES
 from .errors import UserError
 from .model import ModelArgs
+from .pretrained import GPT2_SIZES, is_init_source
 
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -40,7 +41,7 @@ class TrainConfig(ModelArgs):
     eval_iters: int = 200
     eval_only: bool = False
     always_save_checkpoint: bool = True
-    init_from: str = "scratch"  # scratch | resume
+    init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | AR out_dir | HF dir
     # logging
     wandb_log: bool = False
     wandb_project: str = "nanodlm"
@@ -60,6 +61,7 @@ class TrainConfig(ModelArgs):
     mdlm_t_max: float = 1.0  # < 1: BD3-LM's clipped schedule (with a larger mdlm_eps), training only
     repair_rate_max: float = 0.1
     copy_weight: float = 0.1  # repair: weight of the "keep this token" loss on clean visible positions
+    attn_anneal_iters: int = 0  # diffusion: attention goes from causal (iter 0) to full over these iters (DiffuLLaMA)
     # optimizer
     learning_rate: float = 6e-4
     max_iters: int = 600000
@@ -84,8 +86,12 @@ class TrainConfig(ModelArgs):
             super().__post_init__()  # the model keys
         except ValueError as e:
             raise UserError(str(e)) from None
+        if self.init_from not in ("scratch", "resume") and not is_init_source(self.init_from):
+            raise UserError(f"init_from={self.init_from!r} must be scratch, resume, {', '.join(GPT2_SIZES)}, or a "
+                            "directory holding a training run (ckpt.pt) or a Hugging Face GPT-2 (config.json)")
+        if self.attn_anneal_iters < 0 or (self.attn_anneal_iters and self.model_type != "diffusion"):
+            raise UserError(f"attn_anneal_iters={self.attn_anneal_iters} needs model_type=diffusion and a size >= 0")
         choices = {
-            "init_from": ("scratch", "resume"),
             "objective": tuple(OBJECTIVES),
             "backend": BACKENDS,
             "dtype": DTYPES,

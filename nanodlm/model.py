@@ -7,6 +7,12 @@ One transformer serves both modes (``GPTConfig.model_type``):
   With ``diffusion_block = b > 0`` attention is block-causal over blocks of b positions (block diffusion,
   BD3-LM, Arriola et al. 2025): a block sees itself and the blocks before it, so text is denoised block by
   block, left to right, each block conditioned on the clean text before it.
+- ``shift`` (diffusion adapted from an AR model; DiffuGPT / DiffuLLaMA, Gong et al. 2024, arXiv:2410.17891): the
+  logit for position i is read from the hidden state at position i-1, as in the AR model it came from, so
+  the pretrained next-token head keeps its meaning; position 0 reads its own. Every caller (samplers, NELBO,
+  generation) sees logits aligned to positions as usual: the shift happens here, in ``_head``.
+- ``attn_allow`` (training only): DiffuLLaMA's attention annealing, a causal mask opened at random towards full
+  attention (``annealed_attention``), so an AR model becomes bidirectional gradually.
 
 This file knows nothing about training, data, DDP or I/O.
 References: nanoGPT (Karpathy), GPT-2 (Radford et al. 2019), RoFormer (Su et al. 2021).
@@ -43,6 +49,7 @@ class ModelArgs:
     pos_emb: str = "auto"  # learned (GPT-2 weights load) | rope (rotary, relative order) | auto (see POS_EMBS)
     qk_norm: bool = False  # RMS-normalise queries and keys per head (stabilises higher learning rates)
     diffusion_block: int = 0  # diffusion: 0 = bidirectional (MDLM); b > 0 = block-causal over blocks of b (BD3-LM)
+    shift: bool | None = None  # diffusion: logit i from hidden state i-1 (DiffuGPT); None: on when adapting an AR model
 
     def __post_init__(self) -> None:
         for key, allowed in (("model_type", MODEL_TYPES), ("pos_emb", POS_EMBS)):
@@ -62,6 +69,8 @@ class ModelArgs:
             raise ValueError(f"diffusion_block ({self.diffusion_block}) must divide block_size ({self.block_size})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"config key 'dropout' must be in [0, 1); got {self.dropout}")
+        if self.shift and self.model_type != "diffusion":
+            raise ValueError("shift=True is for diffusion models (an AR model predicts the next token already)")
 
     @property
     def resolved_pos_emb(self) -> str:
@@ -82,6 +91,7 @@ class GPTConfig(ModelArgs):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.pos_emb = self.resolved_pos_emb
+        self.shift = bool(self.shift)  # None (auto) resolves where the model is made: train.py, adapt.py
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
         if self.model_type == "diffusion":
@@ -136,6 +146,30 @@ def block_diffusion_mask(T: int, block: int, device: torch.device, with_clean: b
     return torch.cat((noisy_rows, clean_rows), dim=0)
 
 
+def annealed_attention(T: int, ratio: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """(T, T) bool, True = may attend: causal, plus each future key with probability ``ratio``.
+
+    Attention annealing (DiffuLLaMA, Gong et al. 2024, arXiv:2410.17891): ratio 0 is the AR model's causal
+    mask, ratio 1 full attention; training raises it linearly. Indexed by position, one draw per step.
+    """
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    return causal | (torch.rand(T, T, generator=generator, device=device) < ratio)
+
+
+def shift_hidden(x: torch.Tensor, before: torch.Tensor | None, block: int, clean: torch.Tensor | None) -> torch.Tensor:
+    """Hidden states (B, T, C) -> those the shifted head reads: position i gets i-1's, position 0 ``before``.
+
+    ``before`` (B, 1, C): the state at the position before x (a cache's kept prefix); None: x's own first.
+    ``clean`` (B, T, C), block diffusion training: a block's first position reads the *clean* state before it,
+    which is what it reads at sampling time, where the earlier blocks are final (the noisy one never is).
+    """
+    prev = torch.cat((x[:, :1] if before is None else before, x[:, :-1]), dim=1)
+    if clean is not None and block < x.size(1):
+        starts = torch.arange(block, x.size(1), block, device=x.device)  # (n_blocks - 1,)
+        prev = prev.index_copy(1, starts, clean[:, starts - 1])
+    return prev
+
+
 class KVCache:
     """Per-layer keys and values for incremental decoding, preallocated to block_size; it owns its position.
 
@@ -150,6 +184,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self._pos = 0
+        self.hidden: torch.Tensor | None = None  # (B, block_size, C): final states, for a shifted head
 
     @property
     def pos(self) -> int:
@@ -283,7 +318,8 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, clean: torch.Tensor | None = None,
-                all_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                all_logits: bool = False, attn_allow: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A full pass (training, evaluation, uncached sampling): idx (B, T) -> (logits, loss).
 
         Logits are (B, T, vocab_size), or (B, 1, vocab_size) for gpt2 without targets or ``all_logits`` (the
@@ -291,6 +327,8 @@ class GPT(nn.Module):
         never predicted. With targets, loss is the mean cross-entropy over positions whose target is not -1.
         ``clean`` (B, T), block diffusion training only: the uncorrupted text, appended after idx with the same
         positions so each noisy block attends to the clean blocks before it (BD3-LM); logits are for idx only.
+        ``attn_allow`` (L, L) bool with L >= T, training only: which (query, key) positions may attend on top of
+        the model's own mask (``annealed_attention``); the clean copy is indexed by the same positions.
         """
         B, T = idx.size()
         self._check_length(T)
@@ -303,7 +341,13 @@ class GPT(nn.Module):
             idx, pos = torch.cat((idx, clean), dim=1), torch.cat((pos, pos))  # (B, 2T), (2T,)
         if block:
             attn_mask = block_diffusion_mask(T, block, idx.device, with_clean=clean is not None)
-        x = self._trunk(idx, pos, attn_mask, None)[:, :T]  # (B, T, C)
+        if attn_allow is not None:
+            allow = attn_allow[pos[:, None], pos[None, :]]  # (T or 2T, T or 2T)
+            attn_mask = allow if attn_mask is None else attn_mask & allow
+        h = self._trunk(idx, pos, attn_mask, None)  # (B, T or 2T, C)
+        x = h[:, :T]
+        if self.config.shift:
+            x = shift_hidden(x, None, block, h[:, T:] if clean is not None else None)
         logits = self._head(x, all_logits or targets is not None)
         loss = None
         if targets is not None:
@@ -327,6 +371,11 @@ class GPT(nn.Module):
             raise ValueError("a gpt2 KV cache takes a prefill or one token at a time")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self._trunk(idx, pos, None, cache)  # (B, T, C)
+        if self.config.shift:  # the state before position `start` was stored when that position was decoded
+            if cache.hidden is None:
+                cache.hidden = x.new_zeros(x.size(0), cache.size, x.size(2))
+            cache.hidden[:, start:start + T] = x
+            x = shift_hidden(x, cache.hidden[:, start - 1:start] if start else None, block, None)
         if keep:
             cache.advance(T)
         return self._head(x, all_logits)

@@ -38,6 +38,11 @@ def is_pretrained_source(init_from: str) -> bool:
     return init_from in GPT2_SIZES or (Path(init_from) / "config.json").is_file()
 
 
+def is_init_source(init_from: str) -> bool:
+    """True for what ``init_from`` can start from: GPT-2 weights, or a training run's out_dir."""
+    return is_pretrained_source(init_from) or (Path(init_from) / "ckpt.pt").is_file()
+
+
 def hf_cache_dir() -> str:
     """Where ``transformers`` looks for downloaded weights (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
     try:

@@ -27,7 +27,7 @@ from .diagnostics import diagnostics
 from .diffusion import DiffusionOptions, get_objective
 from .distributed import destroy_distributed, init_distributed, resolve_dtype
 from .errors import UserError
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, annealed_attention
 from .plotting import plot_loss_curves
 
 
@@ -64,6 +64,27 @@ def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None):
         repair_rate_max=cfg.repair_rate_max, copy_weight=cfg.copy_weight,
     )
     return lambda model, x, y, gen: objective(model, x, gen, opts)
+
+
+def anneal_ratio(it: int, anneal_iters: int) -> float:
+    """Share of the future keys a query may attend at iteration ``it``: 0 (causal) at 0, 1 from anneal_iters on."""
+    return 1.0 if anneal_iters <= 0 else min(1.0, it / anneal_iters)
+
+
+class AnnealedModel:
+    """The model as one training step calls it: with DiffuLLaMA's annealed attention mask (model.annealed_attention)
+    of that step, drawn once and shared by the batch and its micro-steps. Objectives see the usual interface."""
+
+    def __init__(self, model: torch.nn.Module, allow: torch.Tensor, config: GPTConfig) -> None:
+        self.model, self.allow, self.config = model, allow, config
+
+    def __call__(self, idx: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model(idx, *args, attn_allow=self.allow, **kwargs)
+
+
+def annealed(model: torch.nn.Module, config: GPTConfig, ratio: float, generator: torch.Generator) -> AnnealedModel:
+    """``model`` with a fresh annealed mask at ``ratio`` (0 = causal, 1 = full), drawn from ``generator``."""
+    return AnnealedModel(model, annealed_attention(config.block_size, ratio, generator, generator.device), config)
 
 
 def load_train_config(args: list[str]) -> TrainConfig:
@@ -110,15 +131,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ model
     ckpt = load_checkpoint(out_dir / "ckpt.pt", device) if cfg.init_from == "resume" else None
+    init_state, init_note = None, ""
     if ckpt is not None:
         model_args = dict(ckpt["meta"]["model_args"])  # the checkpoint's architecture wins
+    elif cfg.init_from != "scratch":  # trained weights: fine-tune, or adapt AR -> diffusion (adapt.py)
+        from .adapt import init_from_source
+
+        model_args, init_state, init_note = init_from_source(cfg, int(data_meta["vocab_size"]))
     else:
         model_args = GPTConfig.for_data(cfg, int(data_meta["vocab_size"])).to_dict()
     # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree
     torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))
     model = GPT(GPTConfig(**model_args))
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+    if ckpt is not None or init_state is not None:
+        model.load_state_dict(ckpt["model"] if ckpt is not None else init_state)
     model.to(device)
     mask_token_id = model.config.mask_token_id
 
@@ -188,7 +214,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    if master and cfg.init_from == "scratch" and metrics_path.exists():
+    if master and cfg.init_from != "resume" and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
     wandb_run = None
     if cfg.wandb_log and master:
@@ -205,6 +231,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     n_params = raw_model.get_num_params()
     say(f"{model_args['model_type']} model: {n_params / 1e6:.2f}M params, {tokens_per_iter:,} tokens/iter, "
         f"device {device}, {ptdtype}, {world} process(es)")
+    if init_note:
+        say(init_note)
 
     # Ctrl-C: finish the current step, save, exit; a second Ctrl-C aborts at once
     stop = {"requested": False}
@@ -267,6 +295,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             torch.manual_seed(step_seed(cfg.seed, rank, iter_num, "dropout"))
             batch_gen = new_generator(iter_num, "batch")
             noise_gen = new_generator(iter_num, "noise", on_device=True)
+            step_model = model
+            if iter_num < cfg.attn_anneal_iters:  # AR -> diffusion: attention opens up gradually (DiffuLLaMA)
+                step_model = annealed(model, raw_model.config, anneal_ratio(iter_num, cfg.attn_anneal_iters),
+                                      new_generator(iter_num, "anneal", on_device=True))
             for micro_step in range(grad_accum):
                 x, y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_gen, device)
                 # only the last micro-step all-reduces gradients
@@ -274,7 +306,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 sync = model.no_sync() if dist_info.ddp and not last_micro else contextlib.nullcontext()
                 with sync:
                     with autocast:
-                        loss = loss_fn(model, x, y, noise_gen) / grad_accum
+                        loss = loss_fn(step_model, x, y, noise_gen) / grad_accum
                     scaler.scale(loss).backward()
             if cfg.grad_clip > 0.0:
                 scaler.unscale_(optimizer)
