@@ -19,18 +19,17 @@ from typing import Any
 
 import torch
 
+from .checkpoint import find_checkpoint, load_checkpoint
 from .errors import UserError
+from .model import GPTConfig
+from .pretrained import is_pretrained_source, load_hf_gpt2
 
 
 def load_source(init_from: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
     """(model_args, state_dict, description) of the weights ``init_from`` names; always on the CPU."""
-    from .pretrained import is_pretrained_source, load_hf_gpt2
-
     if is_pretrained_source(init_from):
         model_args, state = load_hf_gpt2(init_from)
         return model_args, state, f"GPT-2 weights {init_from}"
-    from .checkpoint import find_checkpoint, load_checkpoint
-
     path = find_checkpoint(init_from, "last")
     ckpt = load_checkpoint(path)
     return dict(ckpt["meta"]["model_args"]), ckpt["model"], f"{path} (iter {ckpt['meta'].get('iter_num')})"
@@ -42,8 +41,6 @@ def adapt_state(src_args: dict[str, Any], state: dict[str, torch.Tensor], cfg: A
 
     Raises UserError when the source cannot serve: a diffusion source, another vocabulary, a shorter window.
     """
-    from .model import GPTConfig
-
     if src_args.get("model_type", "gpt2") != "gpt2":
         raise UserError("init_from must name an autoregressive (gpt2) model; to continue a diffusion run use "
                         "--init_from=resume with its out_dir")

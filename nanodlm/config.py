@@ -87,8 +87,9 @@ class TrainConfig(ModelArgs):
         except ValueError as e:
             raise UserError(str(e)) from None
         if self.init_from not in ("scratch", "resume") and not is_init_source(self.init_from):
-            raise UserError(f"init_from={self.init_from!r} must be scratch, resume, {', '.join(GPT2_SIZES)}, or a "
-                            "directory holding a training run (ckpt.pt) or a Hugging Face GPT-2 (config.json)")
+            raise UserError(f"config key 'init_from' must be one of scratch, resume, {', '.join(GPT2_SIZES)}, or a "
+                            "directory holding a training run (ckpt.pt) or a Hugging Face GPT-2 (config.json); "
+                            f"got {self.init_from!r}")
         if self.attn_anneal_iters < 0 or (self.attn_anneal_iters and self.model_type != "diffusion"):
             raise UserError(f"attn_anneal_iters={self.attn_anneal_iters} needs model_type=diffusion and a size >= 0")
         choices = {

@@ -124,7 +124,7 @@ def load_hf_gpt2(name_or_dir: str) -> tuple[dict[str, Any], dict[str, torch.Tens
     return model_args, state
 
 
-def from_pretrained(name_or_dir: str, **overrides: Any):
+def from_pretrained(name_or_dir: str, **overrides: Any) -> GPT:
     """A GPT (eval mode, fp32, CPU) with GPT-2's weights; ``overrides`` may set ``dropout``."""
     bad = set(overrides) - {"dropout"}
     if bad:
