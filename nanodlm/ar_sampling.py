@@ -95,6 +95,12 @@ def inference_mode(model: Model) -> Iterator[None]:
             model.train()
 
 
+def model_device(model: Model, fallback: torch.device | str = "cpu") -> torch.device:
+    """The device of the model's first parameter (``fallback`` for parameter-free fakes)."""
+    p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    return p.device if p is not None else torch.device(fallback)
+
+
 def cache_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
     # under autocast k/v come out in the autocast dtype; the cache must hold the same dtype for SDPA
     if torch.is_autocast_enabled(device.type):

@@ -12,13 +12,6 @@ import torch.nn as nn
 from .diffusion import denoise, masked_nll, model_block, permutation_corrupt, subs_log_probs
 
 
-def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
-    """Entropy (nats) of the token frequencies in ids: the masked CE of a model that ignores context."""
-    p = torch.bincount(ids.flatten(), minlength=vocab_size).double()
-    p = p[p > 0] / p.sum()
-    return -(p * p.log()).sum().item()
-
-
 def _frac(hit: torch.Tensor, where: torch.Tensor) -> float:
     """Fraction of ``where`` positions that are ``hit``; nan if there are none."""
     n = where.sum()
@@ -28,7 +21,7 @@ def _frac(hit: torch.Tensor, where: torch.Tensor) -> float:
 @torch.no_grad()
 def diagnostics(model: nn.Module, x: torch.Tensor, mask_token_id: int, generator: torch.Generator) -> dict[str, float]:
     """Numbers that reveal whether a denoiser uses context (the literal seed objective can collapse to
-    letter frequencies: then masked_ce@k ~ unigram_entropy for every k). Exact counts via permutation.
+    letter frequencies: then masked_ce@k ~ textstats.unigram_entropy for every k). Exact counts via permutation.
 
     - masked_ce@k, masked_acc@k (k = 15, 50, 100 % masked): mean CE / argmax accuracy at masked positions
       under the SUBS distribution ([MASK] excluded), the one samplers unmask with.

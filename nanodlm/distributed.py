@@ -1,4 +1,4 @@
-"""torchrun wiring in one place: process group, rank-0 printing, device per rank."""
+"""torchrun wiring in one place: process group, device per rank, compute dtype."""
 
 from __future__ import annotations
 
@@ -70,8 +70,3 @@ def init_distributed(device: str, backend: str = "auto") -> DistInfo:
 def destroy_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def print0(*args, **kwargs) -> None:
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*args, **kwargs, flush=True)

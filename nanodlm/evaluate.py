@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .ar_sampling import inference_mode, model_device
 from .checkpoint import load_model
 from .config import load_config
 from .data import SPLITS, load_meta, open_split
@@ -33,6 +34,7 @@ from .diagnostics import diagnostics
 from .diffusion import mean_and_stderr, nelbo
 from .distributed import resolve_device
 from .errors import UserError
+from .textstats import unigram_entropy
 
 LN2 = math.log(2.0)
 
@@ -83,11 +85,6 @@ def eval_windows(data: np.ndarray, block_size: int, num_windows: int) -> torch.T
     return torch.from_numpy(np.asarray(data[rows]).astype(np.int64))
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 # --- the two likelihoods ----------------------------------------------------------------------------
 
 
@@ -99,19 +96,15 @@ def ar_cross_entropy(model: torch.nn.Module, windows: torch.Tensor, batch_size: 
     across disjoint windows) and ``tokens``. The model is called as ``logits, _ = model(x, all_logits=True)``
     with logits (B, T, V); the CE is computed in fp32.
     """
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     per_window = []
-    try:
+    with inference_mode(model):
         for i in range(0, windows.size(0), batch_size):
             w = windows[i:i + batch_size].to(device)  # (B, T+1)
             x, y = w[:, :-1], w[:, 1:]  # (B, T) inputs and next-token targets
             logits, _ = model(x, all_logits=True)  # (B, T, V)
             ce = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
             per_window.append(ce.mean(dim=1).cpu())
-    finally:
-        model.train(was_training)
     loss, stderr = mean_and_stderr(torch.cat(per_window))  # equal-length windows: window mean = token mean
     return {"loss": loss, "stderr": stderr, "tokens": int(windows.size(0) * (windows.size(1) - 1))}
 
@@ -126,32 +119,16 @@ def diffusion_nelbo(model: torch.nn.Module, windows: torch.Tensor, batch_size: i
     eq. 10 with alpha_t = 1 - t; Shi et al. 2024). Returns ``nelbo`` (mean), ``stderr`` (across windows,
     each window's draws averaged first) and ``tokens``. ``generator`` must live on the model's device.
     """
-    device = _model_device(model)
+    device = model_device(model)
     T = windows.size(1) - 1
     mask_id = model.config.mask_token_id
-    was_training = model.training
-    model.eval()
     rows = []
-    try:
+    with inference_mode(model):
         for i in range(0, windows.size(0), batch_size):
             x = windows[i:i + batch_size, :T].to(device)  # (B, T): the same T tokens as the AR inputs
             rows.append(nelbo(model, x, mask_id, generator, n_draws).cpu())  # (B, n_draws)
-    finally:
-        model.train(was_training)
     value, stderr = mean_and_stderr(torch.cat(rows))
     return {"nelbo": value, "stderr": stderr, "tokens": int(windows.size(0) * T)}
-
-
-def split_unigram_entropy(data: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> float:
-    """Entropy (nats) of the token frequencies of a whole split, counted in chunks (memmaps stay on disk).
-
-    Same quantity as ``diffusion.unigram_entropy``: the masked CE of a model that ignores context.
-    """
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    for i in range(0, len(data), chunk):
-        counts += np.bincount(np.asarray(data[i:i + chunk]), minlength=vocab_size)[:vocab_size]
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
 
 
 # --- one checkpoint ---------------------------------------------------------------------------------
@@ -214,7 +191,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
                                     diag_gen))
         # nan (an empty position set) stays nan in the mean rather than being skipped silently
         result.update({k: sum(r[k] for r in rows) / len(rows) for k in rows[0]})
-        result["unigram_entropy"] = split_unigram_entropy(data, data_vocab)
+        result["unigram_entropy"] = unigram_entropy(data)
     return result
 
 

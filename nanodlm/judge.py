@@ -26,7 +26,7 @@ import torch
 from .errors import UserError
 from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
 from .protocol import passages
-from .textstats import distinct_n, judge_nll, longest_repeated_substring, unigram_entropy_bits
+from .textstats import distinct_n, judge_nll, longest_repeated_substring, unigram_entropy
 
 SEPARATOR = "---------------"  # nanoGPT's sample.py prints this line after every sample
 COLUMNS = (("judge_ppl", "judge PPL"), ("judge_nll", "judge NLL"), ("entropy_bits", "entropy (bits)"),
@@ -97,7 +97,7 @@ def score_texts(judge_model: torch.nn.Module, judge_tokenizer, texts: list[str],
     return {
         "judge_nll": mean_nll,
         "judge_ppl": math.exp(mean_nll) if count else float("nan"),
-        "entropy_bits": unigram_entropy_bits("".join(texts)),
+        "entropy_bits": unigram_entropy("".join(texts), bits=True),
         "distinct_2": sum(distinct_n(t, 2) for t in texts) / len(texts),
         "distinct_4": sum(distinct_n(t, 4) for t in texts) / len(texts),
         "longest_repeat": sum(longest_repeated_substring(t) for t in texts) / len(texts),

@@ -13,19 +13,35 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .ar_sampling import inference_mode, model_device
 from .errors import UserError
 
 
-def unigram_entropy_bits(text: str | Sequence) -> float:
-    """Entropy in bits of the unigram (character, or token) distribution; 0.0 for empty text."""
-    n = len(text)
-    if n == 0:
-        return 0.0
-    h = -sum((c / n) * math.log2(c / n) for c in Counter(text).values())
-    return max(h, 0.0)  # a single symbol gives -0.0
+def unigram_entropy(items: str | Sequence | np.ndarray | torch.Tensor, bits: bool = False,
+                    chunk: int = 1 << 24) -> float:
+    """Entropy of the unigram distribution of ``items``, in nats (bits with ``bits=True``); 0.0 when empty.
+
+    ``items``: the characters of a str, or token ids as a sequence, a tensor, or a numpy array (a memmapped split
+    is counted ``chunk`` ids at a time, so it stays on disk). For token ids this is the masked cross-entropy of a
+    model that ignores context (what ``masked_ce@k`` falls to when a denoiser does not use its context).
+    """
+    if isinstance(items, torch.Tensor):
+        counts = torch.bincount(items.flatten().cpu().long()).numpy()
+    elif isinstance(items, np.ndarray):
+        counts = np.zeros(0, dtype=np.int64)
+        for i in range(0, len(items), chunk):
+            part = np.bincount(np.asarray(items[i:i + chunk]).ravel())
+            counts = np.pad(counts, (0, max(0, len(part) - len(counts))))
+            counts[: len(part)] += part
+    else:
+        counts = np.fromiter(Counter(items).values(), dtype=np.int64)
+    p = counts[counts > 0] / max(int(counts.sum()), 1)
+    h = float(-(p * np.log(p)).sum())
+    return max(h / math.log(2) if bits else h, 0.0)  # a single symbol gives -0.0
 
 
 def distinct_n(text: str | Sequence, n: int) -> float:
@@ -99,11 +115,6 @@ def longest_repeated_substring(text: str | Sequence) -> int:
     return best
 
 
-def _model_device(model: torch.nn.Module, fallback: torch.device) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else fallback
-
-
 @torch.no_grad()
 def judge_nll(model: torch.nn.Module, ids: torch.Tensor, block_size: int,
               stride: int | None = None) -> tuple[float, int]:
@@ -115,7 +126,7 @@ def judge_nll(model: torch.nn.Module, ids: torch.Tensor, block_size: int,
     ``block_size - stride + 1`` tokens of left context once the text is longer than a window. ``stride`` defaults
     to ``block_size // 2``; ``stride=1`` gives every token the longest context that fits (N forward passes).
     The model is called as ``logits, _ = model(x, all_logits=True)`` with x (1, T), logits (1, T, V), and is
-    put in eval mode for the call (then restored). ``perplexity(mean_nll)`` turns the result into a perplexity.
+    put in eval mode for the call (then restored). exp(mean NLL) is the perplexity.
     """
     if ids.dim() != 1:
         raise UserError(f"judge_nll needs a 1D tensor of token ids, got shape {tuple(ids.shape)}")
@@ -130,10 +141,8 @@ def judge_nll(model: torch.nn.Module, ids: torch.Tensor, block_size: int,
     if not 1 <= stride <= block_size:
         raise UserError(f"stride must be between 1 and block_size ({block_size}), got {stride}")
 
-    ids = ids.to(_model_device(model, ids.device), dtype=torch.long)
-    was_training = model.training
-    model.eval()
-    try:
+    ids = ids.to(model_device(model, ids.device), dtype=torch.long)
+    with inference_mode(model):
         total, count = 0.0, 0
         scored = 0  # targets ids[1..scored] are done; target p is predicted from ids[:p]
         end = min(block_size, n - 1)  # window input ids[start:end] predicts targets ids[start+1 : end+1]
@@ -150,11 +159,4 @@ def judge_nll(model: torch.nn.Module, ids: torch.Tensor, block_size: int,
             if end == n - 1:
                 break
             end = min(end + stride, n - 1)
-    finally:
-        model.train(was_training)
     return total / count, count
-
-
-def perplexity(mean_nll: float) -> float:
-    """exp(mean per-token NLL in nats)."""
-    return math.exp(mean_nll)

@@ -11,8 +11,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanodlm import diffusion as D
-from nanodlm.diagnostics import diagnostics, unigram_entropy
+from nanodlm.diagnostics import diagnostics
 from nanodlm.model import GPT, GPTConfig
+from nanodlm.textstats import unigram_entropy
 
 V = 11  # 10 real tokens + [MASK]
 M = V - 1
@@ -361,7 +362,7 @@ def test_diagnostics_always_mask_and_copy_models() -> None:
 def test_context_free_model_masked_ce_equals_unigram_entropy() -> None:
     B, T = 256, 32
     x = torch.multinomial(P4, B * T, replacement=True, generator=gen(0)).view(B, T)
-    H = unigram_entropy(x, 5)
+    H = unigram_entropy(x)
     assert H == pytest.approx(entropy(P4), abs=0.02)
     d = diagnostics(marginal_model(P4), x, 4, gen(1))
     for p in (15, 50, 100):

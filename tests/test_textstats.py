@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -14,21 +15,26 @@ from nanodlm.textstats import (
     distinct_n,
     judge_nll,
     longest_repeated_substring,
-    perplexity,
-    unigram_entropy_bits,
+    unigram_entropy,
 )
 
 # --- surface statistics ---------------------------------------------------------------------------
 
 
 def test_unigram_entropy() -> None:
-    assert unigram_entropy_bits("aaaa") == 0.0
-    assert unigram_entropy_bits("abab") == pytest.approx(1.0)
-    assert unigram_entropy_bits("abcd") == pytest.approx(2.0)
+    assert unigram_entropy("aaaa", bits=True) == 0.0
+    assert unigram_entropy("abab", bits=True) == pytest.approx(1.0)
+    assert unigram_entropy("abcd", bits=True) == pytest.approx(2.0)
     # p = (1/2, 1/4, 1/4): 0.5*1 + 2*0.25*2 = 1.5 bits
-    assert unigram_entropy_bits("aabc") == pytest.approx(1.5)
-    assert unigram_entropy_bits("") == 0.0
-    assert unigram_entropy_bits([7, 7, 3, 3]) == pytest.approx(1.0)
+    assert unigram_entropy("aabc", bits=True) == pytest.approx(1.5)
+    assert unigram_entropy("", bits=True) == 0.0
+    assert unigram_entropy([7, 7, 3, 3], bits=True) == pytest.approx(1.0)
+    # one function for text, token lists, tensors and (chunked) numpy splits; nats unless bits=True
+    ids = [0, 0, 1, 2, 2, 2, 5]
+    expect = -sum(c / 7 * math.log(c / 7) for c in (2, 1, 3, 1))
+    assert unigram_entropy(ids) == pytest.approx(expect)
+    assert unigram_entropy(torch.tensor(ids).view(7, 1)) == pytest.approx(expect)
+    assert unigram_entropy(np.array(ids, dtype=np.uint16), chunk=3) == pytest.approx(expect)
 
 
 def test_distinct_n() -> None:
@@ -124,7 +130,7 @@ def test_uniform_judge_perplexity_is_vocab_size() -> None:
     nll, count = judge_nll(judge, ids, block_size=64)
     assert count == 49
     assert nll == pytest.approx(math.log(13), rel=1e-6)
-    assert perplexity(nll) == pytest.approx(13.0, rel=1e-6)
+    assert math.exp(nll) == pytest.approx(13.0, rel=1e-6)
     assert judge.calls == [49]  # fits in one window: one forward pass
 
 
@@ -133,7 +139,7 @@ def test_uniform_judge_sliding_window() -> None:
     ids = torch.zeros(100, dtype=torch.long)
     nll, count = judge_nll(judge, ids, block_size=16, stride=5)
     assert count == 99
-    assert perplexity(nll) == pytest.approx(7.0, rel=1e-6)
+    assert math.exp(nll) == pytest.approx(7.0, rel=1e-6)
     assert max(judge.calls) <= 16
 
 
