@@ -106,10 +106,8 @@ def _layout(frame: Frame, prev: Frame | None, recorder: Recorder, font, width: i
             w = max(cell_w, int(font.getlength(shown))) if kind == "mask" else int(font.getlength(shown))
             if x + w > width - 10:
                 x, y = 10, y + line_h
-            cells.append((x, y, w, kind, shown))
+            cells.append((x, y, w, kind, shown))  # a newline is a glyph, not a line break: nothing jumps
             x += w
-            if "\n" in text:
-                x, y = 10, y + line_h
         y += line_h + line_h // 2  # a gap between samples
     return cells, y
 
@@ -149,8 +147,24 @@ def write_gif(path: str | Path, recorder: Recorder, title: str, width: int = GIF
             if kind == "remasked":
                 draw.line((x, y + line_h // 2, x + w, y + line_h // 2), fill=COLORS["remasked"], width=2)
         images.append(img)
+    palette = _palette(images)  # one palette for all frames: about 5x smaller than a palette per frame
+    frames_p = [img.quantize(palette=palette, dither=Image.Dither.NONE) for img in images]
     durations = [FRAME_MS] * (len(images) - 1) + [HOLD_MS]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    frames_p[0].save(path, save_all=True, append_images=frames_p[1:], duration=durations, loop=0, optimize=True)
+
+
+def _palette(images: list):
+    """A 64-colour palette from a dozen of the frames plus a swatch of every colour in COLORS."""
+    from PIL import Image
+
+    sample = images[:: max(1, len(images) // 12)] + [images[-1]]
+    w, h = images[0].size
+    sheet = Image.new("RGB", (max(w, 8 * len(COLORS)), h * len(sample) + 8), COLORS["bg"])
+    for i, img in enumerate(sample):
+        sheet.paste(img, (0, i * h))
+    for j, color in enumerate(COLORS.values()):
+        sheet.paste(color, (8 * j, h * len(sample), 8 * j + 8, h * len(sample) + 8))
+    return sheet.quantize(colors=64)
 
 
 def write_trajectory(path: str | Path, recorder: Recorder, title: str) -> None:

@@ -49,7 +49,7 @@ async function run(model, body, canvas, status) {
   canvas.textContent = "";
   status.textContent = "starting\u2026";
   let prev = null;
-  const total = model === "ar" ? null : body.steps;
+  let total = null;  // the steps the server will run, from its start event
   try {
     const response = await fetch("/api/generate", { method: "POST", signal: controller.signal,
       headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ...body, model }) });
@@ -75,13 +75,15 @@ async function run(model, body, canvas, status) {
 
   function draw(name, data) {
     if (controller.signal.aborted) return;
-    if (name === "step") {
+    if (name === "start") {
+      total = data.steps;
+    } else if (name === "step") {
       NanoCanvas.render(canvas, data, prev);
       status.textContent = NanoCanvas.status(data, total);
       prev = data;
     } else if (name === "done") {  // the final text without this step's highlights
       const samples = prev ? prev.samples.map((s) => ({ ...s, revealed: [], remasked: [] })) : [];
-      NanoCanvas.render(canvas, { step: data.steps, samples }, null);
+      NanoCanvas.render(canvas, { step: data.steps, samples }, null, true);
       status.textContent = "done: " + data.steps + " steps \u00b7 " + data.forward_passes +
         " forward passes \u00b7 " + data.elapsed.toFixed(2) + " s";
       canvas.dataset.done = "1";

@@ -15,7 +15,9 @@ const NanoCanvas = (() => {
 
   // event: {step, samples: [{tokens, revealed, remasked}]}; prev: the event before it (old text of re-masked
   // positions), or null. Masked positions dim, revealed this step highlighted, re-masked struck through.
-  function render(el, event, prev) {
+  // A newline shows as a glyph; only with breaks (the final text) does it also break the line, so that
+  // positions do not jump around while the canvas fills in.
+  function render(el, event, prev, breaks = false) {
     el.textContent = "";
     event.samples.forEach((s, b) => {
       const row = document.createElement("div");
@@ -34,7 +36,7 @@ const NanoCanvas = (() => {
           span = cell(revealed.has(i) ? "nd-revealed" : "nd-token", t);
         }
         row.appendChild(span);
-        if (t !== null && t.includes("\n")) row.appendChild(document.createElement("br"));
+        if (breaks && t !== null && t.includes("\n")) row.appendChild(document.createElement("br"));
       });
       el.appendChild(row);
     });

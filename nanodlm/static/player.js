@@ -16,7 +16,7 @@
   function show(k) {
     i = k;
     slider.value = k;
-    NanoCanvas.render(canvas, events[k], k > 0 ? events[k - 1] : null);
+    NanoCanvas.render(canvas, events[k], k > 0 ? events[k - 1] : null, k === events.length - 1);
     status.textContent = NanoCanvas.status(events[k], events[events.length - 1].step);
   }
 
