@@ -171,15 +171,20 @@ USAGE = """usage: nanodlm bench SUBCOMMAND [--key=value ...]
   quality --preset=cpu|smoke [--json=FILE] [--work_dir=bench-out] [--objective=...] [--sampler=...] [--steps=N]
           [--pos_emb=...] [--key=value diffusion overrides] [--ar.key=value] [--judge.key=value]
           the whole protocol: data, AR + diffusion + judge (trained or reused), samples, judge, NELBO
+  parallel --runs=DIFFUSION_DIR[,DIR...] --judge=JUDGE_DIR --ar_out_dir=AR_DIR [--samplers=confidence]
+          [--steps=256] [--taus=0,0.5,0.7,0.9] [--semi_ar_blocks=0] [--approx_caches=none] [--seeds=1,2,3]
+          judge PPL vs chars/s (batch 1 and N) of parallel decoding, with cached AR as the reference
 
 `nanodlm bench SUBCOMMAND --help` lists a subcommand's keys; benchmarks/README.md explains the protocol."""
 
 
 def _help(name: str) -> int:
+    from .bench_parallel import ParallelArgs
     from .bench_quality import QualityArgs
     from .bench_speed import SampleBenchArgs, TrainBenchArgs
     from .bench_steps import StepsBenchArgs
-    cls = {"train": TrainBenchArgs, "sample": SampleBenchArgs, "steps": StepsBenchArgs, "quality": QualityArgs}[name]
+    cls = {"train": TrainBenchArgs, "sample": SampleBenchArgs, "steps": StepsBenchArgs, "quality": QualityArgs,
+           "parallel": ParallelArgs}[name]
     print(f"usage: nanodlm bench {name} [--key=value ...]")
     if name == "train":
         print_keys(cls, "keys (defaults):")
@@ -191,12 +196,14 @@ def _help(name: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    from .bench_parallel import bench_parallel
     from .bench_quality import bench_quality
     from .bench_speed import bench_sample, bench_train
     from .bench_steps import bench_steps
 
     commands: dict[str, Callable[[list[str]], dict[str, Any]]] = {
         "train": bench_train, "sample": bench_sample, "steps": bench_steps, "quality": bench_quality,
+        "parallel": bench_parallel,
     }
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

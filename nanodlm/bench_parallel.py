@@ -1,0 +1,285 @@
+"""``bench parallel``: how fast each diffusion decoding configuration writes, at what quality, against cached AR.
+
+A configuration is (diffusion run, sampler, step budget, semi-AR block, approximate cache); its curve sweeps the
+parallel-decoding threshold tau (``parallel_threshold``; 0 = the step schedule alone). Every point: judge PPL,
+character entropy and distinct-4 (mean ± standard error over the sampling seeds), denoising forward passes per
+256 characters, and chars/s at batch 1 and at batch ``num_samples``. The reference is the KV-cached AR model
+(temperature as the options say) on the same judge. Timing is paired in one process: each diffusion
+generation follows an AR generation of the same shape, and speed ratios are medians over those pairs.
+
+Choose tau and friends with ``--split=dev`` and one set of seeds; report with ``--split=test`` and other seeds
+(``protocol.py``: the seeds and the text that choose are never the ones that report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bench import machine_info, now, parse_sampling_args, print_table, write_json
+from .distributed import resolve_device
+from .errors import UserError
+from .generate import Generation, Prompt, SamplerOptions, generate
+from .protocol import seed_mean
+
+QUALITY_KEYS = ("judge_ppl", "entropy_bits", "distinct_4")
+
+
+@dataclass
+class ParallelArgs:
+    runs: str | None = None  # comma-separated diffusion runs (out_dir), bidirectional or block diffusion
+    judge: str | None = None  # the AR judge's run (required)
+    ar_out_dir: str | None = None  # the cached AR reference run (required)
+    samplers: str = "confidence"  # comma-separated: confidence | remask (the samplers that take tau)
+    steps: str = "256"  # comma-separated step budgets (with tau > 0 an upper bound)
+    taus: str = "0,0.5,0.7,0.9"  # comma-separated parallel_threshold values: the points of each curve
+    semi_ar_blocks: str = "0"  # bidirectional runs: comma-separated semi-AR blocks (0 = the whole canvas)
+    approx_caches: str = "none"  # with a semi-AR block: comma-separated none | prefix | dual
+    seeds: str = "1,2,3"  # sampling seeds: each point's quality is the mean over them
+    num_samples: int = 32  # texts per seed: the large batch
+    length: int = 256  # characters (tokens) per text
+    batch1_reps: int = 3  # timed batch-1 generations per point, each paired with an AR one
+    split: str = "dev"  # real-text reference passages: dev | test half of val (protocol.py)
+    data_dir: str | None = None  # real text: default the AR run's data_dir and dataset
+    dataset: str | None = None
+    ckpt: str = "last"
+    device: str = "auto"
+    json: str | None = None  # default parallel.json
+    png: str | None = None  # default: the JSON path with .png
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.length < 2 or self.batch1_reps < 1:
+            raise UserError("--num_samples and --batch1_reps must be >= 1 and --length >= 2; got "
+                            f"{self.num_samples}, {self.batch1_reps}, {self.length}")
+        if self.split not in ("dev", "test"):
+            raise UserError(f"--split must be dev or test; got {self.split!r}")
+        for key, kind in (("samplers", str), ("steps", int), ("taus", float), ("semi_ar_blocks", int),
+                          ("approx_caches", str), ("seeds", int)):
+            _list(getattr(self, key), kind, key)  # a one-line error now, not after the models load
+
+
+def _list(text: str, kind: type, key: str) -> list[Any]:
+    try:
+        values = [kind(s.strip()) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--{key} must be a comma-separated list of {kind.__name__}; got {text!r}") from None
+    if not values:
+        raise UserError(f"--{key} is empty")
+    return values
+
+
+@dataclass
+class _Model:
+    name: str
+    model: Any
+    tok: Any
+    meta: dict[str, Any]
+
+
+def _load(out_dir: str, ckpt: str, device: str) -> _Model:
+    from .checkpoint import load_model
+
+    model, meta, tok = load_model(out_dir, ckpt, device)
+    block = model.config.diffusion_block
+    return _Model(Path(out_dir).name + (f" (block {block})" if block else ""), model, tok, meta)
+
+
+def _run(m: _Model, options: SamplerOptions, length: int, batch: int, seed: int) -> Generation:
+    return generate(m.model, m.tok, options, Prompt(length=length, max_new_tokens=length), num_samples=batch,
+                    seed=seed)
+
+
+def _passes_per_256(out: Generation) -> tuple[float, float]:
+    """(denoising passes, cache passes) per 256 characters, per sample: what batch 1 would run."""
+    info = out.info
+    chars = sum(len(t) for t in out.completions) / len(out.completions)
+    passes = statistics.mean(info.get("passes_per_sample") or [info["forward_passes"]])
+    return passes * 256 / chars, info.get("cache_passes", 0) * 256 / chars
+
+
+class _Point:
+    """Quality over the seeds and paired speed of one configuration, with the AR reference it ran beside."""
+
+    def __init__(self, args: ParallelArgs, ar: _Model, ar_options: SamplerOptions, judge: Any) -> None:
+        self.args, self.ar, self.ar_options, self.judge = args, ar, ar_options, judge
+        self.ar_quality: dict[int, dict[str, Any]] = {}  # seed -> judged AR samples (once per seed)
+        self.ar_speed: dict[str, list[float]] = {"b1": [], "bN": []}
+
+    def measure(self, m: _Model, options: SamplerOptions) -> dict[str, Any]:
+        from .judge import score_texts
+
+        a, per_seed, ratios = self.args, [], {"b1": [], "bN": []}
+        speed: dict[str, list[float]] = {"b1": [], "bN": []}
+        for seed in _list(a.seeds, int, "seeds"):
+            ar_out = _run(self.ar, self.ar_options, a.length, a.num_samples, seed)  # paired: AR, then diffusion
+            out = _run(m, options, a.length, a.num_samples, seed)
+            if seed not in self.ar_quality:
+                self.ar_quality[seed] = {**score_texts(*self.judge, ar_out.completions), "seed": seed}
+            passes, cache = _passes_per_256(out)
+            per_seed.append({**score_texts(*self.judge, out.completions), "seed": seed, "passes_per_256": passes,
+                             "cache_passes_per_256": cache, "chars_per_s": out.info["chars_per_s"],
+                             "example": out.completions[0][:200]})
+            self._pair("bN", ar_out, out, speed, ratios)
+        for rep in range(a.batch1_reps):
+            seed = 10_000 + rep
+            self._pair("b1", _run(self.ar, self.ar_options, a.length, 1, seed), _run(m, options, a.length, 1, seed),
+                       speed, ratios)
+        row = seed_mean(per_seed, (*QUALITY_KEYS, "passes_per_256", "cache_passes_per_256"))
+        for b in ("b1", "bN"):
+            row[f"chars_per_s_{b}"] = statistics.median(speed[b])
+            row[f"speedup_{b}"] = statistics.median(ratios[b])  # median over pairs of diffusion / AR chars/s
+        return {**row, "example": per_seed[0]["example"], "per_seed": per_seed}
+
+    def _pair(self, b: str, ar_out: Generation, out: Generation, speed: dict[str, list[float]],
+              ratios: dict[str, list[float]]) -> None:
+        self.ar_speed[b].append(ar_out.info["chars_per_s"])
+        speed[b].append(out.info["chars_per_s"])
+        ratios[b].append(out.info["chars_per_s"] / ar_out.info["chars_per_s"])
+
+    def ar_row(self) -> dict[str, Any]:
+        row = seed_mean(list(self.ar_quality.values()), QUALITY_KEYS)
+        return {**row, "passes_per_256": 256.0, "chars_per_s_b1": statistics.median(self.ar_speed["b1"]),
+                "chars_per_s_bN": statistics.median(self.ar_speed["bN"])}
+
+
+def _configurations(args: ParallelArgs, m: _Model) -> list[dict[str, Any]]:
+    """The (sampler, steps, semi_ar_block, approx_cache) of each curve for model m; block models decode in their
+    own blocks (semi-AR blocks and approximate caches apply to bidirectional models only)."""
+    bidirectional = not m.model.config.diffusion_block
+    out = []
+    for sampler in _list(args.samplers, str, "samplers"):
+        for steps in _list(args.steps, int, "steps"):
+            for block in (_list(args.semi_ar_blocks, int, "semi_ar_blocks") if bidirectional else [0]):
+                for cache in (_list(args.approx_caches, str, "approx_caches") if block else ["none"]):
+                    out.append(dict(sampler=sampler, steps=steps, semi_ar_block=block, approx_cache=cache))
+    return out
+
+
+def _curve_name(m: _Model, c: dict[str, Any]) -> str:
+    name = f"{m.name}, {c['sampler']} {c['steps']} steps"
+    if c["semi_ar_block"]:
+        name += f", semi-AR {c['semi_ar_block']}" + (f" {c['approx_cache']} cache" if c["approx_cache"] != "none"
+                                                     else "")
+    return name
+
+
+def _real_text(args: ParallelArgs, ar: _Model, judge: tuple[Any, Any]) -> dict[str, Any] | None:
+    from .data import open_split
+    from .judge import score_texts
+    from .protocol import dev_test, passages
+
+    cfg = ar.meta.get("config", {})
+    data_dir, dataset = args.data_dir or cfg.get("data_dir", "data"), args.dataset or cfg.get("dataset", "")
+    try:
+        text = dev_test(open_split(data_dir, dataset, "val"))
+    except UserError as e:  # no prepared data here: the table loses its real-text row, not the benchmark
+        print(f"no real-text row: {e}")
+        return None
+    rows = [score_texts(*judge, passages(text[args.split], judge[1].decode, args.num_samples, args.length, seed))
+            for seed in _list(args.seeds, int, "seeds")]
+    return {**seed_mean(rows, QUALITY_KEYS), "split": args.split}
+
+
+def bench_parallel(argv: list[str]) -> dict[str, Any]:
+    """Judge PPL against chars/s for every configuration and tau, with cached AR as the reference point."""
+    args, options, _ = parse_sampling_args("parallel", ParallelArgs, argv)
+    if not args.runs or not args.judge or not args.ar_out_dir:
+        raise UserError("bench parallel needs --runs=DIFFUSION_DIR[,DIR...] --judge=JUDGE_DIR --ar_out_dir=AR_DIR")
+    device = resolve_device(args.device)
+    ar, judge_m = _load(args.ar_out_dir, args.ckpt, device), _load(args.judge, args.ckpt, device)
+    for m, role in ((ar, "--ar_out_dir"), (judge_m, "--judge")):
+        if m.model.config.model_type != "gpt2":
+            raise UserError(f"{role} must be a gpt2 run; {m.name} is {m.model.config.model_type}")
+    judge = (judge_m.model, judge_m.tok)
+    ar_options = SamplerOptions(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
+    point = _Point(args, ar, ar_options, judge)
+    taus = _list(args.taus, float, "taus")
+    _run(ar, ar_options, args.length, args.num_samples, 0)  # warm-up: library start-up, first-seen shapes
+    curves = []
+    for out_dir in _list(args.runs, str, "runs"):
+        m = _load(out_dir, args.ckpt, device)
+        if m.model.config.model_type != "diffusion":
+            raise UserError(f"--runs takes diffusion runs; {out_dir} is {m.model.config.model_type}")
+        for c in _configurations(args, m):
+            base = dataclasses.replace(options, **c)
+            _run(m, dataclasses.replace(base, steps=1), args.length, args.num_samples, 0)  # warm-up
+            points = []
+            for tau in taus:
+                row = point.measure(m, dataclasses.replace(base, parallel_threshold=tau))
+                points.append({"tau": tau, **row})
+                print(f"{_curve_name(m, c)}, tau {tau}: judge PPL {row['judge_ppl']:.2f}, "
+                      f"{row['passes_per_256']:.0f} passes/256 chars, {row['chars_per_s_b1']:,.0f} chars/s (batch 1)")
+            curves.append({"name": _curve_name(m, c), "run": out_dir, **c, "points": points})
+    ar_row = point.ar_row()
+    result = {"benchmark": "parallel", "date": now(), "machine": machine_info(device), "judge": args.judge,
+              "ar_out_dir": args.ar_out_dir, "args": dataclasses.asdict(args), "options": dataclasses.asdict(options),
+              "ar": ar_row, "real": _real_text(args, ar, judge), "curves": curves}
+    _print(result)
+    json_path = args.json or "parallel.json"
+    write_json(json_path, result)
+    png = args.png or str(Path(json_path).with_suffix(".png"))
+    if json_path != "-" and plot_frontier_speed(result, png):
+        print(f"wrote {png}")
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    ar, real, n = result["ar"], result["real"], result["args"]["num_samples"]
+
+    def ppl(row: dict[str, Any]) -> str:
+        return f"{row['judge_ppl']:.3g} ± {row['judge_ppl_se']:.2g}"
+
+    rows = [[c["name"], p["tau"], ppl(p), p["judge_ppl"] / ar["judge_ppl"], p["entropy_bits"], p["passes_per_256"],
+             p["chars_per_s_b1"], p["speedup_b1"], p["chars_per_s_bN"], p["speedup_bN"]]
+            for c in result["curves"] for p in c["points"]]
+    rows.append(["AR (KV cache)", None, ppl(ar), 1.0, ar["entropy_bits"], 256.0, ar["chars_per_s_b1"], 1.0,
+                 ar["chars_per_s_bN"], 1.0])
+    if real:
+        rows.append([f"real text ({real['split']})", None, ppl(real), None, real["entropy_bits"], None, None, None,
+                     None, None])
+    print_table("parallel decoding: diffusion decoding vs cached AR, judged by " + result["judge"],
+                ["configuration", "tau", "judge PPL", "× AR", "entropy", "passes/256", "chars/s b1", "× AR",
+                 f"chars/s b{n}", "× AR"], rows)
+
+
+def plot_frontier_speed(result: dict[str, Any], png_path: str | Path) -> bool:
+    """Judge PPL (log) against chars/s (log) at batch 1 and batch N: one curve per configuration (its taus
+    labelled), AR as a star, the quality bar (1.5 x AR PPL) and the speed target (2 x AR) dashed. False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ar = result["ar"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    for ax, b, label in zip(axes, ("b1", "bN"), ("batch 1", f"batch {result['args']['num_samples']}"), strict=True):
+        for i, c in enumerate(result["curves"]):
+            pts = c["points"]
+            x, y = [p[f"chars_per_s_{b}"] for p in pts], [p["judge_ppl"] for p in pts]
+            yerr = [p["judge_ppl_se"] if p["judge_ppl_se"] == p["judge_ppl_se"] else 0.0 for p in pts]
+            ax.errorbar(x, y, yerr=yerr, fmt="o-", color=f"C{i % 10}", capsize=2, ms=4, label=c["name"])
+            for p in pts:
+                ax.annotate(f"{p['tau']:g}", (p[f"chars_per_s_{b}"], p["judge_ppl"]), textcoords="offset points",
+                            xytext=(3, 3), fontsize=7, color=f"C{i % 10}")
+        ax.plot([ar[f"chars_per_s_{b}"]], [ar["judge_ppl"]], "*", ms=14, color="k", label="AR (KV cache)")
+        ax.axhline(1.5 * ar["judge_ppl"], color="gray", ls="--", lw=1, label="1.5 × AR PPL")
+        ax.axvline(2 * ar[f"chars_per_s_{b}"], color="gray", ls=":", lw=1, label="2 × AR chars/s")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"chars / s ({label}, log)")
+        ax.set_ylabel("judge perplexity (log; lower is better)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{result['args']['length']} characters; labels: tau (parallel_threshold)", fontsize=9)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return True

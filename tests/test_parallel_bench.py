@@ -1,0 +1,66 @@
+"""`nanodlm bench parallel` at smoke size: every JSON key, the PNG, and its one-line errors (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanodlm import bench
+from nanodlm.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def block_run(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> str:
+    from nanodlm.config import TrainConfig, build_config
+    from nanodlm.train import train
+
+    rng = torch.get_rng_state()
+    out_dir = str(tmp_path_factory.mktemp("parallel") / "block")
+    train(build_config(TrainConfig, dict(
+        out_dir=out_dir, data_dir=data_dir, dataset="tiny", device="cpu", dtype="float32", model_type="diffusion",
+        diffusion_block=4, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, max_iters=2, eval_iters=1,
+        eval_interval=1000, warmup_iters=0, progress=False, plot=False)))
+    torch.set_rng_state(rng)
+    return out_dir
+
+
+def test_parallel_bench_writes_every_key_and_the_png(tiny_runs: dict[str, str], block_run: str, tmp_path: Path) -> None:
+    out = tmp_path / "parallel.json"
+    argv = ["parallel", f"--runs={tiny_runs['diffusion']},{block_run}", f"--judge={tiny_runs['gpt2']}",
+            f"--ar_out_dir={tiny_runs['gpt2']}", "--taus=0,0.5", "--steps=8", "--samplers=confidence",
+            "--semi_ar_blocks=0,4", "--approx_caches=none,dual", "--seeds=1,2", "--num_samples=2", "--length=12",
+            "--batch1_reps=1", "--device=cpu", f"--json={out}"]
+    assert bench.main(argv) == 0
+    r = json.loads(out.read_text())
+    # bidirectional: whole canvas, semi-AR 4 without and with the dual cache; block model: its own blocks
+    assert [(c["semi_ar_block"], c["approx_cache"]) for c in r["curves"]] == [(0, "none"), (4, "none"), (4, "dual"),
+                                                                              (0, "none")]
+    for c in r["curves"]:
+        assert [p["tau"] for p in c["points"]] == [0.0, 0.5]
+        for p in c["points"]:
+            for key in ("judge_ppl", "judge_ppl_se", "entropy_bits", "distinct_4", "passes_per_256",
+                        "chars_per_s_b1", "chars_per_s_bN", "speedup_b1", "speedup_bN"):
+                assert isinstance(p[key], float) and math.isfinite(p[key]), (c["name"], key, p[key])
+            assert [s["seed"] for s in p["per_seed"]] == [1, 2]
+            assert 1 <= p["passes_per_256"] <= 8 * 256 / 12 * (1 + 1e-6)  # at most the step budget per 12 chars
+    assert r["curves"][3]["points"][0]["cache_passes_per_256"] > 0  # the block model keeps finished blocks
+    for key in ("judge_ppl", "entropy_bits", "chars_per_s_b1", "chars_per_s_bN"):
+        assert math.isfinite(r["ar"][key])
+    assert r["ar"]["passes_per_256"] == 256 and r["real"]["split"] == "dev"
+    assert r["options"]["sampler"] == "remask" and r["args"]["taus"] == "0,0.5"  # the swept keys live in args
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_parallel_bench_errors_are_one_line(tiny_runs: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["bench", "parallel", f"--runs={tiny_runs['diffusion']}"]) == 1
+    assert "bench parallel needs" in capsys.readouterr().err
+    argv = ["bench", "parallel", f"--runs={tiny_runs['gpt2']}", f"--judge={tiny_runs['gpt2']}",
+            f"--ar_out_dir={tiny_runs['gpt2']}", "--device=cpu", "--num_samples=1", "--length=8", "--seeds=1"]
+    assert cli_main(argv) == 1
+    assert "--runs takes diffusion runs" in capsys.readouterr().err
+    assert cli_main([*argv[:4], "--taus=0,x"]) == 1
+    assert "--taus must be a comma-separated list of float" in capsys.readouterr().err
