@@ -167,20 +167,20 @@ def _curve_name(m: _Model, c: dict[str, Any]) -> str:
 
 
 def _real_text(args: ParallelArgs, ar: _Model, judge: tuple[Any, Any]) -> dict[str, Any] | None:
+    """Real passages of the chosen half of val, one set per seed, scored like the samples (the fair ruler's)."""
+    from .bench_frontier import Judge, real_text
     from .data import open_split
-    from .judge import score_texts
-    from .protocol import dev_test, passages
+    from .protocol import dev_test
 
     cfg = ar.meta.get("config", {})
     data_dir, dataset = args.data_dir or cfg.get("data_dir", "data"), args.dataset or cfg.get("dataset", "")
     try:
-        text = dev_test(open_split(data_dir, dataset, "val"))
+        splits = dev_test(open_split(data_dir, dataset, "val"))
     except UserError as e:  # no prepared data here: the table loses its real-text row, not the benchmark
         print(f"no real-text row: {e}")
         return None
-    rows = [score_texts(*judge, passages(text[args.split], judge[1].decode, args.num_samples, args.length, seed))
-            for seed in _list(args.seeds, int, "seeds")]
-    return {**seed_mean(rows, QUALITY_KEYS), "split": args.split}
+    seeds = {args.split: _list(args.seeds, int, "seeds")}
+    return real_text(splits, judge[1].decode, Judge(*judge), seeds, args.num_samples, args.length)[args.split]
 
 
 def bench_parallel(argv: list[str]) -> dict[str, Any]:
