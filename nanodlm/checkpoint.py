@@ -1,10 +1,10 @@
 """Checkpoints: weights plus JSON-able metadata, written atomically, loaded with ``weights_only=True``.
 
 Layout of ``ckpt.pt`` (a plain dict of tensors and primitives, so the safe unpickler accepts it):
-``model`` (state dict), ``optimizer``, ``scaler`` (optional), ``rng`` (tensors: torch CPU/CUDA,
-data-sampling and corruption generator states), ``meta`` (JSON-able: format version, model_args,
-config, iter_num, best_val_loss, dataset meta). ``meta`` is also written beside it as ``ckpt.json``
-for people and tools.
+``model`` (state dict), ``optimizer``, ``scaler`` (optional) and ``meta`` (JSON-able: format version,
+model_args, config, iter_num, best_val_loss, dataset meta, tokenizer). No generator state is saved: training
+seeds every draw from (seed, rank, iteration), so ``meta["rng"]`` is only a note saying so and a resumed run
+replays the same batches and noise. ``meta`` is also written beside it as ``ckpt.json`` for people and tools.
 """
 
 from __future__ import annotations

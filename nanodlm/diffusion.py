@@ -1,7 +1,8 @@
 """Masked-diffusion objectives and the likelihood bound, as pure functions (diagnostics: diagnostics.py).
 
 Three training objectives, picked once by name from ``OBJECTIVES`` (no if-ladders):
-- ``seed``: the user's spec (SPEC.md section 2.2): mask + random-token corruption, weighted CE.
+- ``seed``: the specification's objective (summarised in README, "Diffusion mode in one paragraph"):
+  mask + random-token corruption, weighted CE.
 - ``mdlm``: the masked-diffusion NELBO with the SUBS parameterisation (Sahoo et al. 2024,
   "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524; Shi et al. 2024, MD4, arXiv:2406.04329)
   under the linear schedule alpha_t = 1 - t, whose weight -alpha'_t / (1 - alpha_t) is 1/t.
@@ -94,7 +95,7 @@ def _full_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), reduction="none").view(B, T)
 
 
-# ----------------------------------------------------------------------------- seed objective (SPEC.md 2.2)
+# ----------------------------------------------------------------------------- seed objective (the specification's)
 
 
 def seed_rates(batch: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@
 - gpt2: next-token cross-entropy (nats/token).
 - diffusion: the absorbing-mask NELBO, an upper bound on -log p(x) / T (continuous time, SUBS
   parameterisation: Sahoo et al. 2024, MDLM, arXiv:2406.07524; Shi et al. 2024, MD4, arXiv:2406.04329),
-  plus the denoising diagnostics of ``diffusion.diagnostics`` and the unigram entropy of the split.
+  plus the denoising diagnostics of ``diagnostics.diagnostics`` and the unigram entropy of the split
+  (``textstats.unigram_entropy``).
 
 Both score the same deterministic, evenly spaced windows of the split (``eval_windows``), so every run and
 every model sees the same text. A window holds T + 1 tokens (T = the model's block_size): the AR model

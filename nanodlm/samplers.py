@@ -262,7 +262,7 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
                   max_per_pass: int = SamplerOptions.max_per_pass) -> tuple[torch.Tensor, dict]:
     """Fill by confidence and correct: re-mask tokens the model itself flags as wrong.
 
-    The model is trained to predict [MASK] on tokens that were randomly corrupted (SPEC.md 2.2), so
+    The model is trained to predict [MASK] on tokens that were randomly corrupted (the specification's training), so
     P([MASK] | x) at a position holding a token is its estimate that the token is wrong. Each step i:
     1. one forward on the current canvas x;
     2. fill: reveal masked positions by confidence (as ``confidence``, with its ``order``, ``noise``,
