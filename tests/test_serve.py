@@ -19,7 +19,7 @@ pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn) is
 pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is not installed")
 
 from nanodlm import cli  # noqa: E402
-from nanodlm.serve import ServeConfig, create_app, load_server  # noqa: E402
+from nanodlm.serve import INSTALL_HINT, ServeConfig, create_app, load_server  # noqa: E402
 from nanodlm.trajectory import MASK_TEXT  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -313,3 +313,28 @@ def test_browser_types_a_prompt_and_watches_it_write(live, tmp_path):
         assert shot.stat().st_size > 10_000  # a real picture (look at it: pytest --basetemp keeps it)
     finally:
         driver.quit()
+
+
+def test_browser_plays_an_exported_animation_offline(tiny_runs, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out = tmp_path / "anim.html"
+    assert cli.main(["sample", f"--out_dir={tiny_runs['diffusion']}", "--device=cpu", "--start=The", "--length=16",
+                     "--steps=8", "--num_samples=1", f"--trajectory={out}"]) == 0
+    driver = chrome(tmp_path)
+    try:
+        driver.get(out.as_uri())  # file://: no server, no network
+        status = driver.find_element(By.ID, "nd-status")
+        seen = set()
+        WebDriverWait(driver, 30).until(lambda d: seen.add(status.text) or len(seen) >= 3)  # it plays by itself
+        assert all(text.startswith("step ") for text in seen)
+        assert driver.find_element(By.ID, "nd-canvas").text.startswith("The")
+    finally:
+        driver.quit()
+
+
+def test_missing_extra_is_a_one_line_install_hint(monkeypatch, capsys, tiny_runs):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the serve extra were not installed
+    assert cli.main(["serve", f"--out_dir={tiny_runs['diffusion']}"]) == 1
+    assert capsys.readouterr().err.strip() == "error: " + INSTALL_HINT
