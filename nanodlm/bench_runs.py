@@ -22,7 +22,8 @@ from .errors import UserError
 
 # keys that cannot change the trained weights (or are the run's location): left out of the run hash
 NOT_HASHED = ("out_dir", "data_dir", "init_from", "eval_only", "progress", "plot", "log_interval", "wandb_log",
-              "wandb_project", "wandb_run_name", "always_save_checkpoint", "device", "backend", "compile")
+              "wandb_project", "wandb_run_name", "always_save_checkpoint", "device", "backend", "compile",
+              "overwrite", "threads")
 # keys added after runs were first hashed: left out while at these values, so those runs keep their hash
 HASHED_IF_SET = {"diffusion_block": 0, "mdlm_t_max": 1.0, "shift": None, "attn_anneal_iters": 0}
 # keys a gpt2 run never reads: its hash must not change when their defaults do
@@ -97,9 +98,10 @@ def _spellings(cfg: TrainConfig) -> list[TrainConfig]:
 
 def _finished_iters(out_dir: Path) -> int:
     meta_path = out_dir / "ckpt.json"  # written after ckpt.pt: if it says finished, ckpt.pt is finished
-    if (out_dir / "ckpt.pt").exists() and meta_path.exists():
-        return int(json.loads(meta_path.read_text()).get("iter_num", -1))
-    return -1
+    if not (out_dir / "ckpt.pt").exists():
+        return -1
+    # no sidecar (a kill between the two writes): 0, so the run resumes and training heals the sidecar
+    return int(json.loads(meta_path.read_text()).get("iter_num", 0)) if meta_path.exists() else 0
 
 
 def train_or_reuse(name: str, values: dict[str, Any], work_dir: Path, data_dir: Path, dataset: str, device: str,

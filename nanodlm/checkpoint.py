@@ -70,6 +70,23 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return ckpt
 
 
+def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | None, path: str | Path) -> GPT:
+    """The GPT that ``model_args`` describe, with ``state`` loaded; a one-line UserError when they disagree."""
+    try:
+        model = GPT(GPTConfig(**model_args))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"checkpoint {path} has invalid model_args ({e}); it was altered or is not a nanodlm "
+                        "checkpoint") from None
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:  # missing / unexpected keys or shape mismatches, one per line
+            details = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+            raise UserError(f"checkpoint {path}: its weights do not match its metadata ({details[:200]}); the file "
+                            "was altered or mixed from two runs: use another checkpoint") from None
+    return model
+
+
 def find_checkpoint(out_dir: str | Path, which: str = "best") -> Path:
     """``best`` falls back to ``last`` (``ckpt.pt``) when no best checkpoint was written."""
     out = Path(out_dir)
@@ -85,10 +102,10 @@ def find_checkpoint(out_dir: str | Path, which: str = "best") -> Path:
 
 def load_model(out_dir: str | Path, which: str = "best", device: str = "cpu"):
     """(model in eval mode on ``device``, checkpoint meta, tokenizer) from a training run's out_dir."""
-    meta = load_checkpoint(find_checkpoint(out_dir, which), device)
-    state, meta = meta["model"], meta["meta"]
-    model = GPT(GPTConfig(**meta["model_args"]))
-    model.load_state_dict(state)
+    path = find_checkpoint(out_dir, which)
+    ckpt = load_checkpoint(path, device)
+    state, meta = ckpt["model"], ckpt["meta"]
+    model = build_model(meta["model_args"], state, path)
     model.to(device).eval()
     tok_meta = dict(meta.get("dataset_meta", {}))
     tok_meta.update(tokenizer=meta.get("tokenizer", tok_meta.get("tokenizer")), itos=meta.get("itos"))

@@ -52,7 +52,9 @@ def cmd_train(argv: list[str]) -> int:
     from .train import load_train_config, train
 
     summary = train(load_train_config(argv))
-    return 130 if summary.get("interrupted") else 0
+    if summary.get("interrupted"):
+        return 143 if summary.get("signal") == "SIGTERM" else 130  # the shell's codes for these signals
+    return 0
 
 
 def cmd_sample(argv: list[str]) -> int:
@@ -108,6 +110,27 @@ COMMANDS = {
 }
 
 
+def _import_quietly() -> None:
+    """Import the heavy libraries with Ctrl-C meaning "exit now": a KeyboardInterrupt inside torch's or numpy's
+    import leaves half-initialised modules that fail later with unrelated tracebacks, and nothing needs saving yet."""
+    import signal
+
+    def leave(signum, frame):
+        print("interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    try:
+        previous = signal.signal(signal.SIGINT, leave)
+    except ValueError:  # not the main thread: no handlers
+        previous = None
+    try:
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -117,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"error: unknown command '{argv[0]}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
+    _import_quietly()
     try:
         return command(argv[1:])
     except UserError as e:

@@ -42,6 +42,7 @@ class TrainConfig(ModelArgs):
     eval_only: bool = False
     always_save_checkpoint: bool = True
     init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | AR out_dir | HF dir
+    overwrite: bool = False  # scratch run into an out_dir holding a trained model: replace it (else an error)
     # logging
     wandb_log: bool = False
     wandb_project: str = "nanodlm"
@@ -80,6 +81,7 @@ class TrainConfig(ModelArgs):
     dtype: str = "auto"  # auto (bf16 on capable CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     compile: bool = False
     seed: int = 1337
+    threads: int = 0  # torch intra-op CPU threads; 0 = torch's default (one per core; oversubscribes a busy machine)
 
     def __post_init__(self) -> None:
         try:
@@ -108,6 +110,21 @@ class TrainConfig(ModelArgs):
             raise UserError(f"config key 'max_iters' must be >= 0; got {self.max_iters}")
         if not 0.0 < self.mdlm_eps < self.mdlm_t_max <= 1.0:
             raise UserError(f"need 0 < mdlm_eps < mdlm_t_max <= 1; got {self.mdlm_eps} and {self.mdlm_t_max}")
+        check_training_ranges(self)
+
+
+def check_training_ranges(cfg: TrainConfig) -> None:
+    """Optimizer, schedule and loss-weight keys: values AdamW would reject later, or accept and train nonsense."""
+    non_negative = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters",
+                    "penalty_keep_mask", "penalty_mask_correct", "copy_weight", "threads")
+    for key in non_negative:
+        value = getattr(cfg, key)
+        if not value >= 0:  # also catches nan
+            raise UserError(f"config key '{key}' must be >= 0; got {value}")
+    for key in ("beta1", "beta2", "repair_rate_max"):
+        value = getattr(cfg, key)
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"config key '{key}' must be in [0, 1); got {value}")
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .datadir import recover_dataset, write_dataset
 from .errors import UserError
 from .fileio import atomic_write
 
@@ -279,11 +280,11 @@ def prepare(name: str, *, input_path: str | None = None, data_dir: str = "data",
     if isinstance(tok, CharTokenizer):
         meta["itos"] = tok.itos
 
-    out = Path(data_dir) / out_name
-    atomic_write(out / "train.bin", train_ids.tobytes())
-    atomic_write(out / "val.bin", val_ids.tobytes())
-    # meta last: its presence means the bins beside it are complete
-    atomic_write(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+    write_dataset(Path(data_dir) / out_name, {
+        "train.bin": train_ids.tobytes(),
+        "val.bin": val_ids.tobytes(),
+        "meta.json": (json.dumps(meta, indent=1) + "\n").encode("utf-8"),
+    })
     return meta
 
 
@@ -300,6 +301,8 @@ def _prepare_hint(dataset: str) -> str:
 def load_meta(data_dir: str, dataset: str) -> dict:
     """``<data_dir>/<dataset>/meta.json`` as a dict."""
     folder = Path(data_dir) / dataset
+    if not folder.is_dir():
+        recover_dataset(folder)  # a prepare killed between its two renames left the old dataset beside it
     if not folder.is_dir():
         raise UserError(f"dataset {dataset!r} not found: {folder} does not exist; {_prepare_hint(dataset)}")
     path = folder / "meta.json"

@@ -11,7 +11,9 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,29 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
 from .data import get_batch, load_meta, open_split
 from .diagnostics import diagnostics
 from .diffusion import DiffusionOptions, get_objective
 from .distributed import destroy_distributed, init_distributed, resolve_dtype
 from .errors import UserError
-from .model import GPT, GPTConfig, annealed_attention
+from .model import GPTConfig, annealed_attention
 from .plotting import plot_loss_curves
+from .rundir import SHAPE_KEYS, check_resume, open_run_dir, truncate_metrics
+
+# a val loss above DIVERGED_FACTOR x the best so far is a diverged model, even when finite (a loss of 4e11 was
+# once saved): training stops and ckpt.pt keeps the last model that passed this test
+DIVERGED_FACTOR = 10.0
 
 
 class TrainingDiverged(UserError):
     pass
+
+
+def is_diverged(val_loss: float, best_val_loss: float) -> bool:
+    """The save rule: a model is saved only if its val loss is finite and at most DIVERGED_FACTOR x the best."""
+    return not math.isfinite(val_loss) or (math.isfinite(best_val_loss) and val_loss > DIVERGED_FACTOR * best_val_loss)
 
 
 def step_seed(seed: int, rank: int, step: int, stream: str) -> int:
@@ -95,14 +107,29 @@ def load_train_config(args: list[str]) -> TrainConfig:
     cfg = build_config(TrainConfig, values)
     if cfg.init_from == "resume":
         ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
-        saved = load_checkpoint(ckpt_path)["meta"].get("config", {})
-        merged = {**saved, **values}
+        meta = load_checkpoint(ckpt_path)["meta"]
+        # the architecture as the weights were built (model_args), then the rest of the saved config, then the flags
+        shape = {k: v for k, v in meta.get("model_args", {}).items() if k in SHAPE_KEYS and k != "pos_emb"}
+        merged = {**meta.get("config", {}), **shape, **values}
         cfg = build_config(TrainConfig, merged)
     return cfg
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train as ``cfg`` says; the master process holds a lock on out_dir for the whole run (see rundir.py)."""
+    master = int(os.environ.get("RANK", 0)) == 0
+    run_dir = open_run_dir(cfg.out_dir, cfg.init_from, cfg.overwrite) if master else None
+    try:
+        return _train(cfg)
+    finally:
+        if run_dir is not None:
+            run_dir.close()
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     # ------------------------------------------------------------------ setup
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     dist_info = init_distributed(cfg.device, cfg.backend)
     device, master, rank, world = dist_info.device, dist_info.master, dist_info.rank, dist_info.world_size
     device_type = device.split(":")[0]
@@ -117,9 +144,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = True
     autocast = (torch.autocast(device_type=device_type, dtype=ptdtype) if ptdtype != torch.float32
                 else contextlib.nullcontext())
-    out_dir = Path(cfg.out_dir)
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(cfg.out_dir)  # made, checked writable and locked by train()
 
     # ------------------------------------------------------------------ data
     data_meta = load_meta(cfg.data_dir, cfg.dataset)
@@ -134,6 +159,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     init_state, init_note = None, ""
     if ckpt is not None:
         model_args = dict(ckpt["meta"]["model_args"])  # the checkpoint's architecture wins
+        check_resume(cfg, model_args, ckpt["meta"], data_meta, out_dir)
+        model_args["dropout"] = cfg.dropout  # the one model key that may change on resume: no weights depend on it
     elif cfg.init_from != "scratch":  # trained weights: fine-tune, or adapt AR -> diffusion (adapt.py)
         from .adapt import init_from_source
 
@@ -142,9 +169,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model_args = GPTConfig.for_data(cfg, int(data_meta["vocab_size"])).to_dict()
     # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree
     torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))
-    model = GPT(GPTConfig(**model_args))
-    if ckpt is not None or init_state is not None:
-        model.load_state_dict(ckpt["model"] if ckpt is not None else init_state)
+    model = build_model(model_args, ckpt["model"] if ckpt is not None else init_state,
+                        out_dir / "ckpt.pt" if ckpt is not None else cfg.init_from)
     model.to(device)
     mask_token_id = model.config.mask_token_id
 
@@ -216,6 +242,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if master and cfg.init_from != "resume" and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
+    if master and cfg.init_from == "resume":
+        truncate_metrics(metrics_path, iter_num)  # rows past the checkpoint are logged again: no duplicates
     wandb_run = None
     if cfg.wandb_log and master:
         try:
@@ -225,26 +253,47 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=config_to_dict(cfg))
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not (master and cfg.progress),
-               dynamic_ncols=True, desc=f"{model_args['model_type']}")
-    say = bar.write if master else (lambda *_: None)
+    # a bar only on a terminal; into a file or pipe it would write a carriage-return update many times a second
+    live_bar = master and cfg.progress and sys.stderr.isatty()
+    plain_progress = master and cfg.progress and not live_bar  # instead: an "iter N" line at most every 10 s
+    bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not live_bar, dynamic_ncols=True,
+               desc=f"{model_args['model_type']}")
+    say = (lambda text: bar.write(text) if live_bar else print(text, flush=True)) if master else (lambda *_: None)
+    last_progress = time.perf_counter()
     n_params = raw_model.get_num_params()
     say(f"{model_args['model_type']} model: {n_params / 1e6:.2f}M params, {tokens_per_iter:,} tokens/iter, "
         f"device {device}, {ptdtype}, {world} process(es)")
     if init_note:
         say(init_note)
 
-    # Ctrl-C: finish the current step, save, exit; a second Ctrl-C aborts at once
-    stop = {"requested": False}
-    previous_handler = None
+    # Ctrl-C or SIGTERM (what schedulers send before a kill): finish the current step, save, exit; a second
+    # signal aborts at once
+    stop = {"requested": False, "signal": ""}
+    previous_handlers: dict[int, Any] = {}
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         if stop["requested"]:
             raise KeyboardInterrupt
-        stop["requested"] = True
+        stop["requested"], stop["signal"] = True, signal.Signals(signum).name
 
     with contextlib.suppress(ValueError):  # not in the main thread: no handler
-        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[signum] = signal.signal(signum, on_signal)
+
+    def save(name: str, state: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(out_dir / name, state)
+        except OSError as e:  # full disk, out_dir removed or made read-only mid-run: the old file is intact
+            raise UserError(f"could not write {out_dir / name} ({e.strerror or type(e).__name__}); the previous "
+                            f"checkpoint there is intact: free space or fix permissions, then --init_from=resume"
+                            ) from None
+
+    saved_iter = iter_num if cfg.init_from == "resume" else None  # the iteration ckpt.pt holds, None: none saved
+
+    def no_save_note() -> str:
+        if saved_iter is None:
+            return "no checkpoint was saved by this run"
+        return f"{out_dir / 'ckpt.pt'} keeps the model of iter {saved_iter}"
 
     # ------------------------------------------------------------------ loop
     summary: dict[str, Any] = {"interrupted": False}
@@ -257,9 +306,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if master and (iter_num % cfg.eval_interval == 0 or last_step):
                 last_eval = evaluate()
                 val_loss = last_eval["val_loss"]
-                if not math.isfinite(val_loss):
-                    raise TrainingDiverged(f"val loss is {val_loss} at iter {iter_num}: stopped without saving; "
-                                           f"the last good checkpoint is in {out_dir}. Lower learning_rate")
+                if is_diverged(val_loss, best_val_loss):
+                    raise TrainingDiverged(f"val loss is {val_loss:.4g} at iter {iter_num} (best {best_val_loss:.4g}): "
+                                           f"diverged, stopped without saving; {no_save_note()}. Lower learning_rate")
                 extra = "".join(f" {k} {v:.4f}" for k, v in last_eval.items() if k not in ("train_loss", "val_loss"))
                 say(f"iter {iter_num}: train loss {last_eval['train_loss']:.4f}, val loss {val_loss:.4f}{extra}")
                 log_row({"kind": "eval", "iter": iter_num, **last_eval})
@@ -269,9 +318,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 best_val_loss = min(best_val_loss, val_loss)
                 if iter_num > 0 and (improved or cfg.always_save_checkpoint or last_step):
                     state = checkpoint_dict()
-                    save_checkpoint(out_dir / "ckpt.pt", state)
+                    save("ckpt.pt", state)
+                    saved_iter = iter_num
                     if improved:
-                        save_checkpoint(out_dir / "best.pt", state)
+                        save("best.pt", state)
                 if cfg.plot:
                     plot_loss_curves(metrics_path, out_dir / "loss.png", f"{cfg.dataset} · {model_args['model_type']}")
             if last_step or cfg.eval_only:
@@ -282,10 +332,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 stop["requested"] = flag.item() > 0
             if stop["requested"]:
                 if master:
-                    save_checkpoint(out_dir / "ckpt.pt", checkpoint_dict())
-                    say(f"interrupted at iter {iter_num}: checkpoint saved to {out_dir / 'ckpt.pt'}; "
-                        f"continue with --init_from=resume")
-                summary["interrupted"] = True
+                    save("ckpt.pt", checkpoint_dict())
+                    say(f"interrupted at iter {iter_num} ({stop['signal'] or 'stop requested'}): checkpoint saved to "
+                        f"{out_dir / 'ckpt.pt'}; continue with: nanodlm train --init_from=resume --out_dir={out_dir}")
+                summary.update(interrupted=True, signal=stop["signal"])
                 break
 
             t0 = time.perf_counter()
@@ -317,21 +367,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if iter_num % cfg.log_interval == 0:  # .item() syncs the GPU: only at log steps, as nanoGPT
                 lossf = loss.item() * grad_accum
                 if not math.isfinite(lossf):
-                    raise TrainingDiverged(f"loss is {lossf} at iter {iter_num}: stopped without saving; the last "
-                                           f"good checkpoint is in {out_dir}. Lower learning_rate or set grad_clip")
+                    raise TrainingDiverged(f"loss is {lossf} at iter {iter_num}: stopped without saving; "
+                                           f"{no_save_note()}. Lower learning_rate or set grad_clip")
             dt = time.perf_counter() - t0
             step_times.append(dt)
             bar.update(1)
             if iter_num % cfg.log_interval == 0:
                 bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_iter / dt:,.0f}", refresh=False)
                 log_row({"kind": "step", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000})
+                if plain_progress and time.perf_counter() - last_progress >= 10.0:
+                    last_progress = time.perf_counter()
+                    say(f"iter {iter_num}/{cfg.max_iters}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter")
             iter_num += 1
         if dist_info.ddp:
             dist.barrier()  # rank 0 may still be evaluating or saving: leave the process group together
     finally:
         bar.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         if wandb_run is not None:
             wandb_run.finish()
         destroy_distributed()
@@ -344,4 +397,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         mfu = raw_model.estimate_mfu(cfg.batch_size * grad_accum, ms / 1000) if device_type == "cuda" else None
         say(f"done: {iter_num} iters, {ms:.1f} ms/iter, {summary['tokens_per_s']:,.0f} tokens/s"
             + (f", MFU {mfu * 100:.1f}%" if mfu is not None else ""))
+    if master:
+        wrote = [str(out_dir / n) for n in ("ckpt.pt", "best.pt", "loss.png", "metrics.jsonl")
+                 if (out_dir / n).exists()]
+        say("wrote " + ", ".join(wrote) if wrote else f"nothing saved in {out_dir} (max_iters={cfg.max_iters})")
     return summary

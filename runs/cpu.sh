@@ -10,7 +10,7 @@ if [ -z "${NANODLM_DATA_MIRROR:-}" ] && [ -f ../shared/data/tinyshakespeare.txt 
   export NANODLM_DATA_MIRROR="$(cd ../shared/data && pwd)"
 fi
 nanodlm prepare shakespeare_char
-nanodlm train cpu                                     # autoregressive baseline -> out-cpu/
+nanodlm train cpu --overwrite=True                    # autoregressive baseline -> out-cpu/ (replaced on a rerun)
 nanodlm sample --out_dir=out-cpu --num_samples=2 --max_new_tokens=300
-nanodlm train cpu_diffusion                           # diffusion (repair objective) -> out-cpu-diffusion/
+nanodlm train cpu_diffusion --overwrite=True          # diffusion (repair objective) -> out-cpu-diffusion/
 nanodlm sample --out_dir=out-cpu-diffusion --num_samples=2 --length=64 --verbose

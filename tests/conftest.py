@@ -16,7 +16,19 @@ from nanodlm.data import prepare
 # wait for each other turn a 2 ms step into a 700 ms one
 torch.set_num_threads(1)
 
-SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+# offline inputs: $NANODLM_DATA_MIRROR (tinyshakespeare.txt) and $TIKTOKEN_CACHE_DIR (GPT-2 BPE files) when set, else
+# the shared folder beside the checkout; tests that need a missing one skip
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _env_dir(var: str, fallback: Path) -> Path:
+    value = os.environ.get(var)
+    return Path(value).expanduser() if value else fallback
+
+
+MIRROR_DIR = _env_dir("NANODLM_DATA_MIRROR", SHARED / "data")
+TIKTOKEN_CACHE = _env_dir("TIKTOKEN_CACHE_DIR", SHARED / "tiktoken_cache")
+SHAKESPEARE = MIRROR_DIR / "tinyshakespeare.txt"
 CORPUS_CHARS = 50_000
 
 # the smallest model and loop that still exercise every code path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import MIRROR_DIR, TINY
 
 from nanodlm import bench, bench_speed
 from nanodlm.cli import main as cli_main
@@ -16,7 +16,7 @@ from nanodlm.config import TrainConfig, build_config
 from nanodlm.generate import SamplerOptions
 from nanodlm.train import train
 
-MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MIRROR = MIRROR_DIR
 needs_mirror = pytest.mark.skipif(not (MIRROR / "tinyshakespeare.txt").is_file(),
                                   reason=f"no tinyshakespeare.txt in {MIRROR}")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHAKESPEARE, TIKTOKEN_CACHE
 
 from nanodlm import data
 from nanodlm.data import (
@@ -24,9 +25,6 @@ from nanodlm.data import (
 )
 from nanodlm.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
-TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} absent")
 needs_tiktoken = pytest.mark.skipif(not TIKTOKEN_CACHE.is_dir(), reason=f"{TIKTOKEN_CACHE} absent")
 HELLO = "Hello world, to be or not to be."

@@ -1,0 +1,176 @@
+"""The out_dir of a training run: what may be written there, by whom, and how it is kept consistent.
+
+``open_run_dir`` is called once, on the master process, before any compute: it makes sure out_dir is a
+writable folder, refuses a scratch run over a trained model (unless ``overwrite``), takes a lock so two
+trainings never write one out_dir, removes temp files a killed save left behind, and makes the
+``ckpt.json`` / ``best.json`` sidecars agree with their checkpoints again after a crash between the two writes.
+
+The lock is ``fcntl.flock`` on ``out_dir/.lock``: the kernel drops it when the process dies (even on
+kill -9), so a stale lock never blocks; the file also records the holder's pid for the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_checkpoint
+from .errors import UserError
+from .fileio import atomic_write
+from .model import ModelArgs
+
+CHECKPOINTS = ("ckpt.pt", "best.pt")
+RUN_FILES = ("ckpt.pt", "ckpt.json", "best.pt", "best.json", "metrics.jsonl", "loss.png")
+# the model keys that fix the weights (all but dropout): on resume they come from the checkpoint, a contradicting
+# flag is an error
+SHAPE_KEYS = tuple(f.name for f in fields(ModelArgs) if f.name != "dropout")
+SHAPE_DEFAULTS = {"qk_norm": False, "diffusion_block": 0, "pos_emb": "learned"}  # keys older checkpoints lack
+
+
+class RunDir:
+    """A locked out_dir; ``close()`` (or the context manager) releases the lock."""
+
+    def __init__(self, path: Path, lock_fd: int | None) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def ensure_writable_dir(path: Path, what: str, flag: str) -> None:
+    """Create ``path`` if needed and prove a file can be written there; a one-line UserError otherwise."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{what} {path} is not writable ({_os_reason(e)}); choose another {flag}") from None
+
+
+def _take_lock(out_dir: Path) -> int:
+    import fcntl
+
+    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"out_dir {out_dir} is in use by another training (pid {holder}); wait for it to finish, "
+                        "or train into another --out_dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def remove_orphaned_temps(out_dir: Path) -> list[Path]:
+    """Temp files of saves that a crash interrupted (``.ckpt.pt.XXXX.tmp``, each a full model); needs the lock."""
+    removed = []
+    for name in (*CHECKPOINTS, "ckpt.json", "best.json", "metrics.jsonl"):
+        for tmp in out_dir.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def sync_sidecars(out_dir: Path) -> None:
+    """Rewrite ``ckpt.json``/``best.json`` from their checkpoint when a crash left them behind (they are written
+    second, so a kill between the two writes leaves the sidecar one save behind)."""
+    for name in CHECKPOINTS:
+        ckpt_path = out_dir / name
+        if not ckpt_path.exists():
+            continue
+        side = ckpt_path.with_suffix(".json")
+        try:
+            meta = load_checkpoint(ckpt_path)["meta"]
+        except UserError:
+            continue  # a damaged checkpoint: resume (or sample) says so when it reads it
+
+        text = json.dumps(meta, indent=2, default=str)
+        try:
+            current = side.read_text()
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != text:
+            atomic_write(side, text.encode())
+
+
+def open_run_dir(out_dir: str | Path, init_from: str, overwrite: bool) -> RunDir:
+    """Check, lock and tidy out_dir before training (master process only). See the module docstring."""
+    path = Path(out_dir)
+    ensure_writable_dir(path, "out_dir", "--out_dir")
+    fd = _take_lock(path)
+    try:
+        trained = [n for n in CHECKPOINTS if (path / n).exists()]
+        if init_from != "resume" and trained:  # scratch, or a new run from other weights
+            if not overwrite:
+                raise UserError(f"{path} already holds a trained model ({', '.join(trained)}): continue it with "
+                                "--init_from=resume, train into another --out_dir, or replace it with --overwrite=True")
+            for name in RUN_FILES:  # a fresh run: nothing of the old one may be mixed into it
+                (path / name).unlink(missing_ok=True)
+        remove_orphaned_temps(path)
+        sync_sidecars(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return RunDir(path, fd)
+
+
+def truncate_metrics(metrics_path: Path, iter_num: int) -> None:
+    """On resume at ``iter_num``: drop log rows from iterations the resumed run will log again (no duplicates)."""
+    if not metrics_path.exists():
+        return
+    lines = metrics_path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line a crash cut short
+        if isinstance(row, dict) and row.get("iter", -1) < iter_num:
+            keep.append(line)
+    if len(keep) != len(lines):
+        atomic_write(metrics_path, "".join(line + "\n" for line in keep).encode())
+
+
+def check_resume(cfg: Any, model_args: dict[str, Any], ckpt_meta: dict[str, Any], data_meta: dict[str, Any],
+                 out_dir: Path) -> None:
+    """A resumed run must have the checkpoint's architecture and vocabulary; one-line errors naming both values."""
+    for key in SHAPE_KEYS:
+        if key not in model_args and key not in SHAPE_DEFAULTS:
+            continue
+        saved = model_args.get(key, SHAPE_DEFAULTS.get(key))
+        wanted = cfg.resolved_pos_emb if key == "pos_emb" else getattr(cfg, key)
+        if wanted is not None and wanted != saved:  # None: a key left to its automatic choice
+            raise UserError(f"--{key}={wanted} contradicts the checkpoint in {out_dir} ({key}={saved}): on resume the "
+                            "model comes from the checkpoint; drop the flag, or train from scratch elsewhere")
+    saved_data = ckpt_meta.get("dataset_meta") or {}
+    saved_vocab = saved_data.get("vocab_size")
+    if saved_vocab is None:
+        saved_vocab = model_args.get("vocab_size", 0) - int(model_args.get("model_type") == "diffusion")
+    same_itos = ckpt_meta.get("itos") is None or data_meta.get("itos") is None or ckpt_meta["itos"] == data_meta["itos"]
+    if int(data_meta["vocab_size"]) != int(saved_vocab) or not same_itos:
+        was = saved_data.get("dataset", "?")
+        raise UserError(f"dataset '{cfg.dataset}' has a different vocabulary (vocab_size {data_meta['vocab_size']}) "
+                        f"than the checkpoint in {out_dir} (trained on '{was}', vocab_size {saved_vocab}); resume "
+                        f"with the dataset it was trained on (--dataset={was})")
