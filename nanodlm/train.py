@@ -109,7 +109,7 @@ def load_train_config(args: list[str]) -> TrainConfig:
         ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
         meta = load_checkpoint(ckpt_path)["meta"]
         # the architecture as the weights were built (model_args), then the rest of the saved config, then the flags
-        shape = {k: v for k, v in meta.get("model_args", {}).items() if k in SHAPE_KEYS and k != "pos_emb"}
+        shape = {k: v for k, v in meta.get("model_args", {}).items() if k in SHAPE_KEYS}
         merged = {**meta.get("config", {}), **shape, **values}
         cfg = build_config(TrainConfig, merged)
     return cfg
