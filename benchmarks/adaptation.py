@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from nanodlm.adapt import init_from_source
-from nanodlm.bench import BENCH_DEFAULTS, machine_info, now, write_json
-from nanodlm.bench_frontier import Judge, point
+from nanodlm.bench.common import BENCH_DEFAULTS, machine_info, now, write_json
+from nanodlm.bench.frontier import Judge, point
 from nanodlm.checkpoint import load_checkpoint, load_model
 from nanodlm.config import TrainConfig, build_config, config_to_dict, parse_overrides
 from nanodlm.data import open_split

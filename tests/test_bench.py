@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import MIRROR_DIR, TINY
 
-from nanodlm import bench, bench_speed
+from nanodlm import bench
+from nanodlm.bench import speed as bench_speed
 from nanodlm.cli import main as cli_main
 from nanodlm.config import TrainConfig, build_config
 from nanodlm.generate import SamplerOptions

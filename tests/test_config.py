@@ -178,7 +178,7 @@ def test_cli_config_errors_are_one_line(capsys: pytest.CaptureFixture, args: lis
                                             ("cpu_block_diffusion", "8de90e28")])
 def test_config_hash_is_pinned(preset: str, digest: str) -> None:
     # bench runs live under runs/<name>-<hash>: refactoring the config must not rename them
-    from nanodlm.bench_runs import config_hash
+    from nanodlm.bench.runs import config_hash
 
     assert config_hash(load_config(TrainConfig, [preset])) == digest
     assert config_hash(TrainConfig()) == "c38b3188"

@@ -12,8 +12,8 @@ import pytest
 from conftest import _corpus
 
 from nanodlm import bench
-from nanodlm import bench_quality as quality
-from nanodlm.bench_runs import (
+from nanodlm.bench import quality
+from nanodlm.bench.runs import (
     NOT_HASHED,
     PROTECTED,
     candidates,

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bench import machine_info, now, parse_sampling_args, print_table, write_json
-from .distributed import resolve_device
-from .errors import UserError
-from .generate import Generation, Prompt, SamplerOptions, generate
-from .protocol import seed_mean
+from ..checkpoint import load_model
+from ..data import open_split
+from ..distributed import resolve_device
+from ..errors import UserError
+from ..generate import Generation, Prompt, SamplerOptions, generate
+from ..judge import score_texts
+from ..protocol import dev_test, seed_mean
+from .common import machine_info, now, parse_sampling_args, print_table, write_json
+from .frontier import Judge, real_text
 
 QUALITY_KEYS = ("judge_ppl", "entropy_bits", "distinct_4")
 
@@ -80,7 +84,6 @@ class _Model:
 
 
 def _load(out_dir: str, ckpt: str, device: str) -> _Model:
-    from .checkpoint import load_model
 
     model, meta, tok = load_model(out_dir, ckpt, device)
     block = model.config.diffusion_block
@@ -109,7 +112,6 @@ class _Point:
         self.ar_speed: dict[str, list[float]] = {"b1": [], "bN": []}
 
     def measure(self, m: _Model, options: SamplerOptions) -> dict[str, Any]:
-        from .judge import score_texts
 
         a, per_seed, ratios = self.args, [], {"b1": [], "bN": []}
         speed: dict[str, list[float]] = {"b1": [], "bN": []}
@@ -168,9 +170,6 @@ def _curve_name(m: _Model, c: dict[str, Any]) -> str:
 
 def _real_text(args: ParallelArgs, ar: _Model, judge: tuple[Any, Any]) -> dict[str, Any] | None:
     """Real passages of the chosen half of val, one set per seed, scored like the samples (the fair ruler's)."""
-    from .bench_frontier import Judge, real_text
-    from .data import open_split
-    from .protocol import dev_test
 
     cfg = ar.meta.get("config", {})
     data_dir, dataset = args.data_dir or cfg.get("data_dir", "data"), args.dataset or cfg.get("dataset", "")

@@ -9,10 +9,12 @@ from typing import Any
 
 import torch
 
-from .bench import machine_info, now, parse_sampling_args, parse_steps, print_table, warm_up_sampling, write_json
-from .bench_runs import CKPT
-from .distributed import resolve_device
-from .errors import UserError
+from ..checkpoint import find_checkpoint, load_checkpoint, load_model
+from ..distributed import resolve_device
+from ..errors import UserError
+from ..judge import generate_texts, reference_texts, score_texts
+from .common import machine_info, now, parse_sampling_args, parse_steps, print_table, warm_up_sampling, write_json
+from .runs import CKPT
 
 DATASET = "shakespeare_char"  # the reference text when the diffusion run does not name its dataset
 
@@ -39,7 +41,6 @@ class StepsBenchArgs:
 
 
 def _load_judge(judge_dir: str, device: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    from .checkpoint import load_model
 
     model, meta, tok = load_model(judge_dir, CKPT, device)
     if model.config.model_type != "gpt2":
@@ -48,14 +49,12 @@ def _load_judge(judge_dir: str, device: str) -> tuple[torch.nn.Module, Any, dict
 
 
 def _run_meta(out_dir: str, ckpt: str) -> dict[str, Any]:
-    from .checkpoint import find_checkpoint, load_checkpoint
 
     return load_checkpoint(find_checkpoint(out_dir, ckpt))["meta"]
 
 
 def bench_steps(argv: list[str]) -> dict[str, Any]:
     """Judge PPL, entropy and chars/s of diffusion samples at each step count; AR and real text as lines."""
-    from .judge import generate_texts, reference_texts, score_texts
 
     args, options, _ = parse_sampling_args("steps", StepsBenchArgs, argv)
     if not args.out_dir or not args.judge:

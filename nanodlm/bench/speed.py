@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import (
+from ..checkpoint import load_model
+from ..config import TrainConfig, build_config, config_to_dict, read_config_file
+from ..data import get_batch, load_meta, open_split
+from ..distributed import resolve_device, resolve_dtype
+from ..errors import UserError
+from ..generate import Generation, Prompt, SamplerOptions, generate
+from ..model import GPT, GPTConfig
+from ..train import lr_at, make_loss_fn, step_seed
+from .common import (
     RANDOM_VOCAB,
     machine_info,
     now,
@@ -30,11 +38,6 @@ from .bench import (
     timed,
     write_json,
 )
-from .config import TrainConfig, build_config, config_to_dict, read_config_file
-from .data import get_batch, load_meta, open_split
-from .distributed import resolve_device
-from .errors import UserError
-from .generate import SamplerOptions
 
 # --- bench train ----------------------------------------------------------------------------------------------
 
@@ -54,9 +57,6 @@ class StepRunner:
     """One model with its optimizer and loss; ``step(batches, it)`` runs one optimizer step, timed."""
 
     def __init__(self, cfg: TrainConfig, data_vocab: int, device: str) -> None:
-        from .distributed import resolve_dtype
-        from .model import GPT, GPTConfig
-        from .train import make_loss_fn, step_seed
 
         self.cfg, self.device = cfg, device
         torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))  # the initial weights train() would start from
@@ -73,7 +73,6 @@ class StepRunner:
         self.loss_fn = make_loss_fn(cfg, self.model.config.mask_token_id)
 
     def step(self, batches: list[tuple[torch.Tensor, torch.Tensor]], it: int) -> float:
-        from .train import lr_at, step_seed
 
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(it, self.cfg)
@@ -288,8 +287,6 @@ class SampleBenchArgs:
 
 def bench_sample(argv: list[str]) -> dict[str, Any]:
     """Sampling throughput: AR with and without the KV cache, diffusion at each step count; batch 1 and N."""
-    from .checkpoint import load_model
-    from .generate import Generation, Prompt, generate
 
     args, options, _ = parse_sampling_args("sample", SampleBenchArgs, argv)
     if not args.out_dir_ar and not args.out_dir_diffusion:

@@ -17,10 +17,14 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig, build_config, config_to_dict
-from .errors import UserError
+from ..config import TrainConfig, build_config, config_to_dict
 
 # keys that cannot change the trained weights (or are the run's location): left out of the run hash
+from ..data import load_meta, prepare
+from ..errors import UserError
+from ..plotting import read_metrics
+from ..train import train
+
 NOT_HASHED = ("out_dir", "data_dir", "init_from", "eval_only", "progress", "plot", "log_interval", "wandb_log",
               "wandb_project", "wandb_run_name", "always_save_checkpoint", "device", "backend", "compile",
               "overwrite", "threads")
@@ -65,7 +69,6 @@ def route_overrides(rest: dict[str, str], bench_keys: list[str]) -> dict[str, di
 def ensure_dataset(data_dir: Path, dataset: str) -> dict[str, Any]:
     """meta.json of ``data_dir/dataset``. shakespeare_char is prepared on the spot (from $NANODLM_DATA_MIRROR,
     the cache or a download); any other dataset must be prepared first: the error gives the command."""
-    from .data import load_meta, prepare
 
     try:
         return load_meta(str(data_dir), dataset)
@@ -108,8 +111,6 @@ def train_or_reuse(name: str, values: dict[str, Any], work_dir: Path, data_dir: 
                    progress: bool) -> dict[str, Any]:
     """Train ``name`` in work_dir/runs/<name>-<hash8>, or reuse it when its ckpt.pt reached max_iters
     (an interrupted run resumes). Returns out_dir, reused, the config and the training ms/iter."""
-    from .plotting import read_metrics
-    from .train import train
 
     base = {**values, "dataset": dataset, "data_dir": str(data_dir), "device": device, "progress": progress,
             "always_save_checkpoint": True}  # a save at every eval: an interrupted run resumes from there

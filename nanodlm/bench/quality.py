@@ -27,18 +27,18 @@ from typing import Any
 
 import torch
 
-from .bench import BENCH_DEFAULTS, machine_info, now, parse_sampling_args, print_table, write_json
-from .bench_frontier import Judge, operating_point, point, real_text, sweep
-from .bench_runs import CKPT, PROTECTED, ROLES, candidates, describe, ensure_dataset, route_overrides, train_or_reuse
-from .checkpoint import load_model
-from .config import read_config_file
-from .data import load_tokenizer, open_split
-from .distributed import resolve_device
-from .errors import UserError
-from .evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
-from .generate import Prompt, SamplerOptions, generate
-from .protocol import REPORT_SPLIT, SELECTION_SPLIT, argmin, dev_test, plot_frontier
-from .samplers import SAMPLERS, sampler_keys
+from ..checkpoint import load_model
+from ..config import read_config_file
+from ..data import load_tokenizer, open_split
+from ..distributed import resolve_device
+from ..errors import UserError
+from ..evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
+from ..generate import Prompt, SamplerOptions, generate
+from ..protocol import REPORT_SPLIT, SELECTION_SPLIT, argmin, dev_test, plot_frontier
+from ..samplers import SAMPLERS, sampler_keys
+from .common import BENCH_DEFAULTS, machine_info, now, parse_sampling_args, print_table, write_json
+from .frontier import Judge, operating_point, point, real_text, sweep
+from .runs import CKPT, PROTECTED, ROLES, candidates, describe, ensure_dataset, route_overrides, train_or_reuse
 
 # --- presets --------------------------------------------------------------------------------------------------
 
