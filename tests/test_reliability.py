@@ -18,7 +18,7 @@ import torch
 
 import nanodlm.train as train_mod
 from nanodlm import datadir
-from nanodlm.bench_runs import config_hash
+from nanodlm.bench.runs import config_hash
 from nanodlm.checkpoint import load_checkpoint, save_checkpoint
 from nanodlm.cli import main
 from nanodlm.config import TrainConfig, build_config
