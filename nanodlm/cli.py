@@ -11,7 +11,7 @@ from .errors import UserError
 USAGE = """usage: nanodlm COMMAND [ARGS]
 
 commands:
-  prepare  NAME [--input FILE] ...        tokenize a corpus into data/NAME/{train,val}.bin + meta.json
+  prepare  KIND [--key=value] ...         tokenize a corpus: shakespeare_char, shakespeare, text, openwebtext, hf
   train    [CONFIG] [--key=value ...]     train a gpt2 (autoregressive) or diffusion model
   sample   --out_dir=DIR [--key=value]    generate text from a checkpoint
   eval     --out_dir=DIR [--key=value]    loss / NELBO bound and diagnostics on a split
@@ -24,19 +24,38 @@ commands:
 
 def cmd_prepare(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="nanodlm prepare", description="Tokenize a corpus for training.")
-    p.add_argument("name", choices=["shakespeare_char", "shakespeare", "text"])
+    p.add_argument("kind", choices=["shakespeare_char", "shakespeare", "text", "openwebtext", "hf"])
     p.add_argument("--input", help="local text file (default for shakespeare*: download, or $NANODLM_DATA_MIRROR)")
-    p.add_argument("--name", dest="out_name", help="dataset name for `prepare text`")
+    p.add_argument("--name", help="text: the dataset folder name; hf: the Hugging Face dataset (or json/parquet/csv "
+                   "with --data_files)")
     p.add_argument("--tokenizer", default="char", choices=["char", "gpt2"], help="for `prepare text`")
-    p.add_argument("--val_fraction", type=float, default=0.1)
+    p.add_argument("--val_fraction", type=float, default=None, help="default 0.1; hf and openwebtext 0.0005")
     p.add_argument("--data_dir", default="data")
+    hf = p.add_argument_group("hf and openwebtext (needs pip install 'nanodlm[hf]'; GPT-2 BPE)")
+    hf.add_argument("--split", default="train")
+    hf.add_argument("--text_field", default="text")
+    hf.add_argument("--config", default=None, help="the dataset's configuration name, if it has several")
+    hf.add_argument("--data_files", default=None, help="local file(s) for a builder such as --name=json")
+    hf.add_argument("--out_name", default=None, help="the dataset folder (default: from --name or the file)")
+    hf.add_argument("--num_proc", type=int, default=None, help="tokenizer processes (default: half the cores)")
     a = p.parse_args(argv)
-    from .data import prepare
+    if a.kind in ("hf", "openwebtext"):
+        from .data_hf import OPENWEBTEXT, prepare_hf
 
-    meta = prepare(a.name, input_path=a.input, data_dir=a.data_dir, out_name=a.out_name, tokenizer=a.tokenizer,
-                   val_fraction=a.val_fraction)
-    name = a.out_name or a.name
-    print(f"{a.data_dir}/{name}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
+        if a.kind == "hf" and not a.name:
+            raise UserError("prepare hf needs --name=DATASET (a hub name, or json/parquet/csv with --data_files)")
+        spec = dict(OPENWEBTEXT) if a.kind == "openwebtext" else dict(name=a.name, split=a.split,
+                                                                        text_field=a.text_field, val_fraction=0.0005)
+        if a.val_fraction is not None:
+            spec["val_fraction"] = a.val_fraction
+        meta = prepare_hf(**spec, config=a.config, data_files=a.data_files, data_dir=a.data_dir,
+                          out_name=a.out_name, num_proc=a.num_proc)
+    else:
+        from .data import prepare
+
+        meta = prepare(a.kind, input_path=a.input, data_dir=a.data_dir, out_name=a.name, tokenizer=a.tokenizer,
+                       val_fraction=0.1 if a.val_fraction is None else a.val_fraction)
+    print(f"{a.data_dir}/{meta['dataset']}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
           f"val {meta['val_tokens']:,} tokens ({meta['tokenizer']})")
     return 0
 
