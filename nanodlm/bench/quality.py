@@ -3,7 +3,7 @@
 In one command (``--dataset``, default shakespeare_char, under ``work_dir/data``):
 
 1. **Runs.** Train (or reuse) every candidate of each side, each in ``work_dir/runs/<side>-<hash8>``
-   (``bench_runs``): the AR model over positions x learning rates, the diffusion model over learning rates, the
+   (``bench/runs.py``): the AR model over positions x learning rates, the diffusion model over learning rates, the
    judge over its own list; the lists are preset data.
 2. **Selection on dev** (the first half of val.bin, ``protocol.py``): each side keeps the candidate with the
    lowest dev loss (AR cross-entropy, diffusion NELBO); every model at its last checkpoint.
@@ -100,8 +100,8 @@ class QualityArgs:
     work_dir: str = "bench-out"  # data/ and runs/ live here; trained models are reused from it
     objective: str = BENCH_DEFAULTS["objective"]  # the diffusion model's training objective
     pos_emb: str = BENCH_DEFAULTS["pos_emb"]  # the diffusion model's positions
-    ar_pos_emb: str | None = None  # AR search, comma lists (default: the preset's)
-    ar_learning_rate: str | None = None
+    ar_pos_emb: str | None = None  # AR search, comma lists (default: the preset's), e.g. learned,rope
+    ar_learning_rate: str | None = None  # e.g. 1e-3,2e-3,3e-3
     diffusion_learning_rate: str | None = None  # diffusion search (default: the preset's)
     knob: str = "prior_weight"  # the diffusion sampler option swept: prior_weight | noise | temperature
     knob_values: str | None = None  # comma list (default: the preset's for --knob)
