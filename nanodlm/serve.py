@@ -79,7 +79,7 @@ class Engine:
 
 @dataclass
 class Job:
-    """A validated request: its sizes (checked against the limits) and ``run(on_step) -> (tokens (B, L), info)``."""
+    """A validated request: its sizes (checked against the limits) and ``run(on_step) -> Generation``."""
 
     length: int
     steps: int
@@ -143,8 +143,7 @@ def plan_job(engine: Engine, request: GenerateRequest, options: SamplerOptions, 
                 raise UserError(f"--length {prompt.length} leaves no room after {n_prompt} prompt tokens: "
                                 "raise --length")
             prompt = replace(prompt, max_new_tokens=prompt.length - n_prompt, length=None)
-        length = steps = n_prompt + prompt.max_new_tokens
-        steps = prompt.max_new_tokens
+        length, steps = n_prompt + prompt.max_new_tokens, prompt.max_new_tokens  # one token per step
 
     def run(on_step: Callable[..., None]) -> Generation:
         return generate(model, tok, options, prompt, num_samples=request.num_samples, seed=generator, on_step=on_step)
