@@ -240,6 +240,8 @@ def prepare(name: str, *, input_path: str | None = None, data_dir: str = "data",
 
     if input_path:
         path = Path(input_path).expanduser()
+        if path.is_dir():
+            raise UserError(f"--input {path} is a folder; give a text file")
         if not path.is_file():
             raise UserError(f"input file {path} does not exist; check the --input path")
         raw = path.read_bytes()

@@ -11,6 +11,25 @@ import torch.nn as nn
 
 from .diffusion import denoise, masked_nll, model_block, permutation_corrupt, subs_log_probs
 
+# one line per number, for `nanodlm eval`'s table and the README (masked_ce@k / masked_acc@k share a line per k)
+MEANINGS = {
+    "masked_ce": "cross-entropy (nats) at masked positions with k% of the window masked; near unigram_entropy "
+                 "means the model ignores context",
+    "masked_acc": "share of masked positions (k% masked) whose most likely token is right",
+    "p_mask@masked": "mean P([MASK]) the model gives masked positions (50% masked)",
+    "detect_rate": "share of planted wrong tokens the model flags as [MASK] (repair/seed objectives learn this)",
+    "false_alarm": "share of clean visible tokens wrongly flagged as [MASK]",
+    "copy_acc": "share of clean visible tokens the model predicts as themselves",
+    "unigram_entropy": "entropy (nats) of the split's token frequencies: the loss of a model that ignores context",
+    "bits_per_token": "the headline loss in bits per token",
+    "bits_per_char": "total bits over the characters scored: comparable across char and BPE models",
+}
+
+
+def meaning(key: str) -> str:
+    """What a diagnostic or eval key means ('' when unknown); masked_ce@15 -> masked_ce's line."""
+    return MEANINGS.get(key) or MEANINGS.get(key.split("@")[0], "")
+
 
 def _frac(hit: torch.Tensor, where: torch.Tensor) -> float:
     """Fraction of ``where`` positions that are ``hit``; nan if there are none."""

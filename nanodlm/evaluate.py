@@ -29,9 +29,9 @@ from torch.nn import functional as F
 
 from .ar_sampling import inference_mode, model_device
 from .checkpoint import load_model
-from .config import load_config
+from .config import load_config, print_keys
 from .data import SPLITS, load_meta, open_split
-from .diagnostics import diagnostics
+from .diagnostics import diagnostics, meaning
 from .diffusion import mean_and_stderr, nelbo
 from .distributed import resolve_device
 from .errors import UserError
@@ -42,7 +42,7 @@ LN2 = math.log(2.0)
 
 @dataclass
 class EvalConfig:
-    out_dir: str = "out"
+    out_dir: str = "out"  # the training run to evaluate
     ckpt: str = "best"  # best | last
     split: str = "val"  # train | val
     num_batches: int = 20  # windows = num_batches * batch_size, capped at the disjoint windows the split holds
@@ -51,8 +51,9 @@ class EvalConfig:
     dataset: str | None = None  # default: the checkpoint's dataset
     n_draws: int = 4  # diffusion: stratified (t, mask) draws per window
     seed: int = 1337  # fixes the diffusion masks: same seed, same numbers
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     json: str | None = None  # also write the results to this file
+    threads: int = 0  # torch CPU threads (0 = torch's default, one per core)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -64,6 +65,8 @@ class EvalConfig:
                 raise UserError(f"--{key} must be >= 1; got {getattr(self, key)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UserError(f"--batch_size must be >= 1; got {self.batch_size}")
+        if self.threads < 0:
+            raise UserError(f"--threads must be >= 0 (0 = torch's default); got {self.threads}")
 
 
 # --- the windows -------------------------------------------------------------------------------------
@@ -144,6 +147,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     which makes char and BPE models comparable. A fixed seed gives identical dicts on the same device.
     """
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     model, meta, tok = load_model(cfg.out_dir, cfg.ckpt, device)
     train_cfg = meta.get("config", {})
     data_dir = cfg.data_dir or train_cfg.get("data_dir", "data")
@@ -161,6 +166,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     disjoint = max(1, len(data) // (T + 1))
     num_windows = min(cfg.num_batches * batch_size, disjoint)
     windows = eval_windows(data, T, num_windows)  # (N, T+1)
+    work = "" if model_type == "gpt2" else f" x {cfg.n_draws} mask draws, then diagnostics"
+    print(f"scoring {num_windows} windows of {T} tokens{work} on {device} (batch {batch_size}; fewer with "
+          "--num_batches) ...", file=sys.stderr, flush=True)
 
     result: dict[str, Any] = {
         "out_dir": str(cfg.out_dir), "model_type": model_type,
@@ -242,20 +250,22 @@ def print_result(result: dict[str, Any]) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_column("meaning")
     headline = f"{format_value(result[main_key])} ± {format_value(result['stderr'])}"
-    table.add_row(f"{main_key} (nats/token)" + (" [upper bound]" if main_key == "nelbo" else ""), headline)
+    what = ("an upper bound on -log p(x) per token (lower is better)" if main_key == "nelbo"
+            else "next-token cross-entropy (lower is better)")
+    table.add_row(f"{main_key} (nats/token)", headline, what)
     skip = {main_key, "stderr", "out_dir", "model_type", "split", "iter_num"}
     for key, value in result.items():
         if key not in skip:
-            table.add_row(key, format_value(value))
+            table.add_row(key, format_value(value), meaning(key))
     console().print(table)
 
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: nanodlm eval --out_dir=DIR [--key=value ...]\nkeys (defaults):")
-        for name, field in EvalConfig.__dataclass_fields__.items():
-            print(f"  --{name}={field.default!r}")
+        print("usage: nanodlm eval --out_dir=DIR [--key=value ...]")
+        print_keys(EvalConfig, "keys (defaults):")
         return 0
     cfg = load_config(EvalConfig, argv)
     result = evaluate_checkpoint(cfg)

@@ -27,10 +27,10 @@ from .ar_sampling import generate_ar
 from .blockwise import generate_blocks, generate_long
 from .config import build_configs, print_keys
 from .errors import UserError
-from .samplers import OnStep, SamplerOptions, get_sampler
+from .samplers import OnStep, SamplerOptions, get_sampler, sampler_keys
 
-__all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "generate", "print_sampling_keys", "read_text",
-           "sampling_configs"]
+__all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "generate", "ignored_settings",
+           "print_sampling_keys", "read_text", "sampling_configs"]
 
 T = TypeVar("T")
 ALIASES = {"max_steps": "steps"}  # the specification calls the number of denoising steps max_steps
@@ -74,10 +74,41 @@ def read_text(value: str) -> str:
     """A prompt value: the text itself, or the contents of ``path`` for ``FILE:path``."""
     if value.startswith("FILE:"):
         path = Path(value[5:])
+        if path.is_dir():
+            raise UserError(f"prompt file {path} is a directory; give FILE:path of a text file")
         if not path.is_file():
             raise UserError(f"prompt file {path} not found")
-        return path.read_text(encoding="utf-8")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to "
+                            "UTF-8") from None
+        except OSError as e:
+            raise UserError(f"cannot read prompt file {path} ({e.strerror or type(e).__name__})") from None
     return value
+
+
+# what each model type reads; a setting changed from its default that the model ignores gets a warning
+AR_OPTIONS = ("temperature", "top_k", "top_p", "use_kv_cache")
+DIFFUSION_EXTRAS = ("sampler", "use_kv_cache", "semi_ar_block", "approx_cache", "new_block")
+
+
+def ignored_settings(model_type: str, options: SamplerOptions, prompt: Prompt) -> list[str]:
+    """``--key=value`` of the options and prompt keys set away from their defaults that ``model_type`` (and, for
+    diffusion, the chosen sampler) does not read, e.g. --sampler on a gpt2 model or --max_new_tokens on diffusion."""
+    if model_type == "gpt2":
+        used_options, unused_prompt = set(AR_OPTIONS), ("length",)
+    else:
+        used_options = set(sampler_keys(options.sampler)) | set(DIFFUSION_EXTRAS)
+        unused_prompt = ("max_new_tokens",)
+    out = []
+    for f in fields(SamplerOptions):
+        if f.name not in used_options and getattr(options, f.name) != f.default:
+            out.append(f"--{f.name}={getattr(options, f.name)}")
+    for f in fields(Prompt):
+        if f.name in unused_prompt and getattr(prompt, f.name) != f.default:
+            out.append(f"--{f.name}={getattr(prompt, f.name)}")
+    return out
 
 
 def build_canvas(tok: Any, prompt: Prompt, block_size: int, mask_id: int) -> tuple[list[int], list[int], int]:

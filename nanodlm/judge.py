@@ -183,6 +183,18 @@ def generate_texts(out_dir: str, options: SamplerOptions, *, num_samples: int, l
                              "chars_per_s": info["chars_per_s"]}
 
 
+def low_entropy_note(samples: dict[str, float], real: dict[str, float], tolerance: float = 0.02) -> str | None:
+    """A warning when the samples beat real text's judge perplexity with a lower character entropy: repetitive
+    or low-temperature text scores well without being better (compare at matched entropy, bench quality)."""
+    ppl, real_ppl = samples.get("judge_ppl", math.nan), real.get("judge_ppl", math.nan)
+    ent, real_ent = samples.get("entropy_bits", math.nan), real.get("entropy_bits", math.nan)
+    if not (ppl < real_ppl and ent < real_ent * (1 - tolerance)):
+        return None
+    return (f"note: the samples' judge PPL ({ppl:.3f}) is below real text's ({real_ppl:.3f}) but their entropy is "
+            f"{real_ent - ent:.3f} bits lower ({ent:.3f} vs {real_ent:.3f}): low-entropy (repetitive, greedy) text "
+            "scores well without being better; compare at matched entropy (nanodlm bench quality)")
+
+
 # --- CLI --------------------------------------------------------------------------------------------
 
 
@@ -243,6 +255,9 @@ def main(argv: list[str]) -> int:
     if gen_info is not None:
         print(f"generation: {gen_info['model_type']}, sampler {gen_info['sampler']}, {gen_info['steps']} steps, "
               f"{gen_info['chars_per_s']:,.0f} chars/s")
+    note = low_entropy_note(rows["samples"], rows["real"])
+    if note:
+        print(note)
     if cfg.json:
         write_json(cfg.json, {**rows, "judge": cfg.judge, "source": source, "generation": gen_info})
     return 0

@@ -7,16 +7,21 @@ Keys: this command's own (``SampleConfig``), every sampler option (``SamplerOpti
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .animate import check_trajectory_path, write_trajectory
 from .checkpoint import load_model
 from .config import parse_overrides, read_config_file
 from .distributed import resolve_device
-from .generate import Generation, Prompt, SamplerOptions, generate, sampling_configs
+from .errors import UserError
+from .fileio import atomic_write
+from .generate import Generation, Prompt, SamplerOptions, generate, ignored_settings, sampling_configs
 from .trajectory import Recorder
 
 
@@ -31,10 +36,29 @@ class SampleConfig:
     verbose: bool = False  # per-step commit counts and steps used, on stderr
     output: str | None = None  # also write the samples here, one JSON string per line
     trajectory: str | None = None  # write the steps as an animation: FILE.html (self-contained) or FILE.gif (Pillow)
+    threads: int = 0  # torch CPU threads (0 = torch's default, one per core)
 
     def __post_init__(self) -> None:
         if self.trajectory is not None:
             check_trajectory_path(self.trajectory)
+        if self.threads < 0:
+            raise UserError(f"--threads must be >= 0 (0 = torch's default); got {self.threads}")
+        if self.num_samples < 1:
+            raise UserError(f"--num_samples must be >= 1; got {self.num_samples}")
+        if self.output is not None:
+            check_output_path(self.output, "--output")
+
+
+def check_output_path(path: str, flag: str) -> None:
+    """Fail before any work when ``path`` cannot be written: its folder must exist and take files."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name")
+    if not folder.is_dir():
+        raise UserError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{flag} {path}: folder {folder} is not writable; choose another path")
 
 
 def load_sample_args(argv: list[str]) -> tuple[SampleConfig, SamplerOptions, Prompt]:
@@ -48,8 +72,18 @@ def load_sample_args(argv: list[str]) -> tuple[SampleConfig, SamplerOptions, Pro
 
 def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Prompt | None = None) -> list[str]:
     """Generate, print each sample followed by nanoGPT's separator line, return the texts."""
+    options, prompt = options or SamplerOptions(), prompt or Prompt()
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     model, _, tok = load_model(cfg.out_dir, cfg.ckpt, device)
+    model_type = model.config.model_type
+    ignored = ignored_settings(model_type, options, prompt)
+    if cfg.show and model_type == "gpt2":
+        ignored.append("--show")
+    if ignored:
+        what = "a gpt2 model" if model_type == "gpt2" else f"a diffusion model with sampler {options.sampler}"
+        print(f"warning: {' '.join(ignored)} ignored: not used by {what}", file=sys.stderr)
     view = None
     if cfg.show and sys.stdout.isatty() and model.config.model_type != "gpt2":
         from .live import LiveView
@@ -72,11 +106,14 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
                          f"{info['sampler']} --seed={cfg.seed}")
         print(f"wrote {cfg.trajectory} ({len(recorder.frames)} frames)", file=sys.stderr)
     if cfg.verbose and info["model_type"] != "gpt2":
-        print(f"steps used: {info['steps_used']}, forward passes: {info['forward_passes']}, "
-              f"committed per step: {info['committed_per_step']}", file=sys.stderr)
+        print(f"steps used: {info['steps_used']}, forward passes: {info['forward_passes']}, committed per step "
+              f"(all {cfg.num_samples} samples together): {info['committed_per_step']}", file=sys.stderr)
     for text in out.texts:
         print(text)
         print("---------------")
     if cfg.output:
-        Path(cfg.output).write_text("".join(json.dumps(t) + "\n" for t in out.texts), encoding="utf-8")
+        try:
+            atomic_write(Path(cfg.output), "".join(json.dumps(t) + "\n" for t in out.texts).encode("utf-8"))
+        except OSError as e:  # checked before sampling, so only a full disk or a folder removed meanwhile
+            raise UserError(f"could not write --output {cfg.output} ({e.strerror or type(e).__name__})") from None
     return out.texts

@@ -343,6 +343,9 @@ def _print(r: dict[str, Any], args: QualityArgs, options: SamplerOptions) -> Non
                  "chars/s"], rows)
     print(f"chosen: AR {ar['selection']['chosen']}, diffusion {dm['selection']['chosen']}; judge test loss "
           f"{r['judge']['val_loss']:.4f}")
+    if args.preset == "smoke":
+        print("note: preset smoke trains tiny models for a few iterations: a plumbing check of the protocol; its "
+              "numbers (ratios included) say nothing about model quality; use --preset=cpu for results")
     if not r["judge"]["stronger_than_contestants"]:
         print("warning: the judge's test loss is not below every contestant's: strengthen it (--judge.KEY=...)")
     for name, s in (("AR", ar), ("diffusion", dm)):

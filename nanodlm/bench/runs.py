@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,21 @@ def ensure_dataset(data_dir: Path, dataset: str) -> dict[str, Any]:
     try:
         return load_meta(str(data_dir), dataset)
     except UserError:
-        if dataset == "shakespeare_char":
-            print(f"preparing {dataset} in {data_dir}")
+        pass
+    here = Path("data") / dataset  # prepared already with `nanodlm prepare` in the default data_dir: use a copy
+    if (here / "meta.json").is_file() and here.resolve() != (data_dir / dataset).resolve():
+        print(f"copying {here} to {data_dir / dataset}")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(here, data_dir / dataset, dirs_exist_ok=True)
+        return load_meta(str(data_dir), dataset)
+    if dataset == "shakespeare_char":
+        print(f"preparing {dataset} in {data_dir}")
+        try:
             return prepare(dataset, data_dir=str(data_dir))
+        except UserError as e:
+            raise UserError(f"bench quality could not prepare {dataset} in {data_dir} ({str(e).split(';')[0]}); "
+                            f"run `nanodlm prepare {dataset} --input=FILE --data_dir={data_dir}` with a local copy "
+                            "of tinyshakespeare, or set NANODLM_DATA_MIRROR") from None
     if dataset == "shakespeare":
         command = f"nanodlm prepare shakespeare --data_dir={data_dir}"
     else:

@@ -313,14 +313,23 @@ def bench_sample(argv: list[str]) -> dict[str, Any]:
                      "forward_passes": out.info["forward_passes"]})
 
     batches = sorted({1, args.num_samples})
+
+    def load(out_dir: str, model_type: str, flag: str) -> tuple[Any, Any]:
+        model, _, tok = load_model(out_dir, args.ckpt, device)
+        if model.config.model_type != model_type:
+            other = "--out_dir_diffusion" if flag == "--out_dir_ar" else "--out_dir_ar"
+            raise UserError(f"{flag}={out_dir} holds a {model.config.model_type} model, not {model_type}: "
+                            f"pass it as {other} (are the two directories swapped?)")
+        return model, tok
+
     if args.out_dir_ar:
-        model, _, tok = load_model(args.out_dir_ar, args.ckpt, device)
+        model, tok = load(args.out_dir_ar, "gpt2", "--out_dir_ar")
         for use_cache in (True, False):
             for batch in batches:
                 measure(model, tok, "gpt2", "kv-cache" if use_cache else "no-cache", batch, None,
                         dataclasses.replace(options, use_kv_cache=use_cache))
     if args.out_dir_diffusion:
-        model, _, tok = load_model(args.out_dir_diffusion, args.ckpt, device)
+        model, tok = load(args.out_dir_diffusion, "diffusion", "--out_dir_diffusion")
         caches = (True, False) if model.config.diffusion_block else (False,)  # block diffusion: with/without
         for steps in steps_list:
             for batch in batches:
