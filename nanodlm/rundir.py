@@ -156,14 +156,18 @@ def truncate_metrics(metrics_path: Path, iter_num: int) -> None:
 def check_resume(cfg: Any, model_args: dict[str, Any], ckpt_meta: dict[str, Any], data_meta: dict[str, Any],
                  out_dir: Path) -> None:
     """A resumed run must have the checkpoint's architecture and vocabulary; one-line errors naming both values."""
+    configured = ckpt_meta.get("config") or {}
     for key in SHAPE_KEYS:
         if key not in model_args and key not in SHAPE_DEFAULTS:
             continue
         saved = model_args.get(key, SHAPE_DEFAULTS.get(key))
         wanted = cfg.resolved_pos_emb if key == "pos_emb" else getattr(cfg, key)
-        if wanted is not None and wanted != saved:  # None: a key left to its automatic choice
-            raise UserError(f"--{key}={wanted} contradicts the checkpoint in {out_dir} ({key}={saved}): on resume the "
-                            "model comes from the checkpoint; drop the flag, or train from scratch elsewhere")
+        if wanted is None or wanted == saved:  # None: a key left to its automatic choice
+            continue
+        if key in configured and getattr(cfg, key) == configured[key]:
+            continue  # the run's own setting, which its weights overrode (init_from adapted another architecture)
+        raise UserError(f"--{key}={wanted} contradicts the checkpoint in {out_dir} ({key}={saved}): on resume the "
+                        "model comes from the checkpoint; drop the flag, or train from scratch elsewhere")
     saved_data = ckpt_meta.get("dataset_meta") or {}
     saved_vocab = saved_data.get("vocab_size")
     if saved_vocab is None:
