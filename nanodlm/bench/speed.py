@@ -180,13 +180,15 @@ def bench_train(argv: list[str]) -> dict[str, Any]:
     args, config_file, overrides = split_args(TrainBenchArgs, argv)
     values: dict[str, Any] = read_config_file(config_file or "cpu")
     values.update(overrides)
-    base = build_config(TrainConfig, values)
+    # --diffusion_block=b times block diffusion against the same network as a causal AR model
+    base = build_config(TrainConfig, {**values, "model_type": "gpt2", "diffusion_block": 0})
     device = resolve_device(base.device)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     # pos_emb "auto" resolves per model (learned for gpt2, rope for diffusion); --pos_emb sets both
-    cfgs = {t: dataclasses.replace(base, model_type=t, device=device) for t in ("gpt2", "diffusion")}
+    cfgs = {"gpt2": dataclasses.replace(base, device=device),
+            "diffusion": build_config(TrainConfig, {**values, "model_type": "diffusion", "device": device})}
 
     # ---- data: the prepared train split, else random tokens of shakespeare_char's vocabulary
     try:
