@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .ar_sampling import Model, cache_dtype, inference_mode
+from .ar_sampling import Model, cache_dtype
 from .model import KVCache
 from .samplers import APPROX_CACHES, OnStep, SamplerFn, SamplerOptions, get_sampler, new_info
 
@@ -40,27 +40,24 @@ def _add_info(info: dict[str, Any], part: dict[str, Any]) -> None:
 
 
 class _PrefixCache(torch.nn.Module):
-    """A block diffusion model whose finished blocks live in a KV cache: called on a canvas (B, end) whose
-    blocks before ``start`` are final, it runs only canvas[:, start:end] against the cache and returns
-    logits (B, end, V) that are zero before ``start`` (samplers never read logits at fixed positions)."""
+    """A block diffusion model whose finished blocks live in an exact KV cache. Called on a canvas (B, end) whose
+    blocks before ``start`` (``begin``) are final, it runs canvas[:, cache.pos:end] against the cache: the first
+    pass of a block also keeps the finished blocks not cached yet (block-causal, so their keys are exactly those
+    of a pass of their own), later passes run the draft block alone. Logits (B, end, V) are zero before the
+    positions run (samplers never read logits at fixed positions)."""
 
     def __init__(self, model: Model, batch: int, device: torch.device) -> None:
         super().__init__()
-        self.model, self.block = model, model.config.diffusion_block
+        self.model, self.start = model, 0
         self.cache = model.new_kv_cache(batch, device, cache_dtype(model, device))
 
-    def keep(self, tokens: torch.Tensor, start: int) -> int:
-        """Cache the final blocks of tokens[:, cache.pos:start], one block per pass; returns the passes."""
-        passes = 0
-        for pos in range(self.cache.pos, start, self.block):
-            self.model.decode(tokens[:, pos:pos + self.block], self.cache)
-            passes += 1
-        return passes
+    def begin(self, start: int) -> None:
+        self.start = start
 
     def forward(self, canvas: torch.Tensor, **_: Any) -> tuple[torch.Tensor, None]:
-        start = self.cache.pos
-        logits = self.model.decode(canvas[:, start:], self.cache, keep=False)  # (B, end - start, V)
-        return torch.cat((logits.new_zeros(canvas.size(0), start, logits.size(-1)), logits), dim=1), None
+        done = self.cache.pos
+        logits = self.model.decode(canvas[:, done:], self.cache, keep=self.start - done)  # (B, end - done, V)
+        return torch.cat((logits.new_zeros(canvas.size(0), done, logits.size(-1)), logits), dim=1), None
 
 
 class _SpanCache(KVCache):
@@ -125,7 +122,8 @@ def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: 
     ``steps`` are shared among the others as evenly as possible, at least one each, so a canvas of N
     editable blocks takes max(steps, N) steps. Same signature and info as a sampler, plus ``blocks``.
     A block diffusion model (BD3-LM) never sees the positions after the block. With ``use_cache`` (models with
-    ``new_kv_cache``) finished blocks go into a KV cache, so each pass runs one block, not the whole prefix;
+    ``new_kv_cache``) finished blocks go into a KV cache in the first pass of the block after them, so each pass
+    runs one block (the first also the blocks finished since the last pass), not the whole prefix;
     the logits agree with the uncached pass up to rounding. A bidirectional model (``diffusion_block`` 0) sees
     the whole canvas, later blocks still masked (semi-autoregressive, LLaDA), with the approximate
     ``approx_cache`` (``_Bidirectional``). Models without a config (test fakes) see canvas[:, :end].
@@ -140,7 +138,7 @@ def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: 
     L = tokens.size(1)
     todo = [k for k in range(-(-L // block)) if (~fixed[:, k * block:(k + 1) * block]).any()]
     info = new_info()
-    info.update(blocks=0, cache_passes=0)  # cache_passes: one-block passes that store finished blocks
+    info["blocks"] = 0
     cached = bidirectional = None
     model_block = getattr(getattr(model, "config", None), "diffusion_block", None)
     if use_cache and hasattr(model, "new_kv_cache") and model_block == block:
@@ -151,8 +149,7 @@ def generate_blocks(model: Model, canvas: torch.Tensor, *, block: int, sampler: 
     for i, k in enumerate(todo):
         start, end = k * block, min((k + 1) * block, L)
         if cached is not None:
-            with inference_mode(cached):
-                info["cache_passes"] += cached.keep(tokens, start)
+            cached.begin(start)
         if bidirectional is not None:
             bidirectional.begin(start, tokens[:, end:])
         block_steps = max(1, steps // len(todo) + int(i < steps % len(todo)))

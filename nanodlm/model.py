@@ -403,30 +403,40 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def decode(self, idx: torch.Tensor, cache: KVCache, *, keep: bool = True, all_logits: bool = False) -> torch.Tensor:
+    def decode(self, idx: torch.Tensor, cache: KVCache, *, keep: bool | int = True, all_logits: bool = False
+               ) -> torch.Tensor:
         """Cached inference: idx (B, T) at positions cache.pos .. cache.pos + T - 1 -> logits, shaped as forward's.
 
-        gpt2: a prefill on an empty cache, then one token at a time. Block diffusion: at most one block, starting
-        at a block boundary, attending to the cache and to itself; ``keep=False`` leaves it out of the cache (a
-        draft still being denoised). Bidirectional diffusion: any span, attending to every key the cache returns
-        (the kept prefix, itself, and more if the cache returns more, e.g. a stale suffix). That is approximate
-        by design: the cached keys were computed against an older canvas (Fast-dLLM's prefix and dual caches).
+        ``keep``: True keeps all T positions in the cache, False none (a draft still being denoised), an int n the
+        first n. gpt2: a prefill on an empty cache, then one token at a time. Block diffusion: a span starting at a
+        block boundary, block-causal within itself, attending to the cache; so finished blocks can be kept in the
+        same pass that denoises the draft after them. Bidirectional diffusion: any span, attending to every key the
+        cache returns (the kept prefix, itself, and more if the cache returns more, e.g. a stale suffix). That is
+        approximate by design: the cached keys were computed against an older canvas (Fast-dLLM's prefix and dual
+        caches).
         """
         T, start, block = idx.size(1), cache.pos, self.config.diffusion_block
         self._check_length(start + T)
-        if block and (start % block or T > block):
+        if block and start % block:
             raise ValueError(f"a block diffusion cache takes whole blocks of {block}: got {T} tokens at {start}")
         if self.config.model_type == "gpt2" and start > 0 and T > 1:
             raise ValueError("a gpt2 KV cache takes a prefill or one token at a time")
+        n_keep = T if keep is True else int(keep)
+        if not 0 <= n_keep <= T:
+            raise ValueError(f"keep must be a bool or 0 <= n <= {T}; got {keep}")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self._trunk(idx, pos, None, cache)  # (B, T, C)
+        mask = None
+        if block and T > block:  # several blocks: block-causal among themselves, the whole cache before them
+            mask = torch.cat((torch.ones(T, start, dtype=torch.bool, device=idx.device),
+                              block_diffusion_mask(T, block, idx.device, with_clean=False)), dim=1)  # (T, start + T)
+        x = self._trunk(idx, pos, mask, cache)  # (B, T, C)
         if self.config.shift:  # the state before position `start` was stored when that position was decoded
             if cache.hidden is None:
                 cache.hidden = x.new_zeros(x.size(0), cache.size, x.size(2))
             cache.hidden[:, start:start + T] = x
             x = shift_hidden(x, cache.hidden[:, start - 1:start] if start else None, block, None)
-        if keep:
-            cache.advance(T)
+        if n_keep:
+            cache.advance(n_keep)
         return self._head(x, all_logits)
 
     def _check_length(self, end: int) -> None:

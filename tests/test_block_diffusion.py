@@ -225,8 +225,25 @@ def test_cached_block_forward_matches_full_forward():
     part = model.decode(draft, cache, keep=False)
     assert cache.pos == 8  # a draft is not kept
     torch.testing.assert_close(part, full[:, 8:12], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="keep must be"):
+        model.decode(draft, cache, keep=5)
+    model.decode(x[:, 8:12], cache, keep=2)
     with pytest.raises(ValueError, match="whole blocks"):
-        model.decode(x[:, :6], cache)
+        model.decode(x[:, 10:12], cache)
+
+
+def test_finished_blocks_kept_in_the_pass_that_denoises_the_next():
+    # one pass over [two finished blocks ; a draft] keeps the first 8 positions and gives the draft's logits
+    model = block_gpt(4)
+    x = torch.randint(0, M, (2, 16), generator=gen(14))
+    draft = x[:, 8:12].clone()
+    draft[:, :2] = M
+    full, _ = model(torch.cat((x[:, :8], draft), 1))
+    cache = model.new_kv_cache(2, torch.device("cpu"), torch.float32)
+    logits = model.decode(torch.cat((x[:, :8], draft), 1), cache, keep=8)
+    assert cache.pos == 8
+    torch.testing.assert_close(logits, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.decode(draft, cache, keep=False), full[:, 8:], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("sampler", ["confidence", "remask", "seed"])

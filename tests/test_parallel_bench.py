@@ -11,6 +11,7 @@ import torch
 
 from nanodlm import bench
 from nanodlm.cli import main as cli_main
+from nanodlm.sample import list_sample_presets, load_sample_args
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,6 @@ def test_parallel_bench_writes_every_key_and_the_png(tiny_runs: dict[str, str], 
                 assert isinstance(p[key], float) and math.isfinite(p[key]), (c["name"], key, p[key])
             assert [s["seed"] for s in p["per_seed"]] == [1, 2]
             assert 1 <= p["passes_per_256"] <= 8 * 256 / 12 * (1 + 1e-6)  # at most the step budget per 12 chars
-    assert r["curves"][3]["points"][0]["cache_passes_per_256"] > 0  # the block model keeps finished blocks
     for key in ("judge_ppl", "entropy_bits", "chars_per_s_b1", "chars_per_s_bN"):
         assert math.isfinite(r["ar"][key])
     assert r["ar"]["passes_per_256"] == 256 and r["real"]["split"] == "dev"
@@ -64,3 +64,26 @@ def test_parallel_bench_errors_are_one_line(tiny_runs: dict[str, str], capsys: p
     assert "--runs takes diffusion runs" in capsys.readouterr().err
     assert cli_main([*argv[:4], "--taus=0,x"]) == 1
     assert "--taus must be a comma-separated list of float" in capsys.readouterr().err
+
+
+# --- sampling presets (configs/sample/) -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list_sample_presets())
+def test_every_sampling_preset_builds_valid_options(name: str) -> None:
+    cfg, options, _ = load_sample_args([name, "--out_dir=x"])
+    assert cfg.out_dir == "x" and options.steps >= 1
+
+
+def test_fast_preset_is_parallel_decoding_and_flags_override_it() -> None:
+    _, options, _ = load_sample_args(["fast", "--out_dir=x", "--steps=32"])
+    assert options.parallel_threshold > 0 and options.steps == 32
+
+
+def test_sample_with_the_fast_preset(block_run: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sample", "fast", f"--out_dir={block_run}", "--ckpt=last", "--num_samples=2", "--length=8",
+            "--device=cpu", "--verbose=true"]
+    assert cli_main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("---------------") == 2 and "forward passes" in captured.err
+    assert cli_main(["sample", "nonesuch", f"--out_dir={block_run}"]) == 1
+    assert "config file 'nonesuch' not found" in capsys.readouterr().err

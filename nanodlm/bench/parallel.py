@@ -95,12 +95,11 @@ def _run(m: _Model, options: SamplerOptions, length: int, batch: int, seed: int)
                     seed=seed)
 
 
-def _passes_per_256(out: Generation) -> tuple[float, float]:
-    """(denoising passes, cache passes) per 256 characters, per sample: what batch 1 would run."""
+def _passes_per_256(out: Generation) -> float:
+    """Forward passes per 256 characters, per sample: what batch 1 would run."""
     info = out.info
     chars = sum(len(t) for t in out.completions) / len(out.completions)
-    passes = statistics.mean(info.get("passes_per_sample") or [info["forward_passes"]])
-    return passes * 256 / chars, info.get("cache_passes", 0) * 256 / chars
+    return statistics.mean(info.get("passes_per_sample") or [info["forward_passes"]]) * 256 / chars
 
 
 class _Point:
@@ -120,16 +119,15 @@ class _Point:
             out = _run(m, options, a.length, a.num_samples, seed)
             if seed not in self.ar_quality:
                 self.ar_quality[seed] = {**score_texts(*self.judge, ar_out.completions), "seed": seed}
-            passes, cache = _passes_per_256(out)
-            per_seed.append({**score_texts(*self.judge, out.completions), "seed": seed, "passes_per_256": passes,
-                             "cache_passes_per_256": cache, "chars_per_s": out.info["chars_per_s"],
+            per_seed.append({**score_texts(*self.judge, out.completions), "seed": seed,
+                             "passes_per_256": _passes_per_256(out), "chars_per_s": out.info["chars_per_s"],
                              "example": out.completions[0][:200]})
             self._pair("bN", ar_out, out, speed, ratios)
         for rep in range(a.batch1_reps):
             seed = 10_000 + rep
             self._pair("b1", _run(self.ar, self.ar_options, a.length, 1, seed), _run(m, options, a.length, 1, seed),
                        speed, ratios)
-        row = seed_mean(per_seed, (*QUALITY_KEYS, "passes_per_256", "cache_passes_per_256"))
+        row = seed_mean(per_seed, (*QUALITY_KEYS, "passes_per_256"))
         for b in ("b1", "bN"):
             row[f"chars_per_s_{b}"] = statistics.median(speed[b])
             row[f"speedup_{b}"] = statistics.median(ratios[b])  # median over pairs of diffusion / AR chars/s
