@@ -13,10 +13,10 @@ USAGE = """usage: nanodlm COMMAND [ARGS]
 commands:
   prepare  KIND [--key=value] ...         tokenize a corpus: shakespeare_char, shakespeare, text, openwebtext, hf
   train    [CONFIG] [--key=value ...]     train a gpt2 (autoregressive) or diffusion model
-  sample   --out_dir=DIR [--key=value]    generate text from a checkpoint
+  sample   [PRESET] --out_dir=DIR [...]   generate text from a checkpoint (presets: configs/sample/)
   eval     --out_dir=DIR [--key=value]    loss / NELBO bound and diagnostics on a split
   judge    --judge=DIR ...                score text with a separate AR model
-  bench    [train|sample|steps|quality]   throughput and quality benchmarks
+  bench    SUBCOMMAND [--key=value]       throughput and quality benchmarks (train, sample, steps, quality, parallel)
   serve    --out_dir=DIR [--key=value]    a local web page that shows the model writing, step by step
 
 `nanodlm COMMAND --help` describes a command's keys."""
@@ -78,10 +78,11 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_sample(argv: list[str]) -> int:
     from .generate import print_sampling_keys
-    from .sample import SampleConfig, load_sample_args, sample
+    from .sample import SampleConfig, list_sample_presets, load_sample_args, sample
 
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: nanodlm sample --out_dir=DIR [--key=value ...]")
+        print("usage: nanodlm sample [PRESET|CONFIG_FILE] --out_dir=DIR [--key=value ...]")
+        print(f"sampling presets (configs/sample/): {', '.join(list_sample_presets())}")
         print_sampling_keys(SampleConfig)
         return 0
     sample(*load_sample_args(argv))

@@ -17,7 +17,7 @@ import torch
 
 from .animate import check_trajectory_path, write_trajectory
 from .checkpoint import load_model
-from .config import parse_overrides, read_config_file
+from .config import PRESET_DIR, parse_overrides, read_config_file
 from .distributed import resolve_device
 from .errors import UserError
 from .fileio import atomic_write
@@ -61,9 +61,19 @@ def check_output_path(path: str, flag: str) -> None:
         raise UserError(f"{flag} {path}: folder {folder} is not writable; choose another path")
 
 
+SAMPLE_PRESETS = PRESET_DIR / "sample"  # sampling presets: `nanodlm sample NAME --out_dir=...`
+
+
+def list_sample_presets() -> list[str]:
+    return sorted(p.stem for p in SAMPLE_PRESETS.glob("*.py"))
+
+
 def load_sample_args(argv: list[str]) -> tuple[SampleConfig, SamplerOptions, Prompt]:
-    """``[CONFIG_FILE] --key=value ...`` -> the three configs; a key none of them has is an error."""
+    """``[PRESET | CONFIG_FILE] --key=value ...`` -> the three configs; a key none of them has is an error.
+    PRESET names a file in configs/sample/ (``fast``); flags override it."""
     config_file, overrides = parse_overrides(argv)
+    if config_file and not Path(config_file).exists() and (SAMPLE_PRESETS / f"{config_file}.py").is_file():
+        config_file = str(SAMPLE_PRESETS / f"{config_file}.py")
     values: dict[str, Any] = read_config_file(config_file) if config_file else {}
     values.update(overrides)
     cfg, options, prompt = sampling_configs(values, SampleConfig)
