@@ -27,11 +27,12 @@ from .config import TrainConfig, build_config, config_to_dict, parse_overrides, 
 from .data import get_batch, load_meta, open_split
 from .diagnostics import diagnostics
 from .diffusion import DiffusionOptions, get_objective
-from .distributed import destroy_distributed, init_distributed, resolve_dtype
+from .distributed import destroy_distributed, init_distributed
 from .errors import UserError
 from .model import GPTConfig, annealed_attention
 from .plotting import plot_loss_curves
 from .rundir import SHAPE_KEYS, check_resume, open_run_dir, truncate_metrics
+from .step import Stepper
 
 # a val loss above DIVERGED_FACTOR x the best so far is a diverged model, even when finite (a loss of 4e11 was
 # once saved): training stops and ckpt.pt keeps the last model that passed this test
@@ -138,12 +139,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                         f"the number of processes ({world})")
     grad_accum = cfg.gradient_accumulation_steps // world
     tokens_per_iter = grad_accum * world * cfg.batch_size * cfg.block_size
-    ptdtype = resolve_dtype(cfg.dtype, device)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    autocast = (torch.autocast(device_type=device_type, dtype=ptdtype) if ptdtype != torch.float32
-                else contextlib.nullcontext())
     out_dir = Path(cfg.out_dir)  # made, checked writable and locked by train()
 
     # ------------------------------------------------------------------ data
@@ -175,8 +173,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     mask_token_id = model.config.mask_token_id
 
     # ------------------------------------------------------------------ optimizer
-    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    stepper = Stepper(cfg, model, device, make_loss_fn(cfg, model.config.mask_token_id))  # bench times it too
+    ptdtype, autocast, scaler, optimizer = stepper.ptdtype, stepper.autocast, stepper.scaler, stepper.optimizer
     iter_num, best_val_loss = 0, float("inf")
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -189,7 +187,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         model = torch.compile(model)
     if dist_info.ddp:
         model = DDP(model, device_ids=[dist_info.local_rank] if device_type == "cuda" else None)
-    loss_fn = make_loss_fn(cfg, mask_token_id)
+    loss_fn = stepper.loss_fn
 
     def new_generator(step: int, stream: str, on_device: bool = False) -> torch.Generator:
         gen = torch.Generator(device=device if on_device else "cpu")
@@ -349,21 +347,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             if iter_num < cfg.attn_anneal_iters:  # AR -> diffusion: attention opens up gradually (DiffuLLaMA)
                 step_model = annealed(model, raw_model.config, anneal_ratio(iter_num, cfg.attn_anneal_iters),
                                       new_generator(iter_num, "anneal", on_device=True))
-            for micro_step in range(grad_accum):
-                x, y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_gen, device)
-                # only the last micro-step all-reduces gradients
-                last_micro = micro_step == grad_accum - 1
-                sync = model.no_sync() if dist_info.ddp and not last_micro else contextlib.nullcontext()
-                with sync:
-                    with autocast:
-                        loss = loss_fn(step_model, x, y, noise_gen) / grad_accum
-                    scaler.scale(loss).backward()
-            if cfg.grad_clip > 0.0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            batches = (get_batch(splits["train"], cfg.batch_size, cfg.block_size, batch_gen, device)
+                       for _ in range(grad_accum))
+            loss = stepper.step(model, batches, grad_accum, noise_gen, dist_info.ddp, step_model)
             if iter_num % cfg.log_interval == 0:  # .item() syncs the GPU: only at log steps, as nanoGPT
                 lossf = loss.item() * grad_accum
                 if not math.isfinite(lossf):

@@ -7,7 +7,6 @@ count, at batch 1 and batch N. Shared helpers live in ``bench.py``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import multiprocessing as mp
 import statistics
@@ -19,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import load_model
+from ..checkpoint import build_model, load_model
 from ..config import TrainConfig, build_config, config_to_dict, read_config_file
 from ..data import get_batch, load_meta, open_split
-from ..distributed import resolve_device, resolve_dtype
+from ..distributed import resolve_device
 from ..errors import UserError
 from ..generate import Generation, Prompt, SamplerOptions, generate
-from ..model import GPT, GPTConfig
+from ..model import GPTConfig
+from ..step import Stepper
 from ..train import lr_at, make_loss_fn, step_seed
 from .common import (
     RANDOM_VOCAB,
@@ -54,45 +54,23 @@ class TrainBenchArgs:
 
 
 class StepRunner:
-    """One model with its optimizer and loss; ``step(batches, it)`` runs one optimizer step, timed."""
+    """One model built as train() builds it, stepped by train()'s own ``Stepper``; ``step(batches, it)`` runs one
+    optimizer step at iteration ``it``'s learning rate and noise, and returns its wall time (the step alone)."""
 
     def __init__(self, cfg: TrainConfig, data_vocab: int, device: str) -> None:
-
         self.cfg, self.device = cfg, device
         torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))  # the initial weights train() would start from
-        self.model = GPT(GPTConfig.for_data(cfg, data_vocab)).to(device)  # the same construction as train()
+        self.model = build_model(GPTConfig.for_data(cfg, data_vocab).to_dict(), None, "scratch").to(device)
         self.model.train()
-        device_type = device.split(":")[0]
-        self.ptdtype = resolve_dtype(cfg.dtype, device)
-        self.autocast = (torch.autocast(device_type=device_type, dtype=self.ptdtype)
-                         if self.ptdtype != torch.float32 else contextlib.nullcontext())
-        self.scaler = torch.amp.GradScaler(device_type, enabled=self.ptdtype == torch.float16)
-        self.optimizer = self.model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
-                                                         (cfg.beta1, cfg.beta2), device_type)
+        self.stepper = Stepper(cfg, self.model, device, make_loss_fn(cfg, self.model.config.mask_token_id))
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.loss_fn = make_loss_fn(cfg, self.model.config.mask_token_id)
 
     def step(self, batches: list[tuple[torch.Tensor, torch.Tensor]], it: int) -> float:
-
-        for group in self.optimizer.param_groups:
+        for group in self.stepper.optimizer.param_groups:
             group["lr"] = lr_at(it, self.cfg)
         # corruption noise from a per-step generator, as in train(); made before the clock starts
         noise = torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.seed, 0, it, "noise"))
-
-        def run() -> float:
-            for x, y in batches:
-                with self.autocast:
-                    loss = self.loss_fn(self.forward, x, y, noise) / len(batches)
-                self.scaler.scale(loss).backward()
-            if self.cfg.grad_clip > 0.0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            return loss.item()
-
-        _, dt = timed(self.device, run)
+        _, dt = timed(self.device, lambda: self.stepper.step(self.forward, batches, len(batches), noise))
         return dt
 
 
