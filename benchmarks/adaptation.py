@@ -39,7 +39,7 @@ from nanodlm.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
 from nanodlm.generate import Prompt, SamplerOptions
 from nanodlm.model import GPT, GPTConfig
 from nanodlm.protocol import dev_test
-from nanodlm.train import train
+from nanodlm.train import load_train_config, train
 
 SEEDS = {"dev": 1, "test": 1337}  # the mask draws of each half: bench quality's first seed of each split
 # keys of the AR run that describe where and how it ran, not what the adapted model trains with
@@ -163,8 +163,11 @@ def run(argv: list[str]) -> dict[str, Any]:
                              "another --work_dir or --name")
         else:
             if done < stop:
-                init = "resume" if done > 0 else args.ar_dir
-                train(build_config(TrainConfig, {**values, "init_from": init, "max_iters": stop}))
+                if done > 0:  # the saved config (the AR's architecture) is the base, as on the command line
+                    train(load_train_config([f"--out_dir={out_dir}", "--init_from=resume", f"--max_iters={stop}",
+                                             f"--device={args.device}", f"--progress={values['progress']}"]))
+                else:
+                    train(build_config(TrainConfig, {**values, "init_from": args.ar_dir, "max_iters": stop}))
             model, _, tok = load_model(out_dir, "last", args.device)
             row = {"iter": stop, **measure(model, windows, args, args.device)}
             j = judged(model, tok, judge, args)

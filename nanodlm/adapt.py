@@ -22,11 +22,14 @@ import torch
 from .checkpoint import find_checkpoint, load_checkpoint
 from .errors import UserError
 from .model import GPTConfig
-from .pretrained import is_pretrained_source, load_hf_gpt2
+from .pretrained import GPT2_SIZES, is_init_source, is_pretrained_source, load_hf_gpt2
 
 
 def load_source(init_from: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
     """(model_args, state_dict, description) of the weights ``init_from`` names; always on the CPU."""
+    if not is_init_source(init_from):
+        raise UserError(f"init_from={init_from!r} must be scratch, resume, {', '.join(GPT2_SIZES)}, or a directory "
+                        "holding a training run (ckpt.pt) or a Hugging Face GPT-2 (config.json)")
     if is_pretrained_source(init_from):
         model_args, state = load_hf_gpt2(init_from)
         return model_args, state, f"GPT-2 weights {init_from}"

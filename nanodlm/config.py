@@ -23,7 +23,6 @@ from .diffusion import OBJECTIVES
 from .distributed import BACKENDS, DTYPES
 from .errors import UserError
 from .model import ModelArgs
-from .pretrained import GPT2_SIZES, is_init_source
 
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -88,10 +87,8 @@ class TrainConfig(ModelArgs):
             super().__post_init__()  # the model keys
         except ValueError as e:
             raise UserError(str(e)) from None
-        if self.init_from not in ("scratch", "resume") and not is_init_source(self.init_from):
-            raise UserError(f"config key 'init_from' must be one of scratch, resume, {', '.join(GPT2_SIZES)}, or a "
-                            "directory holding a training run (ckpt.pt) or a Hugging Face GPT-2 (config.json); "
-                            f"got {self.init_from!r}")
+        if not self.init_from:  # scratch | resume | a source of weights, checked when training starts (adapt.py)
+            raise UserError("config key 'init_from' must be scratch, resume, a GPT-2 name or a directory; got ''")
         if self.attn_anneal_iters < 0 or (self.attn_anneal_iters and self.model_type != "diffusion"):
             raise UserError(f"attn_anneal_iters={self.attn_anneal_iters} needs model_type=diffusion and a size >= 0")
         choices = {

@@ -8,6 +8,7 @@ an uninterrupted run would have seen: ``train 40`` == ``train 20 + resume 20``, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -163,6 +164,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         from .adapt import init_from_source
 
         model_args, init_state, init_note = init_from_source(cfg, int(data_meta["vocab_size"]))
+        # the source's architecture wins: the saved config says what was built, so a resume agrees with it
+        cfg = dataclasses.replace(cfg, **{k: model_args[k] for k in SHAPE_KEYS if k in model_args})
     else:
         model_args = GPTConfig.for_data(cfg, int(data_meta["vocab_size"])).to_dict()
     # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree

@@ -193,8 +193,8 @@ def test_adapt_unshifted_and_crop(tmp_path: Path, ar_run: Path, tiny_values) -> 
 def test_adapt_errors(tmp_path: Path, ar_run: Path, tiny_values) -> None:
     with pytest.raises(UserError, match="block_size 32 exceeds"):
         train(build_config(TrainConfig, adapt_values(tiny_values, tmp_path / "x", ar_run, block_size=32)))
-    with pytest.raises(UserError, match="init_from"):
-        build_config(TrainConfig, {"init_from": str(tmp_path / "nothing")})
+    with pytest.raises(UserError, match="init_from=.*nothing.*must be"):
+        train(build_config(TrainConfig, adapt_values(tiny_values, tmp_path / "z", tmp_path / "nothing")))
     diff = tmp_path / "diff"
     train(build_config(TrainConfig, tiny_values(diff, model_type="diffusion", max_iters=1, eval_interval=1)))
     with pytest.raises(UserError, match="autoregressive"):
@@ -219,3 +219,17 @@ def test_adapt_from_hf_dir(tmp_path: Path, tiny_values, data_dir) -> None:
     with torch.no_grad():
         assert_starts_as_the_ar_model(lambda t: hf(t).logits, adapted.eval(), x)
     train(build_config(TrainConfig, adapt_values(tiny_values, tmp_path / "trained", hf_dir, max_iters=3)))
+
+
+def test_cpu_presets_train_the_protocol_ar_then_adapt_it() -> None:
+    from nanodlm.bench.runs import config_hash
+    from nanodlm.config import load_config
+
+    ar, adapt = load_config(TrainConfig, ["cpu_ar"]), load_config(TrainConfig, ["cpu_adapt"])
+    assert config_hash(ar) == "5db8f2be"  # the quality protocol's AR run (bench quality --preset=cpu)
+    assert adapt.init_from == ar.out_dir and adapt.model_type == "diffusion" and adapt.attn_anneal_iters > 0
+    for key in ("dataset", "block_size", "batch_size", "beta2"):
+        assert getattr(adapt, key) == getattr(ar, key), key
+    gpu = load_config(TrainConfig, ["gpt2_adapt_diffusion"])
+    assert gpu.init_from == "gpt2" and gpu.block_size == 1024
+    assert gpu.batch_size * gpu.gradient_accumulation_steps == 512

@@ -136,7 +136,7 @@ def test_missing_config_file_lists_presets() -> None:
 
 
 @pytest.mark.parametrize("flag, key", [("--model_type=foo", "model_type"), ("--objective=bar", "objective"),
-                                       ("--pos_emb=alibi", "pos_emb"), ("--init_from=gpt3", "init_from")])
+                                       ("--pos_emb=alibi", "pos_emb")])
 def test_bad_choice(flag: str, key: str) -> None:
     with pytest.raises(UserError, match=f"'{key}' must be one of"):
         load_config(TrainConfig, [flag])
