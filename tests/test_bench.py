@@ -47,6 +47,7 @@ def tiny_runs(data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 SMALL = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2", "--iters=3", "--warmup=1"]
 
 
+@pytest.mark.slow  # trains two models in subprocesses
 def test_train_pairs_both_models_on_random_tokens(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
     assert bench.main(["train", *SMALL, "--data_dir=" + str(tmp_path / "none"), f"--json={out}"]) == 0
@@ -72,6 +73,7 @@ def test_train_uses_prepared_data_and_one_pos_emb(data_dir: str) -> None:
 
 # --- bench sample / steps ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the 4-model tiny_runs fixture
 def test_sample_reports_every_mode(tiny_runs: dict[str, str]) -> None:
     r = bench_speed.bench_sample([f"--out_dir_ar={tiny_runs['ar']}", f"--out_dir_diffusion={tiny_runs['diffusion']}",
                             "--num_samples=2", "--length=12", "--steps=2,4", "--device=cpu"])
@@ -82,6 +84,7 @@ def test_sample_reports_every_mode(tiny_runs: dict[str, str]) -> None:
         assert row["tokens"] == row["batch"] * 12 and row["chars_per_s"] > 0
 
 
+@pytest.mark.slow  # the 4-model tiny_runs fixture
 def test_sample_times_block_diffusion_with_and_without_its_cache(tiny_runs: dict[str, str]) -> None:
     r = bench_speed.bench_sample([f"--out_dir_diffusion={tiny_runs['block']}", "--num_samples=2", "--length=12",
                                   "--steps=3", "--device=cpu"])
@@ -89,6 +92,7 @@ def test_sample_times_block_diffusion_with_and_without_its_cache(tiny_runs: dict
     assert modes == sorted([f"{SamplerOptions.sampler}, 3 steps" + m for m in ("", ", KV cache")])
 
 
+@pytest.mark.slow  # the 4-model tiny_runs fixture
 def test_steps_writes_json_and_png(tiny_runs: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "steps.json"
     argv = ["steps", f"--out_dir={tiny_runs['diffusion']}", f"--judge={tiny_runs['judge']}",
@@ -106,6 +110,7 @@ def test_steps_writes_json_and_png(tiny_runs: dict[str, str], tmp_path: Path) ->
 
 # --- errors -----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the 4-model tiny_runs fixture
 def test_bad_input_is_a_one_line_error(capsys: pytest.CaptureFixture[str], tiny_runs: dict[str, str]) -> None:
     assert cli_main(["bench", "nope"]) == 1
     assert "unknown bench subcommand 'nope'" in capsys.readouterr().err

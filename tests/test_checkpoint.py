@@ -149,6 +149,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # kill -9 of a saving subprocess
 def test_kill_9_mid_save_never_corrupts(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
     path = tmp_path / "ckpt.pt"
     rng = random.Random(1234)

@@ -1,5 +1,5 @@
 """Tests for nanodlm.diffusion: corruption counts and rates, hand-computed losses, the NELBO on sources
-with known entropy, the repair objective and the diagnostics. Fake models return logits we control."""
+with known entropy, the repair objective. Fake models return logits we control (diagnostics: test_diagnostics.py)."""
 
 from __future__ import annotations
 
@@ -7,54 +7,17 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
-from torch.nn import functional as F
+from fakes import MASK, P4, FixedLogits, V, entropy, gen, marginal_model
+from fakes import tiny_gpt as fake_gpt
 
 from nanodlm import diffusion as D
-from nanodlm.diagnostics import diagnostics
-from nanodlm.model import GPT, GPTConfig
-from nanodlm.textstats import unigram_entropy
+from nanodlm.model import GPT
 
-V = 11  # 10 real tokens + [MASK]
-M = V - 1
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+M = MASK  # 10 real tokens + [MASK]
 
 
 def tiny_gpt() -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=32, vocab_size=V, n_layer=1, n_head=2, n_embd=16, model_type="diffusion"))
-
-
-class FixedLogits(nn.Module):
-    """Returns the same logits row (V,) at every position, whatever the input."""
-
-    def __init__(self, row: torch.Tensor) -> None:
-        super().__init__()
-        self.row = row.float()
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, idx: torch.Tensor):
-        self.inputs.append(idx.clone())
-        return self.row.expand(*idx.shape, -1).clone(), None
-
-
-class CopyInput(nn.Module):
-    """Predicts its input token with high confidence (so [MASK] where the input is [MASK])."""
-
-    def __init__(self, vocab: int) -> None:
-        super().__init__()
-        self.vocab = vocab
-
-    def forward(self, idx: torch.Tensor):
-        return 10.0 * F.one_hot(idx, self.vocab).float(), None
-
-
-def entropy(p: torch.Tensor) -> float:
-    p = p.double()
-    return -(p * p.log()).sum().item()
+    return fake_gpt("diffusion")
 
 
 # ----------------------------------------------------------------------------- seed objective
@@ -216,14 +179,6 @@ def test_mdlm_loss_hand_computed_and_mask_logit_excluded() -> None:
 # ----------------------------------------------------------------------------- NELBO
 
 
-P4 = torch.tensor([0.5, 0.25, 0.125, 0.125])  # H = 1.75 ln 2 = 1.2130 nats
-
-
-def marginal_model(p: torch.Tensor) -> FixedLogits:
-    # the [MASK] logit is large: the bound must exclude it (SUBS) or it would be far above H
-    return FixedLogits(torch.cat([p.log(), torch.tensor([5.0])]))
-
-
 def test_nelbo_perfect_iid_model_recovers_entropy() -> None:
     B, T = 512, 32
     x = torch.multinomial(P4, B * T, replacement=True, generator=gen(0)).view(B, T)
@@ -317,54 +272,3 @@ def test_objectives_backprop_on_tiny_gpt(name: str) -> None:
 def test_get_objective_unknown_names_choices() -> None:
     with pytest.raises(ValueError, match="mdlm"):
         D.get_objective("nope")
-
-
-# ----------------------------------------------------------------------------- diagnostics
-
-KEYS = {f"masked_{k}@{p}" for k in ("ce", "acc") for p in (15, 50, 100)} | {
-    "p_mask@masked", "detect_rate", "false_alarm", "copy_acc"}
-
-
-def test_diagnostics_keys_and_ranges_on_tiny_gpt() -> None:
-    model = tiny_gpt().eval()
-    x = torch.randint(0, M, (8, 32), generator=gen(0))
-    d = diagnostics(model, x, M, gen(1))
-    assert set(d) == KEYS
-    for k, v in d.items():
-        assert math.isfinite(v), k
-        if "ce" not in k:
-            assert 0.0 <= v <= 1.0, k
-    assert d["masked_ce@100"] == pytest.approx(math.log(M), abs=0.3)  # untrained: near uniform over 10
-
-
-def test_diagnostics_exact_counts() -> None:
-    B, T = 4, 32
-    model = FixedLogits(torch.zeros(V))
-    x = torch.randint(0, M, (B, T), generator=gen(0))
-    diagnostics(model, x, M, gen(1))
-    n_masks = [(inp == M).sum(1).tolist() for inp in model.inputs]
-    assert n_masks == [[5] * B, [16] * B, [32] * B, [16] * B]
-    last = model.inputs[-1]
-    assert ((last != x) & (last != M)).sum(1).tolist() == [2] * B  # round(10% of 16)
-
-
-def test_diagnostics_always_mask_and_copy_models() -> None:
-    x = torch.randint(0, M, (8, 32), generator=gen(0))
-    always = FixedLogits(torch.cat([torch.zeros(M), torch.tensor([3.0])]))
-    d = diagnostics(always, x, M, gen(1))
-    assert d["detect_rate"] == 1.0 and d["false_alarm"] == 1.0 and d["copy_acc"] == 0.0
-    assert d["p_mask@masked"] == pytest.approx(math.exp(3) / (math.exp(3) + M))
-    assert d["masked_ce@50"] == pytest.approx(math.log(M), rel=1e-5)  # SUBS: uniform over the real ids
-    c = diagnostics(CopyInput(V), x, M, gen(1))
-    assert c["detect_rate"] == 0.0 and c["false_alarm"] == 0.0 and c["copy_acc"] == 1.0
-
-
-def test_context_free_model_masked_ce_equals_unigram_entropy() -> None:
-    B, T = 256, 32
-    x = torch.multinomial(P4, B * T, replacement=True, generator=gen(0)).view(B, T)
-    H = unigram_entropy(x)
-    assert H == pytest.approx(entropy(P4), abs=0.02)
-    d = diagnostics(marginal_model(P4), x, 4, gen(1))
-    for p in (15, 50, 100):
-        assert d[f"masked_ce@{p}"] == pytest.approx(H, abs=0.05)
-        assert d[f"masked_acc@{p}"] == pytest.approx(0.5, abs=0.05)  # argmax = the most frequent letter

@@ -68,6 +68,7 @@ def ddp_worker(rank: int, world: int, port: int, model_type: str, out: str) -> N
     os._exit(0)
 
 
+@pytest.mark.slow  # two spawned processes
 @pytest.mark.parametrize("model_type", ["gpt2", "diffusion"])
 def test_ddp_gradients_equal_single_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             model_type: str) -> None:
@@ -103,6 +104,7 @@ def test_single_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_device("cpu") == "cpu"
 
 
+@pytest.mark.slow  # torchrun subprocess
 def test_torchrun_end_to_end(tmp_path: Path, tiny_argv, subprocess_env: dict[str, str]) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nanodlm",

@@ -8,6 +8,7 @@ if its first name is in COMMANDS (or starts with ``bench``), pure if it is in PU
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> list[tuple[str, bool]]
     return found
 
 
+@functools.cache
 def import_graph() -> dict[str, list[tuple[str, bool]]]:
     mods = module_names()
     return {name: imports_of(name, path, set(mods)) for name, path in mods.items()}

@@ -108,6 +108,7 @@ def test_overrides_route_to_the_right_model() -> None:
 
 # --- the protocol end to end --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # trains and judges several models
 def test_smoke_on_any_prepared_text_writes_every_key_chooses_on_dev_reports_on_test(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"

@@ -1,4 +1,4 @@
-"""Samplers: token sampling, AR generation (KV cache), the diffusion samplers, long generation, the live view.
+"""Samplers: token sampling, AR generation (KV cache), the diffusion samplers.
 
 Fake models return logits we control, so each rule of each sampler is checked directly; a tiny real GPT
 checks the integration (KV cache equivalence, real shapes).
@@ -6,39 +6,18 @@ checks the integration (KV cache equivalence, real shapes).
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 import torch.nn as nn
+from fakes import MASK, Fake, V, gen, one_hot_logits, tiny_gpt
 
 from nanodlm.ar_sampling import generate_ar, sample_logits
-from nanodlm.blockwise import generate_long
-from nanodlm.live import LiveView
-from nanodlm.model import GPT, GPTConfig
 from nanodlm.samplers import SAMPLERS, get_sampler
 
-V = 11  # vocab size of every fake; the last id is [MASK]
-MASK = V - 1
 NEG = -30.0  # a logit that is never sampled in practice (p ~ 1e-13) but keeps softmax finite
 MASKGIT = dict(schedule="linear", noise=0.0, prior_weight=0.0)  # greedy reveal order: each rule checked alone
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-class Fake(nn.Module):
-    """Logits from ``fn(tokens, call) -> (B, L, V)``; counts calls (= forward passes)."""
-
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn, self.calls = fn, 0
-
-    def forward(self, idx: torch.Tensor, **_: object) -> tuple[torch.Tensor, None]:
-        self.calls += 1
-        return self.fn(idx, self.calls), None
 
 
 def constant(table: torch.Tensor) -> Fake:
@@ -46,20 +25,8 @@ def constant(table: torch.Tensor) -> Fake:
     return Fake(lambda idx, call: table.expand(idx.size(0), idx.size(1), V).clone())
 
 
-def one_hot_logits(token: int, high: float = 10.0) -> torch.Tensor:
-    t = torch.zeros(V)
-    t[token] = high
-    return t
-
-
 def masks(B: int, L: int) -> torch.Tensor:
     return torch.full((B, L), MASK, dtype=torch.long)
-
-
-def tiny_gpt(model_type: str = "gpt2", pos_emb: str = "learned", seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=32, vocab_size=V, n_layer=1, n_head=2, n_embd=16, model_type=model_type,
-                         pos_emb=pos_emb)).eval()
 
 
 # --- sample_logits ------------------------------------------------------------------------------------------
@@ -302,61 +269,6 @@ def test_get_sampler_and_argument_errors():
     with pytest.raises(ValueError, match="fixed"):
         SAMPLERS["seed"](constant(torch.zeros(V)), masks(1, 3), mask_token_id=MASK, steps=2, fixed=fixed,
                          generator=gen())
-
-
-# --- long generation ----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", ["seed", "confidence"])
-def test_generate_long_past_block_size(name):
-    model = tiny_gpt("diffusion")
-    prefix = torch.randint(0, MASK, (2, 5), generator=gen(2))
-    widths = []
-    tokens, info = generate_long(model, prefix, 80, 32, name, mask_token_id=MASK, steps=3, generator=gen(),
-                                 temperature=0.8, on_step=lambda s, t, rev, rem: widths.append(t.size(1)))
-    assert tokens.shape == (2, 80) and torch.equal(tokens[:, :5], prefix) and (tokens != MASK).all()
-    assert info["blocks"] == 4  # 5 + 27 new, then 16 of context + 16 new per block: 32, 48, 64, 80
-    assert widths[-1] == 80 and widths == sorted(widths)
-
-
-def test_generate_long_conditions_on_previous_text():
-    windows = []
-
-    def fn(idx, call):
-        windows.append(idx.clone())
-        return one_hot_logits(3).expand(idx.size(0), idx.size(1), V).clone()
-
-    prefix = torch.tensor([[1, 2, 4, 5, 6, 7]])
-    tokens, _ = generate_long(Fake(fn), prefix, 20, 8, get_sampler("seed"), mask_token_id=MASK, steps=2,
-                              new_block=3, generator=gen())
-    assert tokens[0].tolist() == [1, 2, 4, 5, 6, 7] + [3] * 14
-    assert all(w.size(1) <= 8 for w in windows)
-    assert windows[0][0, :5].tolist() == [2, 4, 5, 6, 7]  # the last block_size - new_block tokens, fixed
-
-
-# --- live view ----------------------------------------------------------------------------------------------
-
-def test_live_view_renders_steps():
-    from rich.console import Console
-
-    words = {i: f"w{i} " for i in range(V)}
-    console = Console(file=io.StringIO(), force_terminal=True, width=80)
-    with LiveView(words.__getitem__, mask_token_id=MASK, console=console, total_steps=2, transient=False) as view:
-        no = torch.zeros(1, 3, dtype=torch.bool)
-        view(1, torch.tensor([[1, MASK, 2]]), torch.tensor([[True, False, True]]), no)
-        first = torch.tensor([[True, False, False]])
-        view(2, torch.tensor([[MASK, 4, 2]]), torch.tensor([[False, True, False]]), first)
-    out = console.file.getvalue()
-    assert "w1" in out and "w4" in out and "step 2/2" in out
-
-
-def test_live_view_silent_off_terminal():
-    from rich.console import Console
-
-    console = Console(file=io.StringIO())  # not a terminal
-    view = LiveView(str, mask_token_id=MASK, console=console)
-    with view:
-        view(1, torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.bool))
-    assert not view.enabled and console.file.getvalue() == ""
 
 
 # --- reveal order -------------------------------------------------------------------------------------------

@@ -231,6 +231,7 @@ def test_disconnect_stops_the_generation(live):
         hook.remove()
 
 
+@pytest.mark.slow  # a server subprocess
 def test_cli_serve_prints_limits_and_serves(tiny_runs, subprocess_env):
     import socket
 
@@ -299,6 +300,7 @@ def drive_page(driver, url: str, prompt: str, screenshot: Path, timeout: float =
     return driver.find_element(*done).get_attribute("data-text")
 
 
+@pytest.mark.slow  # headless Chromium
 def test_browser_types_a_prompt_and_watches_it_write(live, tmp_path):
     from selenium.webdriver.common.by import By
 

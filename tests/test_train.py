@@ -246,6 +246,7 @@ def test_cuda_unavailable(tmp_path: Path, make_cfg) -> None:
 # --- Ctrl-C -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # SIGINT to a training subprocess
 def test_ctrl_c_saves_and_resumes(tmp_path: Path, tiny_argv, subprocess_env: dict[str, str]) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "nanodlm", "train", *tiny_argv(out, max_iters=100000, lr_decay_iters=100000)]
