@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {"ar": {"pos_emb": ["learned", "rope"], "learning_rate": [1e-3, 2e-3, 3e-3]},
                    "diffusion": {"learning_rate": [1e-3, 2e-3, 3e-3]}, "judge": {}},
         "temperature": [0.8, 0.9, 1.0, 1.1, 1.2],  # AR's frontier
-        "knob": {"prior_weight": [0.0, 0.5, 0.6, 0.7, 0.8, 0.9], "temperature": [0.8, 0.9, 1.0, 1.1, 1.2],
+        "knob": {"prior_weight": [0.0, 0.4, 0.6, 0.7, 0.8, 1.0], "temperature": [0.8, 0.9, 1.0, 1.1, 1.2],
                  "noise": [0.5, 1.0, 2.0, 4.0, 16.0]},  # the diffusion sampler's frontier, by --knob
         "selection_seeds": [1, 2], "report_seeds": [1337, 1338, 1339],
         "num_samples": 32, "length": 256, "steps": 64, "eval_windows": 200, "eval_batch_size": 32,
