@@ -183,3 +183,16 @@ def test_smoke_on_any_prepared_text_writes_every_key_chooses_on_dev_reports_on_t
     assert r2["ar"]["selection"]["chosen"] == {"pos_emb": "learned"}
     assert all(p2["reused"] for p2 in (r2["protocol"][m] for m in ("ar", "diffusion", "judge")))
     assert Path(out.with_suffix(".png")).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--selection_seeds=1,2", "--report_seeds=2,3,4"], "cannot both choose and report"),
+    (["--report_seeds=5,6"], "at least 3 seeds"),
+    (["--sampler=ancestral"], "does not take --prior_weight"),
+    (["--knob=top_k"], "--knob must be one of"),
+    (["--diffusion_learning_rate=fast"], "comma-separated numbers"),
+])
+def test_bad_protocol_settings_fail_before_any_training(tmp_path: Path, flags: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        quality.bench_quality(["--preset=smoke", f"--work_dir={tmp_path}", "--device=cpu", *flags])
+    assert not (tmp_path / "runs").exists()

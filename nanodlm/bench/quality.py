@@ -162,6 +162,7 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
     if args.knob != "temperature" and args.knob not in sampler_keys(options.sampler):
         raise UserError(f"sampler {options.sampler} does not take --{args.knob}; choose --knob=temperature or a "
                         f"sampler that takes it")
+    searches = _searches(args, preset)
     if args.compare_sampler is not None and args.compare_sampler not in SAMPLERS:
         raise UserError(f"--compare_sampler must be one of {', '.join(SAMPLERS)} or None; got {args.compare_sampler!r}")
 
@@ -178,7 +179,7 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
                           "copy_weight": BENCH_DEFAULTS["copy_weight"]},
             "judge": {**judge_values, "model_type": "gpt2"}}
     runs: dict[str, list[dict[str, Any]]] = {}
-    for role, search in _searches(args, preset).items():
+    for role, search in searches.items():
         runs[role] = []
         for cand in candidates(search):
             run = train_or_reuse(role, {**base[role], **cand, **routed[role]}, work_dir, data_dir, args.dataset,
