@@ -2,6 +2,7 @@
 out_dir = "out-cpu"
 dataset = "shakespeare_char"
 device = "cpu"
+threads = 1  # one CPU thread: more oversubscribe a busy machine (README, "How long things take")
 eval_interval = 250
 eval_iters = 20
 log_interval = 10

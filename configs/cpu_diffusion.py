@@ -4,6 +4,7 @@
 out_dir = "out-cpu-diffusion"
 dataset = "shakespeare_char"
 device = "cpu"
+threads = 1  # one CPU thread: more oversubscribe a busy machine (README, "How long things take")
 model_type = "diffusion"
 objective = "repair"
 pos_emb = "rope"

@@ -5,6 +5,7 @@
 out_dir = "out-judge"
 dataset = "shakespeare_char"
 device = "cpu"
+threads = 1  # one CPU thread: more oversubscribe a busy machine (README, "How long things take")
 eval_interval = 500
 eval_iters = 20
 log_interval = 10
