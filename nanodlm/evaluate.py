@@ -16,11 +16,9 @@ number is an upper bound on that model's true NLL: the model is at least as good
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +33,7 @@ from .diagnostics import diagnostics, meaning
 from .diffusion import mean_and_stderr, nelbo
 from .distributed import resolve_device
 from .errors import UserError
+from .report import print_table, write_json
 from .textstats import unigram_entropy
 
 LN2 = math.log(2.0)
@@ -207,59 +206,22 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
 # --- CLI --------------------------------------------------------------------------------------------
 
 
-def finite_or_none(obj: Any) -> Any:
-    """Replace nan/inf by None (recursively) so the JSON is strict and readable by any parser."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite_or_none(v) for v in obj]
-    return obj
-
-
-def write_json(path: str | Path, obj: dict[str, Any]) -> None:
-    """Strict JSON (nan/inf as null) to ``path``; ``-`` writes it to stdout."""
-    text = json.dumps(finite_or_none(obj), indent=2, allow_nan=False, default=str) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
 def format_value(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
 
 
-def console():
-    """A rich Console; piped output (logs, tests) gets 160 columns instead of rich's 80, so rows stay whole."""
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=160)
-
-
 def print_result(result: dict[str, Any]) -> None:
-    from rich.table import Table
-
     main_key = "loss" if result["model_type"] == "gpt2" else "nelbo"
     title = f"{result['out_dir']} · {result['model_type']} · {result['split']} · iter {result['iter_num']}"
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("meaning")
     headline = f"{format_value(result[main_key])} ± {format_value(result['stderr'])}"
     what = ("an upper bound on -log p(x) per token (lower is better)" if main_key == "nelbo"
             else "next-token cross-entropy (lower is better)")
-    table.add_row(f"{main_key} (nats/token)", headline, what)
+    rows = [[f"{main_key} (nats/token)", headline, what]]
     skip = {main_key, "stderr", "out_dir", "model_type", "split", "iter_num"}
-    for key, value in result.items():
-        if key not in skip:
-            table.add_row(key, format_value(value), meaning(key))
-    console().print(table)
+    rows += [[key, format_value(value), meaning(key)] for key, value in result.items() if key not in skip]
+    print_table(title, ["metric", "value", "meaning"], rows, left=(0, 2))
 
 
 def main(argv: list[str]) -> int:

@@ -26,6 +26,7 @@ import torch
 from .errors import UserError
 from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
 from .protocol import passages
+from .report import print_table, write_json
 from .textstats import distinct_n, judge_nll, longest_repeated_substring, unigram_entropy
 
 SEPARATOR = "---------------"  # nanoGPT's sample.py prints this line after every sample
@@ -199,19 +200,12 @@ def low_entropy_note(samples: dict[str, float], real: dict[str, float], toleranc
 
 
 def print_rows(rows: dict[str, dict[str, float]], title: str) -> None:
-    from rich.table import Table
+    def cell(v: float) -> str:
+        return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}"
 
-    from .evaluate import console
-
-    table = Table(title=title)
-    table.add_column("text")
-    for _, header in COLUMNS:
-        table.add_column(header, justify="right")
-    table.add_column("texts × chars", justify="right")
-    for name, row in rows.items():
-        cells = ["nan" if isinstance(row[k], float) and math.isnan(row[k]) else f"{row[k]:.3f}" for k, _ in COLUMNS]
-        table.add_row(name, *cells, f"{row['num_texts']} × {row['chars'] / row['num_texts']:.0f}")
-    console().print(table)
+    cells = [[name, *(cell(row[k]) for k, _ in COLUMNS), f"{row['num_texts']} × {row['chars'] / row['num_texts']:.0f}"]
+             for name, row in rows.items()]
+    print_table(title, ["text", *(header for _, header in COLUMNS), "texts × chars"], cells)
 
 
 def main(argv: list[str]) -> int:
@@ -219,7 +213,6 @@ def main(argv: list[str]) -> int:
     from .config import parse_overrides, read_config_file
     from .data import load_meta, load_tokenizer
     from .distributed import resolve_device
-    from .evaluate import write_json
 
     if argv and argv[0] in ("-h", "--help"):
         print("usage: nanodlm judge --judge=AR_OUT_DIR (--samples=FILE | --out_dir=MODEL_DIR) [--key=value ...]")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -17,13 +15,13 @@ import torch
 
 from ..config import build_config, parse_overrides
 from ..errors import UserError
+from ..generate import ALIASES, SamplerOptions
+from ..judge import generate_texts
 
 # The diffusion configuration the benchmarks default to, chosen by the sweep in BENCHMARKS.md ("Making diffusion
 # write"): repair objective (fills and flags), rotary positions, learning rate 2e-3; the sampler options are
 # SamplerOptions' defaults (`nanodlm sample`'s: remask, noise 1, prior_weight 0.7)
-from ..evaluate import write_json as write
-from ..generate import ALIASES, SamplerOptions
-from ..judge import generate_texts
+from ..report import fmt, print_table, write_json  # noqa: F401 (the benchmarks' output, re-exported)
 
 BENCH_DEFAULTS: dict[str, Any] = {"objective": "repair", "pos_emb": "rope", "learning_rate": 2e-3, "copy_weight": 0.1}
 RANDOM_VOCAB = 65  # shakespeare_char's vocabulary: `bench train` uses random tokens of it without prepared data
@@ -75,16 +73,6 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-def write_json(path: str | None, result: dict[str, Any]) -> None:
-    """evaluate.write_json, skipped without a path, announced when it writes a file."""
-    if path is None:
-        return
-
-    write(path, result)
-    if path != "-":
-        print(f"wrote {path}")
-
-
 def machine_info(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
@@ -113,33 +101,6 @@ def timed(device: str, fn: Callable[[], Any]) -> tuple[Any, float]:
     out = fn()
     sync(device)
     return out, time.perf_counter() - t0
-
-
-def print_table(title: str, columns: list[str], rows: list[list[Any]], stderr: bool = False) -> None:
-    """A rich table; on stderr when stdout carries JSON."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*[fmt(v) for v in row])
-    # a pipe or log file gets 120 columns, not rich's default of 80, so numbers do not wrap
-    stream = sys.stderr if stderr else sys.stdout
-    Console(file=stream, width=None if stream.isatty() else 120).print(table)
-
-
-def fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "-"
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}"
-    return str(v)
 
 
 def warm_up_sampling(out_dir: str, options: SamplerOptions, device: str, ckpt: str, num_samples: int,
