@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import json
 import re
 import types
 import typing
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 from .diffusion import OBJECTIVES
 from .distributed import BACKENDS, DTYPES
 from .errors import UserError
+from .fileio import parse_json
 from .model import ModelArgs
 
 T = TypeVar("T")
@@ -165,13 +165,7 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise UserError(f"config file '{path}' not found; presets: {', '.join(list_presets()) or 'none'}")
     text = p.read_text()
     if p.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"config file '{path}' is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"config file '{path}' must hold a JSON object")
-        return data
+        return parse_json(text, f"config file '{path}'", dict, "; write one object of keys")
     try:
         tree = ast.parse(text, filename=str(p))
     except SyntaxError as e:

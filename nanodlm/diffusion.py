@@ -149,14 +149,8 @@ def seed_corrupt(x: torch.Tensor, mask_token_id: int, generator: torch.Generator
     return x_in, targets
 
 
-def seed_loss(
-    logits: torch.Tensor,
-    x_in: torch.Tensor,
-    targets: torch.Tensor,
-    mask_token_id: int,
-    penalty_keep_mask: float = 0.25,
-    penalty_mask_correct: float = 0.5,
-) -> torch.Tensor:
+def seed_loss(logits: torch.Tensor, x_in: torch.Tensor, targets: torch.Tensor, mask_token_id: int,
+              penalty_keep_mask: float = 0.25, penalty_mask_correct: float = 0.5) -> torch.Tensor:
     """The spec's weighted CE (full softmax, fp32), averaged over ALL B*T positions (not sum of weights).
 
     Weight 1.0, except where argmax(logits) == [MASK] and
@@ -244,16 +238,8 @@ def repair_corrupt(
     return x_in, t, masked, flipped
 
 
-def repair_loss(
-    logits: torch.Tensor,
-    x: torch.Tensor,
-    masked: torch.Tensor,
-    flipped: torch.Tensor,
-    t: torch.Tensor,
-    mask_token_id: int,
-    copy_weight: float = 0.0,
-    block: int = 0,
-) -> torch.Tensor:
+def repair_loss(logits: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, flipped: torch.Tensor, t: torch.Tensor,
+                mask_token_id: int, copy_weight: float = 0.0, block: int = 0) -> torch.Tensor:
     """mdlm term + flag term + copy_weight * copy term, each summed over its positions and divided by B*T.
 
     What the model should output, by input position:

@@ -1,12 +1,15 @@
-"""Writing files all or nothing: the one helper checkpoints, datasets and reports share."""
+"""Files: written all or nothing (checkpoints, datasets, reports), and JSON read with a one-line error."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from .errors import UserError
 
 
 def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
@@ -35,3 +38,15 @@ def current_umask() -> int:
     mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
     os.umask(mask)
     return mask
+
+
+def parse_json(text: str, where: str, kind: type, hint: str = "") -> Any:
+    """``json.loads(text)``, which must give a ``kind`` (dict, str, ...); otherwise a UserError naming ``where``
+    (e.g. "config file 'x.json'", "out.jsonl line 3") and ending with ``hint``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where} is not valid JSON ({e.msg}){hint}") from None
+    if not isinstance(value, kind):
+        raise UserError(f"{where} holds a {type(value).__name__}, not a JSON {kind.__name__}{hint}")
+    return value

@@ -14,7 +14,6 @@ distinct-n and longest repeat are means over texts.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .fileio import parse_json
 from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
 from .protocol import passages
 from .report import print_table, write_json
@@ -137,13 +137,7 @@ def load_samples(path: str | Path) -> list[str]:
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {n} is not JSON ({e.msg}); write one JSON string per line") from None
-            if not isinstance(value, str):
-                raise UserError(f"{path} line {n} holds a {type(value).__name__}, not a JSON string")
-            samples.append(value)
+            samples.append(parse_json(line, f"{path} line {n}", str, "; write one JSON string per line"))
     else:
         samples, lines = [], []
         for line in text.split("\n"):

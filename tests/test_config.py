@@ -62,6 +62,10 @@ def test_json_config_file(tmp_path: Path) -> None:
     path.write_text('{"n_layer": 2, "dropout": 0}')
     cfg = load_config(TrainConfig, [str(path)])
     assert cfg.n_layer == 2 and cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
+    for text, needle in (('{"n_layer": 2', "is not valid JSON"), ("[1, 2]", "holds a list, not a JSON dict")):
+        path.write_text(text)
+        with pytest.raises(UserError, match=needle):
+            load_config(TrainConfig, [str(path)])
 
 
 def test_overrides_equals_and_space_forms() -> None:
