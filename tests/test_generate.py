@@ -4,6 +4,7 @@ sampler registry, and the sampling keys every command exposes."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from pathlib import Path
 
@@ -251,3 +252,36 @@ def test_flags_build_the_three_configs() -> None:
         sampling_configs({"stepz": "3"}, SampleConfig)
     with pytest.raises(UserError, match="'temperature' must be >= 0"):
         sampling_configs({"temperature": "-1"}, SampleConfig)
+
+
+@pytest.mark.parametrize("argv", [["sample"], ["judge"], ["bench", "sample"], ["bench", "steps"],
+                                  ["bench", "quality"], ["bench", "parallel"]])
+def test_every_sampling_command_exposes_every_sampler_option(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    from nanodlm.cli import main
+
+    assert main([*argv, "--help"]) == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(SamplerOptions):
+        assert out.count(f"--{f.name}=") == 1, (argv, f.name)  # once: as an option, or as the command's own key
+    assert "# " in out  # each key with its one-line description
+
+
+def test_an_option_given_to_a_sampling_command_reaches_the_sampler(tiny_runs: dict[str, str], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from nanodlm.cli import main
+
+    seen: list[dict] = []
+    real = SAMPLERS["remask"]
+
+    @functools.wraps(real)  # the registry reads a sampler's options from its signature (here: real's)
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(SAMPLERS, "remask", spy)
+    flags = ["--schedule=linear", "--noise=0.25", "--threshold=0.3", "--max_steps=3", "--device=cpu", "--ckpt=last"]
+    assert main(["sample", f"--out_dir={tiny_runs['diffusion']}", "--num_samples=1", "--length=8", *flags]) == 0
+    assert main(["judge", f"--judge={tiny_runs['gpt2']}", "--judge_ckpt=last", f"--out_dir={tiny_runs['diffusion']}",
+                 "--num_samples=1", "--length=8", *flags]) == 0
+    assert len(seen) == 2 and all((k["schedule"], k["noise"], k["threshold"], k["steps"]) == ("linear", 0.25, 0.3, 3)
+                                  for k in seen)
