@@ -75,8 +75,9 @@ def _load_hf_model(name_or_dir: str):
             why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise UserError(f"{name_or_dir} is not a loadable Hugging Face GPT-2 checkpoint ({why})") from None
         raise UserError(f"no weights for {name_or_dir!r} in the Hugging Face cache {hf_cache_dir()} and no download "
-                        "(offline?): run once with network access (or set HF_HOME to a cache that has them), or "
-                        "pass a local directory written by save_pretrained") from None
+                        "(offline?): run once with network access (or set HF_HOME to a cache that has them; "
+                        "HF_HUB_OFFLINE=1 skips the retries), or pass a local directory written by save_pretrained"
+                        ) from None
 
 
 def hf_model_args(hf_config: Any) -> dict[str, Any]:

@@ -233,3 +233,17 @@ def test_cpu_presets_train_the_protocol_ar_then_adapt_it() -> None:
     gpu = load_config(TrainConfig, ["gpt2_adapt_diffusion"])
     assert gpu.init_from == "gpt2" and gpu.block_size == 1024
     assert gpu.batch_size * gpu.gradient_accumulation_steps == 512
+
+
+
+def test_shifted_bidirectional_decode_reads_the_state_before_the_span():
+    # a prefix cache refreshed on the same canvas is exact: decoding canvas[:, s:] equals the full pass there,
+    # the first position reading the state at s - 1 that the refresh stored
+    model = diffusion_gpt(True, seed=5, pos_emb="rope")
+    x = torch.randint(0, V + 1, (2, 16), generator=gen(3))
+    full, _ = model(x)
+    cache = model.new_kv_cache(2, torch.device("cpu"), torch.float32)
+    model.decode(x, cache, keep=False)
+    cache.advance(8)
+    part = model.decode(x[:, 8:], cache, keep=False)
+    torch.testing.assert_close(part, full[:, 8:], rtol=1e-5, atol=1e-5)
