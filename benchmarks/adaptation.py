@@ -56,6 +56,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     p.add_argument("--attn_anneal_iters", type=int, default=200)
     p.add_argument("--eval_windows", type=int, default=200)
     p.add_argument("--eval_batch_size", type=int, default=32)
+    p.add_argument("--ar_iter", type=int, default=None, help="refuse unless the AR checkpoint is at this iteration")
+    p.add_argument("--compare", default=None, help="comma-separated runs (e.g. diffusion from scratch) measured on the "
+                   "same windows and masks, at their last checkpoint")
     p.add_argument("--judge_dir", default=None, help="an AR run that judges samples (optional)")
     p.add_argument("--num_samples", type=int, default=32)
     p.add_argument("--length", type=int, default=256)
@@ -108,6 +111,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     if not evals or evals[0] <= 0:
         raise SystemExit("--evals must be positive iteration counts, e.g. 250,500,1250")
     ar_meta = json.loads((Path(args.ar_dir) / "ckpt.json").read_text())
+    if args.ar_iter is not None and ar_meta.get("iter_num") != args.ar_iter:
+        raise SystemExit(f"{args.ar_dir}/ckpt.pt is at iter {ar_meta.get('iter_num')}, not {args.ar_iter}: wait for it")
     block = int(overrides.get("diffusion_block", 0))
     name = args.name or ("adapt" if not block else f"adapt-block{block}")
     out_dir = Path(args.work_dir) / name
@@ -132,9 +137,13 @@ def run(argv: list[str]) -> dict[str, Any]:
                          if k not in ("out_dir", "device", "progress", "plot", "init_from", "max_iters")},
         "eval": {"windows": {s: int(w.size(0)) for s, w in windows.items()}, "tokens_per_window": T, "n_draws": 4,
                  "mask_seeds": SEEDS, "splits": "dev/test halves of val.bin (nanodlm.protocol.dev_test)"},
-        "ar": measure(ar, windows, args, args.device), "rows": [],
+        "ar": measure(ar, windows, args, args.device), "compare": {}, "rows": [],
     }
     del ar
+    for run_dir in filter(None, (args.compare or "").split(",")):
+        other, other_meta, _ = load_model(run_dir, "last", args.device)
+        result["compare"][run_dir] = {"iter": other_meta.get("iter_num"), **measure(other, windows, args, args.device)}
+        del other
 
     # iteration 0: the adapted weights before any training, under full attention (what a sampler would see)
     model_args, state, note = init_from_source(cfg0, int(ar_meta["model_args"]["vocab_size"]))
