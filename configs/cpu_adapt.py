@@ -6,6 +6,7 @@ out_dir = "out-cpu-adapt"
 init_from = "out-cpu-ar"
 dataset = "shakespeare_char"
 device = "cpu"
+threads = 1  # one CPU thread: more oversubscribe a busy machine (README, "How long things take")
 model_type = "diffusion"
 objective = "repair"
 copy_weight = 0.1

@@ -4,6 +4,7 @@
 out_dir = "out-cpu-ar"
 dataset = "shakespeare_char"
 device = "cpu"
+threads = 1  # one CPU thread: more oversubscribe a busy machine (README, "How long things take")
 model_type = "gpt2"
 n_layer = 4
 n_head = 4

@@ -34,52 +34,52 @@ class TrainConfig(ModelArgs):
     pos_emb, qk_norm, diffusion_block) are inherited from ``model.ModelArgs``, which declares and checks them."""
 
     # I/O
-    out_dir: str = "out"
-    eval_interval: int = 2000
-    log_interval: int = 1
-    eval_iters: int = 200
-    eval_only: bool = False
-    always_save_checkpoint: bool = True
+    out_dir: str = "out"  # where checkpoints, metrics.jsonl and loss.png go
+    eval_interval: int = 2000  # iterations between evals (and checkpoint saves)
+    log_interval: int = 1  # iterations between logged training losses
+    eval_iters: int = 200  # batches per split at each eval
+    eval_only: bool = False  # evaluate once and exit
+    always_save_checkpoint: bool = True  # save ckpt.pt at every eval, not only when val loss improves
     init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | AR out_dir | HF dir
     overwrite: bool = False  # scratch run into an out_dir holding a trained model: replace it (else an error)
     # logging
-    wandb_log: bool = False
-    wandb_project: str = "nanodlm"
-    wandb_run_name: str = "run"
+    wandb_log: bool = False  # log to Weights & Biases (extra wandb)
+    wandb_project: str = "nanodlm"  # W&B project
+    wandb_run_name: str = "run"  # W&B run name
     progress: bool = True  # tqdm progress bar
     plot: bool = True  # loss-curve PNG in out_dir at each eval (needs matplotlib)
     # data
-    data_dir: str = "data"
-    dataset: str = "shakespeare_char"
+    data_dir: str = "data"  # folder holding prepared datasets
+    dataset: str = "shakespeare_char"  # a folder in data_dir made by `nanodlm prepare`
     gradient_accumulation_steps: int = 1  # global value; divided by the number of DDP processes
-    batch_size: int = 12
+    batch_size: int = 12  # sequences per micro-step
     # diffusion objective (see nanodlm/diffusion.py)
     objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the specification's own)
-    penalty_keep_mask: float = 0.25
-    penalty_mask_correct: float = 0.5
+    penalty_keep_mask: float = 0.25  # seed objective: weight of the loss at positions that stay [MASK]
+    penalty_mask_correct: float = 0.5  # seed/repair: weight of flagging a correct visible token as [MASK]
     mdlm_eps: float = 1e-3  # mdlm/repair train on t ~ U(mdlm_eps, mdlm_t_max); eval always integrates over (0, 1)
     mdlm_t_max: float = 1.0  # < 1: BD3-LM's clipped schedule (with a larger mdlm_eps), training only
-    repair_rate_max: float = 0.1
+    repair_rate_max: float = 0.1  # repair/seed: most of the visible tokens swapped for wrong ones
     copy_weight: float = 0.1  # repair: weight of the "keep this token" loss on clean visible positions
     attn_anneal_iters: int = 0  # diffusion: attention goes from causal (iter 0) to full over these iters (DiffuLLaMA)
     # optimizer
-    learning_rate: float = 6e-4
-    max_iters: int = 600000
-    weight_decay: float = 1e-1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    learning_rate: float = 6e-4  # peak learning rate (AdamW)
+    max_iters: int = 600000  # total training iterations
+    weight_decay: float = 1e-1  # AdamW weight decay on matrices
+    beta1: float = 0.9  # AdamW beta1, in [0, 1)
+    beta2: float = 0.95  # AdamW beta2, in [0, 1)
     grad_clip: float = 1.0  # 0 disables
     # learning-rate schedule: linear warmup, cosine decay to min_lr
-    decay_lr: bool = True
-    warmup_iters: int = 2000
-    lr_decay_iters: int = 600000
-    min_lr: float = 6e-5
+    decay_lr: bool = True  # False: constant learning_rate
+    warmup_iters: int = 2000  # linear warmup iterations
+    lr_decay_iters: int = 600000  # cosine decay reaches min_lr here
+    min_lr: float = 6e-5  # learning rate after the decay
     # system
     backend: str = "auto"  # DDP backend: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on capable CUDA, fp32 on CPU) | float32 | bfloat16 | float16
-    compile: bool = False
-    seed: int = 1337
+    compile: bool = False  # torch.compile the model (GPU)
+    seed: int = 1337  # fixes the initial weights, batches and noise: same seed, same run
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default (one per core; oversubscribes a busy machine)
 
     def __post_init__(self) -> None:
@@ -244,15 +244,16 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def key_help(cls: type) -> dict[str, str]:
     """{field: the ``# comment`` that ends its line in the class source}: the one-line description of a key."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):  # no source (a frozen build): keys without descriptions
-        return {}
     out: dict[str, str] = {}
-    for line in source.splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
-        if m:
-            out.setdefault(m.group(1), m.group(2).strip())
+    for klass in cls.__mro__:  # inherited keys too (TrainConfig's model keys live in ModelArgs)
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):  # no source (a builtin, a frozen build): keys without descriptions
+            continue
+        for line in source.splitlines():
+            m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+            if m:
+                out.setdefault(m.group(1), m.group(2).strip())
     return out
 
 

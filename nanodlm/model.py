@@ -40,11 +40,11 @@ class ModelArgs:
     them as flat nanoGPT keys (``--n_layer=4``). Bad values raise ValueError naming the key."""
 
     model_type: str = "gpt2"  # gpt2 | diffusion
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
+    block_size: int = 1024  # context length in tokens
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads (must divide n_embd)
+    n_embd: int = 768  # model width
+    dropout: float = 0.0  # dropout rate in [0, 1) (the one model key a resume may change)
     bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2's weights have them)
     pos_emb: str = "auto"  # learned (GPT-2 weights load) | rope (rotary, relative order) | auto (see POS_EMBS)
     qk_norm: bool = False  # RMS-normalise queries and keys per head (stabilises higher learning rates)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -89,3 +90,35 @@ def test_sample_output_written_and_threads(tiny_runs, tmp_path: Path, capsys) ->
     assert main(["sample", f"--out_dir={tiny_runs['gpt2']}", "--device=cpu", "--num_samples=2", "--max_new_tokens=3",
                  f"--output={out}", "--threads=1"]) == 0
     assert len(out.read_text().splitlines()) == 2 and torch.get_num_threads() == 1
+
+
+def test_train_help_describes_every_key(capsys) -> None:
+    assert main(["train", "--help"]) == 0
+    keys = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+    assert len(keys) > 40 and all("  # " in line for line in keys), [k for k in keys if "  # " not in k]
+
+
+def test_bench_quality_uses_prepared_data_and_names_the_right_command(tmp_path: Path, data_dir: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    from nanodlm.bench.runs import ensure_dataset
+    from nanodlm.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(Path(data_dir) / "tiny", tmp_path / "data" / "tiny")  # prepared before, in ./data
+    meta = ensure_dataset(tmp_path / "work" / "data", "tiny")
+    assert meta == json.loads((tmp_path / "data" / "tiny" / "meta.json").read_text())
+    assert (tmp_path / "work" / "data" / "tiny" / "train.bin").is_file()
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv("NANODLM_DATA_MIRROR", raising=False)
+    monkeypatch.setenv("NANODLM_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(UserError) as e:
+        ensure_dataset(tmp_path / "work" / "data", "shakespeare_char")
+    assert "nanodlm prepare shakespeare_char --input=FILE" in str(e.value) and "pass --input" not in str(e.value)

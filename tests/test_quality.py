@@ -110,7 +110,7 @@ def test_overrides_route_to_the_right_model() -> None:
 
 @pytest.mark.slow  # trains and judges several models
 def test_smoke_on_any_prepared_text_writes_every_key_chooses_on_dev_reports_on_test(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     work = tmp_path / "work"
     src = tmp_path / "novel.txt"
     src.write_text(_corpus()[:30_000], encoding="utf-8")
@@ -147,6 +147,7 @@ def test_smoke_on_any_prepared_text_writes_every_key_chooses_on_dev_reports_on_t
             "--progress=false"]
     assert bench.main(argv) == 0
     r = json.loads(out.read_text())
+    assert "plumbing check" in capsys.readouterr().out  # smoke numbers are not results, and it says so
 
     p = r["protocol"]
     assert p["selection_split"].startswith("dev") and p["report_split"].startswith("test")
