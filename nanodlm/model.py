@@ -1,4 +1,4 @@
-"""The GPT model, top to bottom: config, attention, MLP, block, GPT.
+"""The GPT model, top to bottom: config, KV cache, attention, MLP, block, GPT (masks and rotary: attention.py).
 
 One transformer serves both modes (``GPTConfig.model_type``):
 - ``gpt2``: causal attention; without targets the forward returns logits for the last position.
@@ -28,6 +28,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from .attention import (
+    TwoStreamAttention,
+    apply_rotary,
+    block_diffusion_mask,
+    rotary_cos_sin,
+    shift_hidden,
+)
 
 MODEL_TYPES = ("gpt2", "diffusion")
 POS_EMBS = ("auto", "learned", "rope")  # auto: learned for gpt2, rope for diffusion
@@ -111,100 +119,6 @@ class GPTConfig(ModelArgs):
     def to_dict(self) -> dict[str, Any]:
         """The constructor's arguments (a checkpoint's ``model_args``): ``GPTConfig(**c.to_dict()) == c``."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-
-
-def rotary_cos_sin(T: int, head_size: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape (T, head_size // 2) for positions offset .. offset+T-1."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_size, 2, device=device, dtype=torch.float32) / head_size))
-    pos = torch.arange(offset, offset + T, device=device, dtype=torch.float32)
-    angles = torch.outer(pos, inv_freq)
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (..., T, hs) with cos/sin broadcastable to (..., T, hs/2); rotate the two halves as complex pairs
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast x is bf16/fp16: stay in its dtype
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-def block_diffusion_mask(T: int, block: int, device: torch.device, with_clean: bool) -> torch.Tensor:
-    """Boolean attention mask (True = may attend) for block diffusion over blocks of ``block`` positions.
-
-    without clean: (T, T) block-causal; a query sees keys in its own block and earlier blocks. At sampling time
-    the canvas is clean blocks followed by the block being denoised, so this is exactly what training saw.
-    with clean: (2T, 2T) over [x_t ; x_0] (BD3-LM's vectorised training): noisy queries see their own noisy
-    block and the earlier *clean* blocks; clean queries see clean blocks up to their own, never x_t.
-    """
-    blk = torch.arange(T, device=device) // block
-    up_to = blk[:, None] >= blk[None, :]  # (T, T)
-    if not with_clean:
-        return up_to
-    same = blk[:, None] == blk[None, :]
-    noisy_rows = torch.cat((same, up_to & ~same), dim=1)  # (T, 2T)
-    clean_rows = torch.cat((torch.zeros_like(same), up_to), dim=1)  # (T, 2T)
-    return torch.cat((noisy_rows, clean_rows), dim=0)
-
-
-def annealed_attention(T: int, ratio: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """(T, T) bool, True = may attend: causal, plus each future key with probability ``ratio``.
-
-    Attention annealing (DiffuLLaMA, Gong et al. 2024, arXiv:2410.17891): ratio 0 is the AR model's causal
-    mask, ratio 1 full attention; training raises it linearly. Indexed by position, one draw per step.
-    """
-    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    return causal | (torch.rand(T, T, generator=generator, device=device) < ratio)
-
-
-def shift_hidden(x: torch.Tensor, before: torch.Tensor | None, block: int, clean: torch.Tensor | None) -> torch.Tensor:
-    """Hidden states (B, T, C) -> those the shifted head reads: position i gets i-1's, position 0 ``before``.
-
-    ``before`` (B, 1, C): the state at the position before x (a cache's kept prefix); None: x's own first.
-    ``clean`` (B, T, C), block diffusion training: a block's first position reads the *clean* state before it,
-    which is what it reads at sampling time, where the earlier blocks are final (the noisy one never is).
-    """
-    prev = torch.cat((x[:, :1] if before is None else before, x[:, :-1]), dim=1)
-    if clean is not None and block < x.size(1):
-        starts = torch.arange(block, x.size(1), block, device=x.device)  # (n_blocks - 1,)
-        prev = prev.index_copy(1, starts, clean[:, starts - 1])
-    return prev
-
-
-class TwoStreamAttention:
-    """Block diffusion training attention over [x_t ; x_0] (2T positions) without the dense (2T, 2T) mask.
-
-    Queries go in chunks of ``chunk`` positions (a multiple of the block). The noisy queries of chunk c attend to
-    the clean keys of chunks 0..c and the noisy keys of chunk c; the clean queries of chunk c to the clean keys of
-    chunks 0..c (a contiguous slice): two SDPA calls per chunk with small masks, ~(1 + 3/n) T^2 query-key pairs
-    for n chunks instead of the dense mask's 4 T^2, for the same allowed keys per query as
-    ``block_diffusion_mask(T, block, with_clean=True)`` (equal up to float rounding). On the layer ``last_layer``
-    it returns the noisy stream only (the clean stream's outputs there would be discarded).
-    """
-
-    def __init__(self, T: int, block: int, device: torch.device, last_layer: int = -1, chunk: int | None = None
-                 ) -> None:
-        self.T, self.last_layer = T, last_layer
-        chunk = chunk or max(block, (T // 4) // block * block)  # 4 chunks: the fastest of 2-8 on CPU at T = 256
-        dense = block_diffusion_mask(T, block, device, with_clean=True)  # (2T, 2T), sliced once per forward
-        self.spans = []
-        for s in range(0, T, chunk):
-            e = min(s + chunk, T)
-            noisy = dense[s:e][:, torch.cat((torch.arange(T, T + e), torch.arange(s, e))).to(device)]  # (n, e + n)
-            self.spans.append((s, e, noisy, dense[T + s:T + e, T:T + e]))  # clean rows: (n, e)
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
-                 last: bool = False) -> torch.Tensor:
-        """q, k, v (B, nh, 2T, hs) -> y (B, nh, 2T, hs), or (B, nh, T, hs) (the noisy stream) if ``last``."""
-        T, noisy, clean = self.T, [], []
-        for s, e, noisy_mask, clean_mask in self.spans:
-            kc = torch.cat((k[:, :, T:T + e], k[:, :, s:e]), dim=2)  # (B, nh, e + n, hs): clean prefix, own noisy
-            vc = torch.cat((v[:, :, T:T + e], v[:, :, s:e]), dim=2)
-            noisy.append(F.scaled_dot_product_attention(q[:, :, s:e], kc, vc, attn_mask=noisy_mask,
-                                                        dropout_p=dropout_p))
-            if not last:
-                clean.append(F.scaled_dot_product_attention(q[:, :, T + s:T + e], k[:, :, T:T + e], v[:, :, T:T + e],
-                                                            attn_mask=clean_mask, dropout_p=dropout_p))
-        return torch.cat(noisy + clean, dim=2)
 
 
 class KVCache:

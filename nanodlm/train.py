@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .attention import annealed_attention
 from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
 from .data import get_batch, load_meta, open_split
@@ -30,7 +31,7 @@ from .diagnostics import diagnostics
 from .diffusion import DiffusionOptions, get_objective
 from .distributed import destroy_distributed, init_distributed
 from .errors import UserError
-from .model import GPTConfig, annealed_attention
+from .model import GPTConfig
 from .plotting import plot_loss_curves
 from .rundir import SHAPE_KEYS, check_resume, open_run_dir, truncate_metrics
 from .step import Stepper

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from nanodlm.adapt import init_from_source
+from nanodlm.attention import annealed_attention
 from nanodlm.blockwise import generate_blocks
 from nanodlm.checkpoint import load_checkpoint, load_model
 from nanodlm.cli import main
 from nanodlm.config import TrainConfig, build_config
 from nanodlm.errors import UserError
 from nanodlm.evaluate import diffusion_nelbo
-from nanodlm.model import GPT, GPTConfig, annealed_attention
+from nanodlm.model import GPT, GPTConfig
 from nanodlm.train import anneal_ratio, annealed, load_train_config, train
 
 V = 20  # data vocabulary; [MASK] = V

@@ -8,11 +8,12 @@ import torch
 import torch.nn as nn
 
 from nanodlm import diffusion as D
+from nanodlm.attention import block_diffusion_mask
 from nanodlm.blockwise import generate_blocks, generate_long
 from nanodlm.config import TrainConfig
 from nanodlm.diagnostics import diagnostics
 from nanodlm.errors import UserError
-from nanodlm.model import GPT, GPTConfig, block_diffusion_mask
+from nanodlm.model import GPT, GPTConfig
 
 V = 11
 M = V - 1
