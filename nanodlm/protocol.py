@@ -29,6 +29,7 @@ import torch
 
 from .diffusion import mean_and_stderr
 from .errors import UserError
+from .report import save_figure
 
 SELECTION_SPLIT = "dev: the first half of val.bin (tokens [0, len(val) // 2))"
 REPORT_SPLIT = "test: the second half of val.bin (tokens [len(val) // 2, len(val)))"
@@ -149,11 +150,7 @@ def plot_frontier(curves: dict[str, dict[str, Any]], real: dict[str, float], png
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path)
-    plt.close(fig)
-    return True
+    return save_figure(fig, png_path)
 
 
 def _or0(v: float | None) -> float:

@@ -63,3 +63,14 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     # a pipe or log file gets 160 columns, not rich's default of 80, so rows stay whole
     stream = sys.stderr if stderr else sys.stdout
     Console(file=stream, width=None if stream.isatty() else 160).print(table)
+
+
+def save_figure(fig: Any, png_path: str | Path) -> bool:
+    """Write a matplotlib figure to ``png_path`` (folders made) and close it; True, for the plotters' return."""
+    import matplotlib.pyplot as plt
+
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return True

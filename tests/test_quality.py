@@ -191,7 +191,7 @@ def test_smoke_on_any_prepared_text_writes_every_key_chooses_on_dev_reports_on_t
     (["--report_seeds=5,6"], "at least 3 seeds"),
     (["--sampler=ancestral"], "does not take --prior_weight"),
     (["--knob=top_k"], "--knob must be one of"),
-    (["--diffusion_learning_rate=fast"], "comma-separated numbers"),
+    (["--diffusion_learning_rate=fast"], "comma-separated list of float"),
 ])
 def test_bad_protocol_settings_fail_before_any_training(tmp_path: Path, flags: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message):

@@ -62,13 +62,21 @@ def parse_sampling_args(command: str, cls: type[T], argv: list[str], strict: boo
     return args, build_config(SamplerOptions, {k: v for k, v in values.items() if k in option_keys}), rest
 
 
+def parse_list(text: str, kind: type, key: str) -> list[Any]:
+    """'1,4,16' -> [1, 4, 16] for ``--key``, each entry a ``kind``; a one-line error when one is not, or none given."""
+    try:
+        values = [kind(s.strip()) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--{key} must be a comma-separated list of {kind.__name__}; got {text!r}") from None
+    if not values:
+        raise UserError(f"--{key} is empty")
+    return values
+
+
 def parse_steps(text: str) -> list[int]:
     """'1,4,16' -> [1, 4, 16]; every entry a positive int."""
-    try:
-        steps = [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--steps must be comma-separated integers like 16,64,256; got {text!r}") from None
-    if not steps or min(steps) < 1:
+    steps = parse_list(text, int, "steps")
+    if min(steps) < 1:
         raise UserError(f"--steps must be positive integers; got {text!r}")
     return steps
 

@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..generate import Generation, Prompt, SamplerOptions, generate
 from ..judge import score_texts
 from ..protocol import dev_test, seed_mean
-from .common import machine_info, now, parse_sampling_args, print_table, write_json
+from ..report import save_figure
+from .common import machine_info, now, parse_list, parse_sampling_args, print_table, write_json
 from .frontier import Judge, real_text
 
 QUALITY_KEYS = ("judge_ppl", "entropy_bits", "distinct_4")
@@ -62,17 +63,7 @@ class ParallelArgs:
             raise UserError(f"--split must be dev or test; got {self.split!r}")
         for key, kind in (("samplers", str), ("steps", int), ("taus", float), ("semi_ar_blocks", int),
                           ("approx_caches", str), ("seeds", int)):
-            _list(getattr(self, key), kind, key)  # a one-line error now, not after the models load
-
-
-def _list(text: str, kind: type, key: str) -> list[Any]:
-    try:
-        values = [kind(s.strip()) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--{key} must be a comma-separated list of {kind.__name__}; got {text!r}") from None
-    if not values:
-        raise UserError(f"--{key} is empty")
-    return values
+            parse_list(getattr(self, key), kind, key)  # a one-line error now, not after the models load
 
 
 @dataclass
@@ -84,7 +75,6 @@ class _Model:
 
 
 def _load(out_dir: str, ckpt: str, device: str) -> _Model:
-
     model, meta, tok = load_model(out_dir, ckpt, device)
     block = model.config.diffusion_block
     return _Model(Path(out_dir).name + (f" (block {block})" if block else ""), model, tok, meta)
@@ -111,10 +101,9 @@ class _Point:
         self.ar_speed: dict[str, list[float]] = {"b1": [], "bN": []}
 
     def measure(self, m: _Model, options: SamplerOptions) -> dict[str, Any]:
-
         a, per_seed, ratios = self.args, [], {"b1": [], "bN": []}
         speed: dict[str, list[float]] = {"b1": [], "bN": []}
-        for seed in _list(a.seeds, int, "seeds"):
+        for seed in parse_list(a.seeds, int, "seeds"):
             ar_out = _run(self.ar, self.ar_options, a.length, a.num_samples, seed)  # paired: AR, then diffusion
             out = _run(m, options, a.length, a.num_samples, seed)
             if seed not in self.ar_quality:
@@ -150,10 +139,10 @@ def _configurations(args: ParallelArgs, m: _Model) -> list[dict[str, Any]]:
     own blocks (semi-AR blocks and approximate caches apply to bidirectional models only)."""
     bidirectional = not m.model.config.diffusion_block
     out = []
-    for sampler in _list(args.samplers, str, "samplers"):
-        for steps in _list(args.steps, int, "steps"):
-            for block in (_list(args.semi_ar_blocks, int, "semi_ar_blocks") if bidirectional else [0]):
-                for cache in (_list(args.approx_caches, str, "approx_caches") if block else ["none"]):
+    for sampler in parse_list(args.samplers, str, "samplers"):
+        for steps in parse_list(args.steps, int, "steps"):
+            for block in (parse_list(args.semi_ar_blocks, int, "semi_ar_blocks") if bidirectional else [0]):
+                for cache in (parse_list(args.approx_caches, str, "approx_caches") if block else ["none"]):
                     out.append(dict(sampler=sampler, steps=steps, semi_ar_block=block, approx_cache=cache))
     return out
 
@@ -168,7 +157,6 @@ def _curve_name(m: _Model, c: dict[str, Any]) -> str:
 
 def _real_text(args: ParallelArgs, ar: _Model, judge: tuple[Any, Any]) -> dict[str, Any] | None:
     """Real passages of the chosen half of val, one set per seed, scored like the samples (the fair ruler's)."""
-
     cfg = ar.meta.get("config", {})
     data_dir, dataset = args.data_dir or cfg.get("data_dir", "data"), args.dataset or cfg.get("dataset", "")
     try:
@@ -176,7 +164,7 @@ def _real_text(args: ParallelArgs, ar: _Model, judge: tuple[Any, Any]) -> dict[s
     except UserError as e:  # no prepared data here: the table loses its real-text row, not the benchmark
         print(f"no real-text row: {e}")
         return None
-    seeds = {args.split: _list(args.seeds, int, "seeds")}
+    seeds = {args.split: parse_list(args.seeds, int, "seeds")}
     return real_text(splits, judge[1].decode, Judge(*judge), seeds, args.num_samples, args.length)[args.split]
 
 
@@ -193,10 +181,10 @@ def bench_parallel(argv: list[str]) -> dict[str, Any]:
     judge = (judge_m.model, judge_m.tok)
     ar_options = SamplerOptions(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
     point = _Point(args, ar, ar_options, judge)
-    taus = _list(args.taus, float, "taus")
+    taus = parse_list(args.taus, float, "taus")
     _run(ar, ar_options, args.length, args.num_samples, 0)  # warm-up: library start-up, first-seen shapes
     curves = []
-    for out_dir in _list(args.runs, str, "runs"):
+    for out_dir in parse_list(args.runs, str, "runs"):
         m = _load(out_dir, args.ckpt, device)
         if m.model.config.model_type != "diffusion":
             raise UserError(f"--runs takes diffusion runs; {out_dir} is {m.model.config.model_type}")
@@ -275,8 +263,4 @@ def plot_frontier_speed(result: dict[str, Any], png_path: str | Path) -> bool:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{result['args']['length']} characters; labels: tau (parallel_threshold)", fontsize=9)
     fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path)
-    plt.close(fig)
-    return True
+    return save_figure(fig, png_path)

@@ -36,7 +36,7 @@ from ..evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
 from ..generate import Prompt, SamplerOptions, generate
 from ..protocol import REPORT_SPLIT, SELECTION_SPLIT, argmin, dev_test, plot_frontier
 from ..samplers import SAMPLERS, sampler_keys
-from .common import BENCH_DEFAULTS, machine_info, now, parse_sampling_args, print_table, write_json
+from .common import BENCH_DEFAULTS, machine_info, now, parse_list, parse_sampling_args, print_table, write_json
 from .frontier import Judge, operating_point, point, real_text, sweep
 from .runs import CKPT, PROTECTED, ROLES, candidates, describe, ensure_dataset, route_overrides, train_or_reuse
 
@@ -80,15 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _floats(text: str | None, key: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--{key} must be comma-separated numbers like 1e-3,2e-3; got {text!r}") from None
-    if not values:
-        raise UserError(f"--{key} is empty")
-    return values
+    return None if text is None else parse_list(text, float, key)
 
 
 @dataclass

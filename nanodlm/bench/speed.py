@@ -267,7 +267,6 @@ class SampleBenchArgs:
 
 def bench_sample(argv: list[str]) -> dict[str, Any]:
     """Sampling throughput: AR with and without the KV cache, diffusion at each step count; batch 1 and N."""
-
     args, options, _ = parse_sampling_args("sample", SampleBenchArgs, argv)
     if not args.out_dir_ar and not args.out_dir_diffusion:
         raise UserError("bench sample needs --out_dir_ar=DIR and/or --out_dir_diffusion=DIR")

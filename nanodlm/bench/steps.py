@@ -13,6 +13,7 @@ from ..checkpoint import find_checkpoint, load_checkpoint, load_model
 from ..distributed import resolve_device
 from ..errors import UserError
 from ..judge import generate_texts, reference_texts, score_texts
+from ..report import save_figure
 from .common import machine_info, now, parse_sampling_args, parse_steps, print_table, warm_up_sampling, write_json
 from .runs import CKPT
 
@@ -41,7 +42,6 @@ class StepsBenchArgs:
 
 
 def _load_judge(judge_dir: str, device: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-
     model, meta, tok = load_model(judge_dir, CKPT, device)
     if model.config.model_type != "gpt2":
         raise UserError(f"the judge in {judge_dir} is a {model.config.model_type} model; it must be gpt2")
@@ -49,13 +49,11 @@ def _load_judge(judge_dir: str, device: str) -> tuple[torch.nn.Module, Any, dict
 
 
 def _run_meta(out_dir: str, ckpt: str) -> dict[str, Any]:
-
     return load_checkpoint(find_checkpoint(out_dir, ckpt))["meta"]
 
 
 def bench_steps(argv: list[str]) -> dict[str, Any]:
     """Judge PPL, entropy and chars/s of diffusion samples at each step count; AR and real text as lines."""
-
     args, options, _ = parse_sampling_args("steps", StepsBenchArgs, argv)
     if not args.out_dir or not args.judge:
         raise UserError("bench steps needs --out_dir=DIFFUSION_DIR and --judge=JUDGE_DIR")
@@ -141,8 +139,4 @@ def plot_steps(result: dict[str, Any], png_path: str | Path) -> bool:
         ax.legend()
     fig.suptitle(f"{result['num_samples']} samples × {result['length']} chars, T={result['temperature']}")
     fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path)
-    plt.close(fig)
-    return True
+    return save_figure(fig, png_path)
