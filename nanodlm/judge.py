@@ -22,6 +22,10 @@ from typing import Any
 
 import torch
 
+from .checkpoint import load_model
+from .config import parse_overrides, read_config_file
+from .data import load_meta, load_tokenizer, open_split
+from .distributed import resolve_device
 from .errors import UserError
 from .fileio import parse_json
 from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
@@ -119,8 +123,6 @@ def reference_texts(data_dir: str, dataset: str, tokenizer, num: int, length_cha
     A window of ``length_chars`` tokens (``protocol.passages``) is decoded and cut to ``length_chars``
     characters (a char token is one character, a BPE token usually several).
     """
-    from .data import open_split
-
     data = open_split(data_dir, dataset, split)
     return [text[:length_chars] for text in passages(data, tokenizer.decode, num, length_chars, seed)]
 
@@ -164,9 +166,6 @@ def generate_texts(out_dir: str, options: SamplerOptions, *, num_samples: int, l
     clock of the generation alone, synchronised on CUDA), ``seconds``, ``steps``, ``steps_used``, ``sampler``,
     ``model_type``, ``forward_passes``.
     """
-    from .checkpoint import load_model
-    from .distributed import resolve_device
-
     model, _, tok = load_model(out_dir, ckpt, resolve_device(device))
     out = generate(model, tok, options, Prompt(length=length, max_new_tokens=length), num_samples=num_samples,
                    seed=seed)
@@ -203,11 +202,6 @@ def print_rows(rows: dict[str, dict[str, float]], title: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from .checkpoint import load_model
-    from .config import parse_overrides, read_config_file
-    from .data import load_meta, load_tokenizer
-    from .distributed import resolve_device
-
     if argv and argv[0] in ("-h", "--help"):
         print("usage: nanodlm judge --judge=AR_OUT_DIR (--samples=FILE | --out_dir=MODEL_DIR) [--key=value ...]")
         print_sampling_keys(JudgeConfig, prompt=False)

@@ -22,6 +22,7 @@ from .distributed import resolve_device
 from .errors import UserError
 from .fileio import atomic_write
 from .generate import Generation, Prompt, SamplerOptions, generate, ignored_settings, sampling_configs
+from .live import LiveView
 from .trajectory import Recorder
 
 
@@ -96,8 +97,6 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
         print(f"warning: {' '.join(ignored)} ignored: not used by {what}", file=sys.stderr)
     view = None
     if cfg.show and sys.stdout.isatty() and model.config.model_type != "gpt2":
-        from .live import LiveView
-
         view = LiveView(lambda i: tok.decode([i]), mask_token_id=model.config.mask_token_id)
     recorder = None
     if cfg.trajectory:

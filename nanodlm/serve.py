@@ -24,6 +24,9 @@ from typing import Any
 
 import torch
 
+from .checkpoint import load_model
+from .config import load_config
+from .distributed import resolve_device
 from .errors import UserError
 from .generate import Generation, Prompt, SamplerOptions, build_canvas, generate, sampling_configs
 from .sample import SampleConfig
@@ -303,9 +306,6 @@ def create_app(server: Server):
 
 
 def load_server(cfg: ServeConfig) -> Server:
-    from .checkpoint import load_model
-    from .distributed import resolve_device
-
     device = resolve_device(cfg.device)
     engines = {}
     for name, out_dir, want in (("diffusion", cfg.out_dir, "diffusion"), ("ar", cfg.ar_out_dir, "gpt2")):
@@ -320,8 +320,6 @@ def load_server(cfg: ServeConfig) -> Server:
 
 
 def main(argv: list[str]) -> int:
-    from .config import load_config
-
     cfg = load_config(ServeConfig, argv)
     try:
         import starlette  # noqa: F401

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .adapt import init_from_source
 from .attention import annealed_attention
 from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
@@ -162,8 +163,6 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         check_resume(cfg, model_args, ckpt["meta"], data_meta, out_dir)
         model_args["dropout"] = cfg.dropout  # the one model key that may change on resume: no weights depend on it
     elif cfg.init_from != "scratch":  # trained weights: fine-tune, or adapt AR -> diffusion (adapt.py)
-        from .adapt import init_from_source
-
         model_args, init_state, init_note = init_from_source(cfg, int(data_meta["vocab_size"]))
         # the source's architecture wins: the saved config says what was built, so a resume agrees with it
         cfg = dataclasses.replace(cfg, **{k: model_args[k] for k in SHAPE_KEYS if k in model_args})

@@ -19,6 +19,9 @@ COMMANDS = {"cli", "__main__", "train", "sample", "judge", "evaluate", "bench", 
 # the lowest floor: tensors in, tensors out; these import torch and each other only
 PURE = {"errors", "fileio", "attention", "model", "diffusion", "diagnostics", "ar_sampling", "samplers", "reveal",
         "blockwise", "textstats"}
+# the dispatcher imports a command only when it runs (``nanodlm --help`` stays fast); nothing else may
+# import package modules inside functions (optional third-party packages may: matplotlib, transformers, ...)
+LAZY_OK = {"cli"}
 # cycles still being untangled elsewhere (issue 9, bench as a subpackage); empty this when they are gone
 PENDING_CYCLES: set[str] = set()
 
@@ -146,6 +149,7 @@ def test_imports_only_go_down(name: str) -> None:
     if not is_command(name):
         up = sorted({m for m, _ in imported if is_command(m)})
         assert not up, f"library module {name} imports the command module(s) {up}"
+    if name not in LAZY_OK:
         lazy = sorted({m for m, inside in imported if inside})
         assert not lazy, f"{name} imports {lazy} inside a function: import package modules at the top"
     if name in PURE:
