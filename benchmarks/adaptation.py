@@ -114,7 +114,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     if args.ar_iter is not None and ar_meta.get("iter_num") != args.ar_iter:
         raise SystemExit(f"{args.ar_dir}/ckpt.pt is at iter {ar_meta.get('iter_num')}, not {args.ar_iter}: wait for it")
     block = int(overrides.get("diffusion_block", 0))
-    name = args.name or ("adapt" if not block else f"adapt-block{block}")
+    # the run's schedule depends on the last eval (lr_decay_iters): runs to different ends live in different folders
+    name = args.name or ("adapt" if not block else f"adapt-block{block}") + f"-{evals[-1]}"
     out_dir = Path(args.work_dir) / name
     values = adapt_values(args, overrides, out_dir, evals[-1])
     cfg0 = build_config(TrainConfig, {**values, "init_from": args.ar_dir, "max_iters": evals[0]})
@@ -159,8 +160,13 @@ def run(argv: list[str]) -> dict[str, Any]:
     settings = {k: getattr(args, k) for k in ("eval_windows", "judge_dir", "num_samples", "length", "steps")}
     stages_path = out_dir / "stages.json"
     stages = json.loads(stages_path.read_text()) if stages_path.exists() else {}
-    if stages.get("settings") != settings:
+    skip = ("device", "progress", "max_iters", "init_from")
+    trained = {k: v for k, v in config_to_dict(cfg0).items() if k not in skip}
+    if (out_dir / "ckpt.json").exists() and stages.get("train_config", trained) != trained:
+        raise SystemExit(f"{out_dir} was trained with other settings: use another --name or --work_dir")
+    if stages.get("settings") != settings:  # other measurements: measure again
         stages = {"settings": settings, "rows": {}}
+    stages["train_config"] = trained
     for stop in evals:
         done = 0
         if (out_dir / "ckpt.json").exists():

@@ -44,12 +44,14 @@ def test_adaptation_curve_smoke(tmp_path: Path, tiny_values, adaptation, block: 
     assert r["rows"][-1]["judge"]["judge_ppl"] > 1
     assert r["compare"][str(scratch)]["iter"] == 2 and math.isfinite(r["compare"][str(scratch)]["test"]["nelbo"])
     assert r["rows"][1]["test"]["nelbo"] != r["rows"][0]["test"]["nelbo"]  # training changed the model
-    run_dir = tmp_path / "work" / ("adapt" if not block else f"adapt-block{block}")
+    run_dir = tmp_path / "work" / ("adapt-4" if not block else f"adapt-block{block}-4")
     ckpt = json.loads((run_dir / "ckpt.json").read_text())
     assert ckpt["iter_num"] == 4 and ckpt["model_args"]["shift"] is True
     assert ckpt["model_args"]["diffusion_block"] == block
     with pytest.raises(SystemExit, match="not 5000"):
         adaptation.main([*argv, "--ar_iter=5000"])
+    with pytest.raises(SystemExit, match="other settings"):
+        adaptation.main([*argv, "--learning_rate=5e-4"])
     # a second run reuses the finished stages and measures the same numbers
     assert adaptation.main(argv) == 0
     again = json.loads(out.read_text())
