@@ -118,6 +118,8 @@ def sync_sidecars(out_dir: Path) -> None:
 def open_run_dir(out_dir: str | Path, init_from: str, overwrite: bool) -> RunDir:
     """Check, lock and tidy out_dir before training (master process only). See the module docstring."""
     path = Path(out_dir)
+    if init_from == "resume" and not (path / "ckpt.pt").is_file():  # before creating anything
+        raise UserError(f"no checkpoint at {path / 'ckpt.pt'}: train a model first or check --out_dir")
     ensure_writable_dir(path, "out_dir", "--out_dir")
     fd = _take_lock(path)
     try:

@@ -164,6 +164,12 @@ def test_out_dir_lock(tmp_path: Path, make_cfg, subprocess_env: dict[str, str]) 
     assert train(make_cfg(tmp_path, max_iters=1))["iter_num"] == 1
 
 
+def test_resume_of_nothing_creates_nothing(tmp_path: Path, make_cfg) -> None:
+    with pytest.raises(UserError, match="no checkpoint at"):
+        train(make_cfg(tmp_path / "typo", init_from="resume", max_iters=1))
+    assert not (tmp_path / "typo").exists()
+
+
 @pytest.mark.parametrize("where", ["/proc/nanodlm-test", "FILE/out"])
 def test_unwritable_out_dir_fails_before_training(tmp_path: Path, make_cfg, monkeypatch, where: str) -> None:
     (tmp_path / "file").write_text("x")
