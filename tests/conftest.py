@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +91,39 @@ def subprocess_env() -> dict[str, str]:
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     return env
+
+
+@pytest.fixture
+def signal_training(tiny_argv, subprocess_env):
+    """``signal_training(out_dir, signum)``: start a long tiny training in a subprocess, wait for 3 logged steps,
+    send ``signum`` -> (returncode, stdout, stderr)."""
+    import json
+
+    def run(out: Path, signum: int) -> tuple[int, str, str]:
+        cmd = [sys.executable, "-m", "nanodlm", "train", *tiny_argv(out, max_iters=100000, lr_decay_iters=100000)]
+        proc = subprocess.Popen(cmd, env=subprocess_env, cwd=out.parent, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+        def steps() -> int:
+            path = out / "metrics.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            return sum(1 for line in lines if line.strip() and json.loads(line).get("kind") == "step")
+
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and proc.poll() is None and steps() < 3:
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.communicate()[1]
+            assert steps() >= 3, "training did not start in time"
+            proc.send_signal(signum)
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return proc.returncode, stdout, stderr
+
+    return run
 
 
 @pytest.fixture(autouse=True)

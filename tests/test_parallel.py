@@ -5,26 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from fakes import MASK, Fake, V
 
 from nanodlm.blockwise import generate_blocks
 from nanodlm.samplers import SAMPLERS
 
-V = 11  # the last id is [MASK]
-MASK = V - 1
 PARALLEL = ("confidence", "remask")
 MASKGIT = dict(schedule="linear", noise=0.0, prior_weight=0.0)  # greedy reveal order: each rule checked alone
-
-
-class Fake(nn.Module):
-    """Logits from ``fn(tokens) -> (B, L, V)``; counts calls."""
-
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn, self.calls = fn, 0
-
-    def forward(self, idx: torch.Tensor, **_: object) -> tuple[torch.Tensor, None]:
-        self.calls += 1
-        return self.fn(idx), None
 
 
 def confident(p: torch.Tensor) -> Fake:
@@ -36,7 +23,7 @@ def confident(p: torch.Tensor) -> Fake:
         out[..., 1] = logit[..., : idx.size(1)].expand(idx.size(0), idx.size(1))
         return out
 
-    return Fake(fn)
+    return Fake(lambda idx, call: fn(idx))
 
 
 def masks(B: int, L: int) -> torch.Tensor:
@@ -98,7 +85,7 @@ def test_passes_are_counted_per_sample(name):
 def test_random_models_terminate_without_masks(name, tau):
     for seed in range(4):
         table = 3 * torch.randn(3, 12, V, generator=torch.Generator().manual_seed(seed))
-        model = Fake(lambda idx, t=table: t[: idx.size(0), : idx.size(1)] + idx[..., None].float() * 0.1)
+        model = Fake(lambda idx, call, t=table: t[: idx.size(0), : idx.size(1)] + idx[..., None].float() * 0.1)
         canvas = masks(3, 12)
         canvas[0, :3] = torch.tensor([1, 2, 3])  # a prefix: fixed, never changed
         out, info, seen = run(name, model, canvas, steps=12, seed=seed, parallel_threshold=tau, noise=1.0)

@@ -291,25 +291,10 @@ def test_divergence_before_any_save_promises_no_checkpoint(tmp_path: Path, make_
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_says_how_to_resume(tmp_path: Path, tiny_argv, subprocess_env: dict[str, str]) -> None:
+def test_sigterm_saves_and_says_how_to_resume(tmp_path: Path, signal_training) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "nanodlm", "train", *tiny_argv(out, max_iters=100000, lr_decay_iters=100000)]
-    proc = subprocess.Popen(cmd, env=subprocess_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len([r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "step"]) >= 3:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()[1]
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, stderr
+    returncode, stdout, stderr = signal_training(out, signal.SIGTERM)
+    assert returncode == 143, stderr
     assert "Traceback" not in stderr and "SIGTERM" in stdout and "--init_from=resume" in stdout
     iter_num = load_checkpoint(out / "ckpt.pt")["meta"]["iter_num"]
     assert train(load_train_config(["--init_from=resume", f"--out_dir={out}", f"--max_iters={iter_num + 1}"])

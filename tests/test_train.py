@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -247,26 +244,10 @@ def test_cuda_unavailable(tmp_path: Path, make_cfg) -> None:
 
 
 @pytest.mark.slow  # SIGINT to a training subprocess
-def test_ctrl_c_saves_and_resumes(tmp_path: Path, tiny_argv, subprocess_env: dict[str, str]) -> None:
+def test_ctrl_c_saves_and_resumes(tmp_path: Path, signal_training) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "nanodlm", "train", *tiny_argv(out, max_iters=100000, lr_decay_iters=100000)]
-    proc = subprocess.Popen(cmd, env=subprocess_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "metrics.jsonl").exists() and len(rows(out, "step")) >= 3:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()[1]
-        assert len(rows(out, "step")) >= 3, "training did not start in time"
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, stderr
+    returncode, stdout, stderr = signal_training(out, signal.SIGINT)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "interrupted at iter" in stdout
     iter_num = load_checkpoint(out / "ckpt.pt")["meta"]["iter_num"]
