@@ -8,6 +8,11 @@ AR -> diffusion adaptation (DiffuGPT / DiffuLLaMA, Gong et al. 2024, arXiv:2410.
   diffusion model): one new row of the tied embedding / output table, set to the mean of the V real rows
   (the padded table grows only if V + 1 crosses a multiple of 64; for GPT-2, 50,258 still pads to 50,304);
 - ``shift`` defaults to on, so the pretrained head keeps predicting the next token (see model.py);
+- a learned-position source gets rotary attention on top (``pos_emb=learned_rope``): the AR model found where
+  keys are from its causal mask, and its absolute positions alone do not tell full attention which key is the
+  neighbour; without rope the adapted model fell to a bigram predictor (masked CE 2.64 vs 2.04 with it after
+  200 iterations on shakespeare_char, 4L/128d); ``--pos_emb=learned`` keeps the source's positions only (DiffuGPT),
+  the one choice whose adapted model starts as exactly the AR model under a causal mask;
 - attention is annealed from causal to full by train.py (``attn_anneal_iters``).
 Block diffusion (``diffusion_block > 0``) adapts the same way; block-causal is one step from causal.
 The optimizer starts fresh at iteration 0; the source is never modified.
@@ -59,6 +64,8 @@ def adapt_state(src_args: dict[str, Any], state: dict[str, torch.Tensor], cfg: A
                 diffusion_block=cfg.diffusion_block, vocab_size=V + int(diffusion),
                 mask_token_id=V if diffusion else None,
                 shift=(cfg.shift is not False) if diffusion else None)  # None (auto) -> on when adapting
+    if diffusion and args.get("pos_emb", "learned") == "learned" and cfg.pos_emb != "learned":  # learned: DiffuGPT
+        args["pos_emb"] = "learned_rope"
     new = GPTConfig(**args)
     state = dict(state)
     if "transformer.wpe.weight" in state:

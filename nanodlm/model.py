@@ -38,7 +38,9 @@ from .attention import (
 )
 
 MODEL_TYPES = ("gpt2", "diffusion")
-POS_EMBS = ("auto", "learned", "rope")  # auto: learned for gpt2, rope for diffusion
+# auto: learned for gpt2, rope for diffusion; learned_rope: both (AR -> diffusion adaptation of a learned-position
+# model, adapt.py: the causal mask told the AR model where keys are; under full attention only rope does)
+POS_EMBS = ("auto", "learned", "rope", "learned_rope")
 ACTIVATIONS = ("gelu", "gelu_tanh")  # exact GELU (nanoGPT) | tanh approximation (GPT-2's weights, HF gelu_new)
 
 
@@ -68,7 +70,7 @@ class ModelArgs:
                 raise ValueError(f"config key '{key}' must be positive; got {getattr(self, key)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.resolved_pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+        if "rope" in self.resolved_pos_emb and (self.n_embd // self.n_head) % 2:
             raise ValueError("pos_emb=rope needs an even head size (n_embd / n_head)")
         if self.diffusion_block < 0 or (self.diffusion_block and self.model_type != "diffusion"):
             raise ValueError(f"diffusion_block={self.diffusion_block} needs model_type=diffusion and a positive "
@@ -243,9 +245,9 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         )
-        if config.pos_emb == "learned":
+        if "learned" in config.pos_emb:
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:  # rotary tables for every position, computed once; not saved (derived from the config)
+        if "rope" in config.pos_emb:  # rotary tables, computed once; not saved (derived from the config)
             cos, sin = rotary_cos_sin(config.block_size, config.n_embd // config.n_head, torch.device("cpu"))
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
@@ -362,9 +364,9 @@ class GPT(nn.Module):
         """Embeddings and the transformer blocks: idx (B, T), pos (T,) -> residual stream (B, T, C)."""
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
-        if self.config.pos_emb == "learned":
+        if "learned" in self.config.pos_emb:
             x = x + self.transformer.wpe(pos)
-        else:
+        if "rope" in self.config.pos_emb:
             rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each
         x = self.transformer.drop(x)
         for layer, block_module in enumerate(self.transformer.h):

@@ -145,7 +145,8 @@ def test_adapt_from_ar_out_dir_resumes_exactly_and_samples(tmp_path: Path, ar_ru
                                                            capsys) -> None:
     ar, ar_meta, _ = load_model(ar_run, "last")
     vocab = ar.config.vocab_size
-    args, state, note = init_from_source(build_config(TrainConfig, adapt_values(tiny_values, tmp_path, ar_run)), vocab)
+    values = adapt_values(tiny_values, tmp_path, ar_run, pos_emb="learned")  # learned only: starts as the AR model
+    args, state, note = init_from_source(build_config(TrainConfig, values), vocab)
     assert "adapting" in note
     assert (args["shift"], args["vocab_size"], args["mask_token_id"], args["pos_emb"]) == (True, vocab + 1, vocab,
                                                                                           "learned")
@@ -191,6 +192,26 @@ def test_adapt_unshifted_and_crop(tmp_path: Path, ar_run: Path, tiny_values) -> 
     assert args["shift"] is False and args["block_size"] == 8 and state["transformer.wpe.weight"].shape[0] == 8
 
 
+def test_adapted_learned_position_model_gets_rope_so_full_attention_knows_order(tmp_path: Path, ar_run: Path,
+                                                                               tiny_values) -> None:
+    """Regression: with learned positions alone full attention could not tell which key is the neighbour (the AR
+    model read order from its causal mask) and adaptation fell to a bigram predictor. By default the adapted model
+    gets rotary attention on top: with the learned table zeroed, it still tells "ab..." from "ba..." at every key."""
+    cfg = build_config(TrainConfig, adapt_values(tiny_values, tmp_path, ar_run))
+    args, state, _ = init_from_source(cfg, load_checkpoint(ar_run / "ckpt.pt")["meta"]["model_args"]["vocab_size"])
+    assert args["pos_emb"] == "learned_rope" and "transformer.wpe.weight" in state
+    model = GPT(GPTConfig(**args))
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        model.transformer.wpe.weight.zero_()
+        x = torch.randint(0, args["vocab_size"] - 1, (1, 8), generator=gen(3))
+        flipped = x.flip(1)
+        a, b = model(x)[0], model(flipped)[0].flip(1)
+    # shifted logits: a[i] reads state i-1 of x, b[i] state i+1; a trunk blind to order would give b[i] == a[i + 2]
+    assert not torch.allclose(b[:, :-2], a[:, 2:], atol=1e-4)
+
+
 def test_adapt_errors(tmp_path: Path, ar_run: Path, tiny_values) -> None:
     with pytest.raises(UserError, match="block_size 32 exceeds"):
         train(build_config(TrainConfig, adapt_values(tiny_values, tmp_path / "x", ar_run, block_size=32)))
@@ -211,7 +232,8 @@ def test_adapt_from_hf_dir(tmp_path: Path, tiny_values, data_dir) -> None:
     vocab = int(load_meta(data_dir, "tiny")["vocab_size"])
     hf_dir = tmp_path / "hf"
     save_tiny_hf_gpt2(hf_dir, vocab_size=vocab, n_positions=32)
-    args, state, _ = init_from_source(build_config(TrainConfig, adapt_values(tiny_values, tmp_path, hf_dir)), vocab)
+    values = adapt_values(tiny_values, tmp_path, hf_dir, pos_emb="learned")  # learned only: starts as GPT-2
+    args, state, _ = init_from_source(build_config(TrainConfig, values), vocab)
     assert args["activation"] == "gelu_tanh"
     adapted = GPT(GPTConfig(**args))
     adapted.load_state_dict(state)
