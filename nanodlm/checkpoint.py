@@ -67,6 +67,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     model_args.setdefault("model_type", "gpt2")
     model_args.setdefault("pos_emb", "learned")
     model_args.setdefault("bias", True)  # GPTConfig's default before model keys had one home
+    model_args.setdefault("qk_norm", False)
+    model_args.setdefault("diffusion_block", 0)
     return ckpt
 
 

@@ -29,7 +29,6 @@ RUN_FILES = ("ckpt.pt", "ckpt.json", "best.pt", "best.json", "metrics.jsonl", "l
 # the model keys that fix the weights (all but dropout): on resume they come from the checkpoint, a contradicting
 # flag is an error
 SHAPE_KEYS = tuple(f.name for f in fields(ModelArgs) if f.name != "dropout")
-SHAPE_DEFAULTS = {"qk_norm": False, "diffusion_block": 0, "pos_emb": "learned"}  # keys older checkpoints lack
 
 
 class RunDir:
@@ -160,9 +159,9 @@ def check_resume(cfg: Any, model_args: dict[str, Any], ckpt_meta: dict[str, Any]
     """A resumed run must have the checkpoint's architecture and vocabulary; one-line errors naming both values."""
     configured = ckpt_meta.get("config") or {}
     for key in SHAPE_KEYS:
-        if key not in model_args and key not in SHAPE_DEFAULTS:
+        if key not in model_args:  # load_checkpoint fills the keys older checkpoints lack
             continue
-        saved = model_args.get(key, SHAPE_DEFAULTS.get(key))
+        saved = model_args[key]
         wanted = cfg.resolved_pos_emb if key == "pos_emb" else getattr(cfg, key)
         if wanted is None or wanted == saved:  # None: a key left to its automatic choice
             continue
