@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .fileio import check_output_path
 from .trajectory import Frame, Recorder
 
 FRAME_MS = 120  # each step on screen
@@ -50,6 +51,7 @@ def check_trajectory_path(path: str) -> None:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise UserError(f"--trajectory={path}: the file must end in .html or .gif")
+    check_output_path(path, "--trajectory", (suffix,), binary_ok=("a GIF image",), make_folder=True)
     if suffix == ".gif":
         try:
             import PIL  # noqa: F401
@@ -60,7 +62,8 @@ def check_trajectory_path(path: str) -> None:
 
 def write_html(path: str | Path, events: list[dict[str, Any]], title: str) -> None:
     data = json.dumps({"events": events, "frame_ms": FRAME_MS, "hold_ms": HOLD_MS}, separators=(",", ":"))
-    data = data.replace("</", "<\\/")  # a token "</script>" must not end the JSON's script element
+    # any "<" as \u003c: neither "</script>" nor "<!--<script>" in a token may end or derail the script element
+    data = data.replace("<", "\\u003c")
     page = _HTML.format(title=html.escape(title), css=_static("canvas.css"), data=data,
                         canvas_js=_static("canvas.js"), player_js=_static("player.js"))
     Path(path).write_text(page, encoding="utf-8")

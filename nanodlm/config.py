@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import re
 import types
 import typing
@@ -26,6 +27,7 @@ from .model import ModelArgs
 
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+MAX_LITERAL = 1000  # characters of a --key=value value parsed as a Python literal
 
 
 @dataclass
@@ -140,20 +142,30 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return True
             if text.lower() in ("false", "0", "no"):
                 return False
-            raise UserError(f"config key '{key}' expects true/false; got {value!r}")
+            raise UserError(f"config key '{key}' expects true/false; got {short(value)}")
         try:
+            if len(text) > MAX_LITERAL:  # no number is that long; the parser would only burn time and memory
+                raise ValueError(text[:20])
             value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            raise UserError(f"config key '{key}' expects {hint.__name__}; got {value!r}") from None
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):  # nested or huge text too
+            raise UserError(f"config key '{key}' expects {hint.__name__}; got {short(value)}") from None
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if hint is bool and not isinstance(value, bool):
-        raise UserError(f"config key '{key}' expects true/false; got {value!r}")
+        raise UserError(f"config key '{key}' expects true/false; got {short(value)}")
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise UserError(f"config key '{key}' expects int; got {value!r}")
+        raise UserError(f"config key '{key}' expects int; got {short(value)}")
     if not isinstance(value, hint):
-        raise UserError(f"config key '{key}' expects {hint.__name__}; got {value!r}")
+        raise UserError(f"config key '{key}' expects {hint.__name__}; got {short(value)}")
+    if hint is float and not math.isfinite(value):  # nan and inf pass every `x < 0` check written after this
+        raise UserError(f"config key '{key}' must be a finite number; got {value!r}")
     return value
+
+
+def short(value: Any) -> str:
+    """``repr(value)`` cut to one readable line (a 64 KB string in an error message helps nobody)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from .diagnostics import diagnostics, meaning
 from .diffusion import mean_and_stderr, nelbo
 from .distributed import resolve_device
 from .errors import UserError
+from .fileio import check_output_path
 from .report import print_table, write_json
 from .textstats import unigram_entropy
 
@@ -66,6 +67,8 @@ class EvalConfig:
             raise UserError(f"--batch_size must be >= 1; got {self.batch_size}")
         if self.threads < 0:
             raise UserError(f"--threads must be >= 0 (0 = torch's default); got {self.threads}")
+        if self.json is not None:
+            check_output_path(self.json, "--json", make_folder=True)
 
 
 # --- the windows -------------------------------------------------------------------------------------

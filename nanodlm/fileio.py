@@ -47,6 +47,66 @@ def parse_json(text: str, where: str, kind: type, hint: str = "") -> Any:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{where} is not valid JSON ({e.msg}){hint}") from None
+    except (RecursionError, ValueError) as e:  # nested too deeply; an integer of over 4,300 digits
+        raise UserError(f"{where} is not valid JSON ({type(e).__name__}: {str(e)[:80]}){hint}") from None
     if not isinstance(value, kind):
         raise UserError(f"{where} holds a {type(value).__name__}, not a JSON {kind.__name__}{hint}")
     return value
+
+
+# --- outputs: never over a checkpoint, a dataset, a run's own files or a file of another kind ----------------
+
+PROTECTED_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".npy", ".npz")  # weights and token files
+RUN_FILE_NAMES = ("ckpt.pt", "best.pt", "ckpt.json", "best.json", "metrics.jsonl", "meta.json", "train.bin",
+                  "val.bin", ".lock")  # a training run's and a dataset's own files
+BINARY_MAGIC = {b"PK\x03\x04": "a zip archive (a torch checkpoint?)", b"\x80": "a pickle (a checkpoint?)",
+                b"GIF8": "a GIF image", b"\x89PNG": "a PNG image", b"\x7fELF": "a program"}
+
+
+def _existing_kind(target: Path) -> str | None:
+    """What an existing file holds when it is binary (by its first bytes), else None (text)."""
+    try:
+        with open(target, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    for magic, kind in BINARY_MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return "binary data" if b"\x00" in head else None
+
+
+def check_output_path(path: str | Path, flag: str, suffixes: tuple[str, ...] = (".json", ""),
+                      binary_ok: tuple[str, ...] = (), make_folder: bool = False) -> None:
+    """Fail before any work when ``path`` must not or cannot be written (one-line UserError):
+
+    a folder; a checkpoint, token file or a run's/dataset's own file (``ckpt.pt``, ``ckpt.json``, ``meta.json``
+    ...), existing or not; an existing file of another kind (a suffix outside ``suffixes``, or binary content
+    other than the ``binary_ok`` kinds); a folder that does not exist (unless the writer makes it:
+    ``make_folder``) or is not writable. ``-`` (stdout) passes.
+    """
+    if str(path) == "-":
+        return
+    target = Path(path)
+    folder = target.parent
+    if str(path) == "" or target.is_dir():
+        raise UserError(f"{flag}={path} is a folder (or empty); give a file name ending in {suffixes[0]}")
+    suffix = target.suffix.lower()
+    if suffix in PROTECTED_SUFFIXES or target.name in RUN_FILE_NAMES:
+        raise UserError(f"{flag}={path} would be written over a checkpoint, dataset or run file; give a file "
+                        f"name ending in {suffixes[0]}")
+    if target.exists():
+        if not target.is_file():
+            raise UserError(f"{flag}={path} exists and is not a regular file; choose another path")
+        kind = _existing_kind(target)
+        if kind is not None and kind not in binary_ok:
+            raise UserError(f"{flag}={path} exists and holds {kind}; it is not replaced: choose another path")
+        if suffix not in suffixes:
+            raise UserError(f"{flag}={path} exists and is not a {'/'.join(suffixes)} file; it is not replaced: "
+                            "choose another path")
+    if make_folder:
+        return
+    if not folder.is_dir():
+        raise UserError(f"{flag}={path}: folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{flag}={path}: folder {folder} is not writable; choose another path")

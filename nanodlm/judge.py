@@ -27,7 +27,7 @@ from .config import parse_overrides, read_config_file
 from .data import load_meta, load_tokenizer, open_split
 from .distributed import resolve_device
 from .errors import UserError
-from .fileio import parse_json
+from .fileio import check_output_path, parse_json
 from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
 from .protocol import passages
 from .report import print_table, write_json
@@ -59,6 +59,8 @@ class JudgeConfig:
         for key in ("num_samples", "length"):
             if getattr(self, key) < 1:
                 raise UserError(f"--{key} must be >= 1; got {getattr(self, key)}")
+        if self.json is not None:
+            check_output_path(self.json, "--json", make_folder=True)
 
 
 # --- scoring ----------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from .fileio import check_output_path
+
 
 def finite_or_none(obj: Any) -> Any:
     """Replace nan/inf by None (recursively) so the JSON is strict and readable by any parser."""
@@ -29,6 +31,7 @@ def write_json(path: str | Path | None, obj: dict[str, Any]) -> None:
     if str(path) == "-":
         sys.stdout.write(text)
         return
+    check_output_path(path, "--json", make_folder=True)  # never over a checkpoint or a file of another kind
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -69,6 +72,7 @@ def save_figure(fig: Any, png_path: str | Path) -> bool:
     """Write a matplotlib figure to ``png_path`` (folders made) and close it; True, for the plotters' return."""
     import matplotlib.pyplot as plt
 
+    check_output_path(png_path, "--png", (".png",), binary_ok=("a PNG image",), make_folder=True)
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path)

@@ -7,7 +7,6 @@ Keys: this command's own (``SampleConfig``), every sampler option (``SamplerOpti
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,12 @@ from .checkpoint import load_model
 from .config import PRESET_DIR, parse_overrides, read_config_file
 from .distributed import resolve_device
 from .errors import UserError
-from .fileio import atomic_write
+from .fileio import atomic_write, check_output_path
 from .generate import Generation, Prompt, SamplerOptions, generate, ignored_settings, sampling_configs
 from .live import LiveView
 from .trajectory import Recorder
+
+OUTPUT_SUFFIXES = (".jsonl", ".json", ".txt", "")  # --output: one JSON string per line
 
 
 @dataclass
@@ -47,19 +48,7 @@ class SampleConfig:
         if self.num_samples < 1:
             raise UserError(f"--num_samples must be >= 1; got {self.num_samples}")
         if self.output is not None:
-            check_output_path(self.output, "--output")
-
-
-def check_output_path(path: str, flag: str) -> None:
-    """Fail before any work when ``path`` cannot be written: its folder must exist and take files."""
-    target = Path(path)
-    folder = target.parent
-    if target.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give a file name")
-    if not folder.is_dir():
-        raise UserError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{flag} {path}: folder {folder} is not writable; choose another path")
+            check_output_path(self.output, "--output", OUTPUT_SUFFIXES)
 
 
 SAMPLE_PRESETS = PRESET_DIR / "sample"  # sampling presets: `nanodlm sample NAME --out_dir=...`
@@ -121,6 +110,7 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
         print(text)
         print("---------------")
     if cfg.output:
+        check_output_path(cfg.output, "--output", OUTPUT_SUFFIXES)  # again: the file may have appeared meanwhile
         try:
             atomic_write(Path(cfg.output), "".join(json.dumps(t) + "\n" for t in out.texts).encode("utf-8"))
         except OSError as e:  # checked before sampling, so only a full disk or a folder removed meanwhile

@@ -5,10 +5,14 @@ server-sent events (README, "Web demo"): ``start``, then one ``step`` per canvas
 ``nanodlm.trajectory``), then ``done`` (or ``error``). ``GET /api/info`` describes the models and the limits.
 Starlette and uvicorn are an optional extra (``pip install -e ".[serve]"``), imported only here.
 
-Safe by default: binds 127.0.0.1; requests never name a file; every sampling value is validated by the same
-config as ``nanodlm sample`` (same one-line messages, as a 400); length, steps and samples are capped by the
-model and the ``limit_*`` keys; at most ``limit_concurrent`` generations run at once (others get 503 "busy");
-each runs in a worker thread that stops at its next step when the client disconnects.
+Safe by default: binds 127.0.0.1 and answers only requests whose Host and Origin are this server
+(``webguard``: no DNS rebinding, no cross-site posts; JSON bodies only); requests never name a file; every
+sampling value is validated by the same config as ``nanodlm sample`` (same one-line messages, as a 400); length,
+steps and samples are capped by the model and the ``limit_*`` keys; at most ``limit_concurrent`` generations run
+at once (others get 503 "busy" with Retry-After); a race (``"race": true``: the diffusion model, then the AR
+model, in one stream) is one generation; each runs in a worker thread that stops at its next step when the client
+disconnects. Every event of a generation carries its ``model``, so the page replays each panel by its own
+forward passes or measured time.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ from .generate import Generation, Prompt, SamplerOptions, build_canvas, generate
 from .sample import SampleConfig
 from .samplers import SAMPLERS
 from .trajectory import Aborted, Recorder
+from .webguard import BodyError, Guard, allowed_hosts, is_json, read_body
 
 log = logging.getLogger("nanodlm.serve")
 STATIC = {"canvas.js": "text/javascript", "canvas.css": "text/css", "app.js": "text/javascript"}  # all it serves
 MAX_BODY = 64 * 1024  # bytes of JSON in a request
+BODY_TIMEOUT_S = 10.0  # a client that takes longer to send its body gets 408 (slow or stalled clients)
 MODELS = ("diffusion", "ar")
 INSTALL_HINT = "nanodlm serve needs Starlette and uvicorn: pip install -e '.[serve]' (or pip install starlette uvicorn)"
 
@@ -51,13 +57,21 @@ class ServeConfig:
     limit_length: int | None = None  # most tokens per sample (default and at most: the model's block_size)
     limit_steps: int = 1024  # most denoising steps per request
     limit_samples: int = 4  # most samples per request
-    limit_concurrent: int = 2  # generations running at once; further requests get 503 "busy"
+    limit_concurrent: int = 2  # generations running at once (a race is one); further requests get 503 "busy"
+    allowed_hosts: str = ""  # comma-separated extra Host names to answer (localhost and --host always are)
+    threads: int = 1  # torch CPU threads (1: a busy machine stays responsive; 0 = torch's default, one per core)
 
     def __post_init__(self) -> None:
-        for key in ("port", "limit_length", "limit_steps", "limit_samples", "limit_concurrent"):
+        for key in ("limit_length", "limit_steps", "limit_samples", "limit_concurrent"):
             value = getattr(self, key)
-            if value is not None and value < (0 if key == "port" else 1):
-                raise UserError(f"--{key} must be >= {0 if key == 'port' else 1}; got {value}")
+            if value is not None and value < 1:
+                raise UserError(f"--{key} must be >= 1; got {value}")
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port must be in 0..65535 (0 = any free port); got {self.port}")
+        if not self.host.strip():
+            raise UserError("--host is empty; give an address such as 127.0.0.1")
+        if self.threads < 0:
+            raise UserError(f"--threads must be >= 0 (0 = torch's default); got {self.threads}")
 
 
 @dataclass
@@ -97,10 +111,13 @@ class GenerateRequest:
     model: str = "diffusion"  # diffusion | ar (the --ar_out_dir model)
     num_samples: int = SampleConfig.num_samples
     seed: int = SampleConfig.seed
+    race: bool = False  # diffusion, then the AR model on the same prompt and length: one job, one stream
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise UserError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
+        if self.race and self.model != "diffusion":
+            raise UserError("race runs the diffusion model, then the AR model: leave model at diffusion")
         if self.num_samples < 1:
             raise UserError(f"num_samples must be >= 1; got {self.num_samples}")
         if not 0 <= self.seed < 2**63:
@@ -120,7 +137,9 @@ def parse_request(body: bytes) -> tuple[GenerateRequest, SamplerOptions, Prompt]
     try:
         values = json.loads(body.decode("utf-8"), parse_constant=no_constants)
     except (UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"the request body is not valid JSON ({str(e).splitlines()[0]})") from None
+        raise UserError(f"the request body is not valid JSON ({str(e).splitlines()[0][:120]})") from None
+    except RecursionError:  # [[[[...: nested deeper than the parser goes
+        raise UserError("the request body is nested too deeply; send one flat object of sampling keys") from None
     if not isinstance(values, dict):
         raise UserError("the request body must be a JSON object of sampling keys, e.g. {\"steps\": 32}")
     for key, value in values.items():
@@ -195,33 +214,49 @@ class Server:
         with self.lock:
             self.stats[key] += delta
 
-    def prepare(self, body: bytes) -> tuple[Engine, Job]:
-        """Validate a request body (UserError with the CLI's message on any problem)."""
+    def prepare(self, body: bytes) -> list[tuple[Engine, Job]]:
+        """Validate a request body (UserError with the CLI's message on any problem): the jobs it asks for, one
+        (its model's) or, for a race, the diffusion job and then the AR job on the same prompt and length."""
         request, options, prompt = parse_request(body)
-        engine = self.engines.get(request.model)
-        if engine is None:
+        names = ["diffusion", "ar"] if request.race else [request.model]
+        if "ar" in names and "ar" not in self.engines:
             raise UserError("this server has no autoregressive model: start it with --ar_out_dir=DIR")
-        job = plan_job(engine, request, options, prompt)
-        check_limits(job, self.cfg, self.engines["diffusion"].model.config.block_size)
-        return engine, job
+        if request.race and (prompt.suffix is not None or prompt.infill is not None):
+            raise UserError("race: the autoregressive model writes left to right, so it cannot keep a suffix or "
+                            "fill an infill template; turn the race off for these")
+        jobs = []
+        for name in names:
+            engine = self.engines[name]
+            job = plan_job(engine, request, options, prompt)
+            check_limits(job, self.cfg, self.engines["diffusion"].model.config.block_size)
+            jobs.append((engine, job))
+        return jobs
 
-    def start(self, engine: Engine, job: Job, emit: Callable[[str | None, dict[str, Any]], None],
+    def start(self, jobs: list[tuple[Engine, Job]], emit: Callable[[str | None, dict[str, Any]], None],
               stop: threading.Event) -> None:
-        """Run ``job`` in a worker thread that emits events; the caller holds a slot, released here when it ends."""
-        recorder = Recorder(lambda i: engine.tok.decode([i]), mask_token_id=engine.mask_token_id,
-                            length=job.length, model=engine.model, keep=False, should_stop=stop.is_set,
-                            on_frame=lambda frame: emit("step", recorder.event(frame)))
+        """Run ``jobs`` one after the other in a worker thread that emits events (each with its ``model``); the
+        caller holds one slot, released here when the last ends."""
+
+        def run_one(engine: Engine, job: Job) -> None:
+            def on_frame(frame: Any) -> None:
+                emit("step", {"model": engine.name, **recorder.event(frame)})
+
+            recorder = Recorder(lambda i: engine.tok.decode([i]), mask_token_id=engine.mask_token_id,
+                                length=job.length, model=engine.model, keep=False, should_stop=stop.is_set,
+                                on_frame=on_frame)
+            recorder.start()
+            out = job.run(recorder)
+            last = recorder.last.step if recorder.last else 0
+            emit("done", {"model": engine.name, "steps": last, "forward_passes": recorder.passes(),
+                          "elapsed": round(recorder.elapsed(), 4), "texts": out.texts,
+                          "steps_used": out.info.get("steps_used")})
 
         def work() -> None:
             self._count("running")
             outcome = "failed"
             try:
-                recorder.start()
-                out = job.run(recorder)
-                last = recorder.last.step if recorder.last else 0
-                emit("done", {"steps": last, "forward_passes": recorder.passes(),
-                              "elapsed": round(recorder.elapsed(), 4), "texts": out.texts,
-                              "steps_used": out.info.get("steps_used")})
+                for engine, job in jobs:
+                    run_one(engine, job)
                 outcome = "finished"
             except Aborted:
                 outcome = "aborted"
@@ -236,7 +271,7 @@ class Server:
                 self.slots.release()
                 emit(None, {})
 
-        threading.Thread(target=work, name=f"nanodlm-{engine.name}", daemon=True).start()
+        threading.Thread(target=work, name=f"nanodlm-{'-'.join(e.name for e, _ in jobs)}", daemon=True).start()
 
 
 def create_app(server: Server):
@@ -261,13 +296,15 @@ def create_app(server: Server):
         return JSONResponse(server.info())
 
     async def generate(request: Request) -> Response:
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return JSONResponse({"error": f"the request body is over {MAX_BODY} bytes"}, status_code=413)
+        if not is_json(request.headers.get("content-type")):  # also what makes a cross-site post need a preflight
+            return JSONResponse({"error": "send the request as JSON (Content-Type: application/json)"},
+                                status_code=415)
         try:
-            engine, job = server.prepare(body)
+            body = await read_body(request.stream, MAX_BODY, BODY_TIMEOUT_S)
+        except BodyError as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        try:
+            jobs = server.prepare(body)
         except UserError as e:
             return JSONResponse({"error": str(e)}, status_code=400)
         if not server.slots.acquire(blocking=False):
@@ -284,12 +321,13 @@ def create_app(server: Server):
             except RuntimeError:  # the event loop is gone (server shutting down)
                 stop.set()
 
-        server.start(engine, job, emit, stop)
+        server.start(jobs, emit, stop)
 
         async def stream():
             try:
-                yield sse("start", {"model": engine.name, "length": job.length, "steps": job.steps,
-                                    "num_samples": job.num_samples})
+                for engine, job in jobs:  # every panel's size up front (a race: both)
+                    yield sse("start", {"model": engine.name, "length": job.length, "steps": job.steps,
+                                        "num_samples": job.num_samples})
                 while True:
                     event, data = await queue.get()
                     if event is None:
@@ -301,12 +339,15 @@ def create_app(server: Server):
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    return Starlette(routes=[Route("/", index), Route("/static/{name}", asset), Route("/api/info", info),
-                             Route("/api/generate", generate, methods=["POST"])])
+    app = Starlette(routes=[Route("/", index), Route("/static/{name}", asset), Route("/api/info", info),
+                            Route("/api/generate", generate, methods=["POST"])])
+    return Guard(app, allowed_hosts(server.cfg.host, server.cfg.allowed_hosts.split(",")))
 
 
 def load_server(cfg: ServeConfig) -> Server:
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     engines = {}
     for name, out_dir, want in (("diffusion", cfg.out_dir, "diffusion"), ("ar", cfg.ar_out_dir, "gpt2")):
         if out_dir is None:
@@ -335,5 +376,10 @@ def main(argv: list[str]) -> int:
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
     print(f"open http://{'localhost' if cfg.host in ('127.0.0.1', '0.0.0.0') else cfg.host}:{cfg.port}/", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    try:
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_keep_alive=5,
+                    limit_concurrency=64)
+    except (OSError, SystemExit) as e:  # uvicorn logs "address already in use" and exits 1
+        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({getattr(e, 'strerror', None) or e}); choose "
+                        "another --port or --host") from None
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -18,33 +17,11 @@ import pytest
 pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is not installed")
 
+from webtools import LiveServer, chrome, events, info, post  # noqa: E402
+
 from nanodlm import cli  # noqa: E402
-from nanodlm.serve import INSTALL_HINT, ServeConfig, create_app, load_server  # noqa: E402
+from nanodlm.serve import INSTALL_HINT, ServeConfig, load_server  # noqa: E402
 from nanodlm.trajectory import MASK_TEXT  # noqa: E402
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-class LiveServer:
-    """uvicorn serving ``create_app`` in a thread on a free port of 127.0.0.1."""
-
-    def __init__(self, server) -> None:
-        import uvicorn
-
-        self.server = server
-        self.uvicorn = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=0, log_level="error"))
-        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
-        self.thread.start()
-        for _ in range(500):
-            if self.uvicorn.started:
-                break
-            time.sleep(0.02)
-        self.port = self.uvicorn.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.uvicorn.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -54,29 +31,6 @@ def live(tiny_runs):
     server = LiveServer(load_server(cfg))
     yield server
     server.close()
-
-
-def post(url: str, body: bytes | dict, timeout: float = 60) -> tuple[int, str]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url + "/api/generate", data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def events(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n"))
-        out.append((lines["event"], json.loads(lines["data"])))
-    return out
-
-
-def info(url: str) -> dict:
-    with urllib.request.urlopen(url + "/api/info", timeout=10) as r:
-        return json.load(r)
 
 
 def test_stream_events_in_order_with_fixed_prompt(live):
@@ -208,8 +162,11 @@ def test_twenty_concurrent_clients_finish_or_get_busy(live):
 
 
 def test_disconnect_stops_the_generation(live):
+    # the hook sits on lm_head, which both the full forward and the cached ``model.decode()`` call (a hook on the
+    # model itself never fired for cached AR decoding, and the test rested on a race)
     ar = live.server.engines["ar"].model
-    hook = ar.register_forward_pre_hook(lambda module, args: time.sleep(0.5))  # 15 tokens: 7.5 s unless stopped
+    calls = []
+    hook = ar.lm_head.register_forward_pre_hook(lambda module, args: calls.append(1) or time.sleep(0.5))
     try:
         before = info(live.url)["stats"]
         conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
@@ -227,6 +184,7 @@ def test_disconnect_stops_the_generation(live):
                 break
             time.sleep(0.1)
         assert stats["aborted"] == before["aborted"] + 1 and stats["finished"] == before["finished"]
+        assert 1 <= len(calls) < 15  # the hook did slow it, and it stopped before writing all 15 tokens
     finally:
         hook.remove()
 
@@ -260,22 +218,6 @@ def test_cli_serve_prints_limits_and_serves(tiny_runs, subprocess_env):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-
-
-def chrome(tmp_path: Path):
-    """Headless Debian Chromium driven by selenium, or skip saying what is missing."""
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver (runs/test.sh does)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1200,900"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
 def drive_page(driver, url: str, prompt: str, screenshot: Path, timeout: float = 60, pace_ms: int = 10) -> str:

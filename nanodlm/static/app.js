@@ -1,14 +1,24 @@
-// The demo page: sends the form to POST /api/generate and draws the server-sent events as they arrive.
+// The demo page: sends the form to POST /api/generate and replays the server-sent events in the panels.
+// A race is one request ("race": true): the server runs the diffusion model, then the AR model, and tags every
+// event with its model. Replay is honest: with "ms per forward pass" > 0 each event is shown at
+// pace x (its forward passes), so a step without a forward pass takes no time; with 0, at its measured time.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const NUMBERS = ["steps", "length", "temperature", "seed", "num_samples"];
 let info = null;
-let controllers = [];
+let current = null;  // the running generation: {controller, timers}
 
+// The request body, or throws an Error naming an empty or invalid number field.
 function fields() {
-  const body = { sampler: $("sampler").value, steps: Number($("steps").value), length: Number($("length").value),
-    temperature: Number($("temperature").value), seed: Number($("seed").value),
-    num_samples: Number($("num_samples").value) };
+  const body = { sampler: $("sampler").value };
+  for (const key of NUMBERS) {
+    const text = $(key).value.trim();
+    if (text === "" || !Number.isFinite(Number(text))) {
+      throw new Error(key.replace("_", " ") + " is empty or not a number: enter one");
+    }
+    body[key] = Number(text);
+  }
   if ($("infill").value) {
     body.infill = $("infill").value;
     body.placeholder = $("placeholder").value || "_";
@@ -43,76 +53,124 @@ async function readEvents(response, onEvent) {
   }
 }
 
-async function run(model, body, canvas, status) {
-  const controller = new AbortController();
-  controllers.push(controller);
-  canvas.textContent = "";
-  status.textContent = "starting\u2026";
+// One panel: draws the step and done events of one model, each at its scheduled time.
+function panel(model) {
+  const canvas = $(model + "-canvas");
+  const status = $(model + "-status");
   let prev = null;
-  let total = null;  // the steps the server will run, from its start event
-  try {
-    const response = await fetch("/api/generate", { method: "POST", signal: controller.signal,
-      headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ...body, model }) });
-    if (!response.ok) {
-      const err = await response.json().catch(() => ({ error: response.statusText }));
-      $("error").textContent = (model === "ar" ? "AR: " : "") + err.error;
-      status.textContent = "\u00a0";
-      return;
-    }
-    // events are drawn in order, each step held for the chosen pace, so a fast model can still be watched;
-    // the counts shown are the server's own (forward passes, elapsed), not the replay's
-    let drawing = Promise.resolve();
-    const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-    const pace = Math.max(0, Number($("pace").value) || 0);
-    await readEvents(response, (name, data) => {
-      drawing = drawing.then(() => draw(name, data)).then(() => (name === "step" && pace ? sleep(pace) : null));
-    });
-    await drawing;
-  } catch (e) {
-    if (e.name !== "AbortError") $("error").textContent = String(e);
-    else status.textContent += " (stopped)";
-  }
-
-  function draw(name, data) {
-    if (controller.signal.aborted) return;
-    if (name === "start") {
-      total = data.steps;
-    } else if (name === "step") {
-      NanoCanvas.render(canvas, data, prev);
-      status.textContent = NanoCanvas.status(data, total);
-      prev = data;
-    } else if (name === "done") {  // the final text without this step's highlights
+  let total = null;
+  return {
+    canvas, status,
+    reset(text) { canvas.textContent = ""; status.textContent = text; delete canvas.dataset.done; prev = null; },
+    start(data) { total = data.steps; },
+    step(data) { NanoCanvas.render(canvas, data, prev); status.textContent = NanoCanvas.status(data, total); prev = data; },
+    done(data) {  // the final text without this step's highlights
       const samples = prev ? prev.samples.map((s) => ({ ...s, revealed: [], remasked: [] })) : [];
       NanoCanvas.render(canvas, { step: data.steps, samples }, null, true);
       status.textContent = "done: " + data.steps + " steps \u00b7 " + data.forward_passes +
         " forward passes \u00b7 " + data.elapsed.toFixed(2) + " s";
       canvas.dataset.done = "1";
       canvas.dataset.text = data.texts.join("\n");
-    } else if (name === "error") {
-      $("error").textContent = data.error;
+    },
+  };
+}
+
+const sleep = (ms, signal) => new Promise((resolve) => {
+  const timer = setTimeout(resolve, ms);
+  signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+});
+
+// POST the body; on 503 busy, wait Retry-After seconds and try again (until stopped). The response, or null.
+async function post(body, job, panels) {
+  for (;;) {
+    const response = await fetch("/api/generate", { method: "POST", signal: job.controller.signal,
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    if (response.ok) return response;
+    const err = await response.json().catch(() => ({ error: response.statusText }));
+    const wait = Number(response.headers.get("Retry-After"));
+    if (response.status !== 503 || !wait) {
+      $("error").textContent = err.error;
+      for (const p of panels) p.status.textContent = "\u00a0";
+      return null;
     }
+    for (const p of panels) p.status.textContent = "busy: retrying in " + wait + " s\u2026 (stop to give up)";
+    await sleep(wait * 1000, job.controller.signal);
+    if (job.controller.signal.aborted) return null;
   }
 }
 
 async function generate(event) {
   event.preventDefault();
   $("error").textContent = "";
-  const body = fields();
-  const race = $("race").checked && info.models.ar;
+  let body;
+  try {
+    body = fields();
+  } catch (e) {
+    $("error").textContent = e.message;
+    return;
+  }
+  const templated = body.infill !== undefined || body.suffix !== undefined;
+  const race = $("race").checked && Boolean(info.models.ar);
   $("ar-panel").classList.toggle("hidden", !race);
-  for (const c of ["diffusion-canvas", "ar-canvas"]) delete $(c).dataset.done;
+  const panels = { diffusion: panel("diffusion"), ar: panel("ar") };
+  panels.diffusion.reset("starting\u2026");
+  panels.ar.reset(templated ? "the AR model writes left to right: it cannot keep a suffix or fill a template, " +
+    "so it sits this one out" : "starting\u2026");
+  body.race = race && !templated;
+  const job = { controller: new AbortController(), timers: [] };
+  current = job;
   $("generate").disabled = true;
   $("stop").disabled = false;
-  controllers = [];
-  const runs = [run("diffusion", body, $("diffusion-canvas"), $("diffusion-status"))];
-  if (race) {
-    const ar = { start: body.start, length: body.length, temperature: body.temperature, seed: body.seed,
-      num_samples: body.num_samples };
-    runs.push(run("ar", ar, $("ar-canvas"), $("ar-status")));
+  const active = body.race ? [panels.diffusion, panels.ar] : [panels.diffusion];
+  const pace = Math.max(0, Number($("pace").value) || 0);
+  const t0 = performance.now();
+  let last = Promise.resolve();
+  try {
+    const response = await post(body, job, active);
+    if (response) {
+      // each event at its own time: pace x forward passes, or its measured elapsed seconds (pace 0); a model's
+      // done event after its last step; events that arrive late are drawn at once
+      const shown = [];
+      const seen = {};
+      await readEvents(response, (name, data) => {
+        const p = panels[data.model];
+        if (name === "error") { $("error").textContent = data.error; return; }
+        if (name === "start") { p.start(data); return; }
+        if (name === "step") seen[data.model] = data;
+        const ref = name === "step" ? data : seen[data.model] || { forward_passes: 0, elapsed: 0 };
+        const at = pace ? pace * (ref.forward_passes || 0) : 1000 * ref.elapsed;
+        shown.push(new Promise((resolve) => {
+          job.timers.push(setTimeout(() => {
+            if (!job.controller.signal.aborted) p[name](data);
+            resolve();
+          }, Math.max(0, t0 + at - performance.now())));
+        }));
+      });
+      last = Promise.all(shown);
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") $("error").textContent = String(e);
   }
-  await Promise.all(runs);
+  await Promise.race([last, new Promise((resolve) => job.controller.signal.addEventListener("abort", resolve))]);
+  if (current === job) finish();
+}
+
+function finish() {
   $("generate").disabled = false;
   $("stop").disabled = true;
+  current = null;
+}
+
+function stop() {
+  const job = current;
+  if (!job) return;
+  job.controller.abort();  // ends the stream: the server stops the generation at its next step
+  job.timers.forEach(clearTimeout);
+  for (const model of ["diffusion", "ar"]) {
+    const s = $(model + "-status");
+    if (!$(model + "-canvas").dataset.done && !s.textContent.endsWith("(stopped)")) s.textContent += " (stopped)";
+  }
+  finish();
 }
 
 async function init() {
@@ -137,7 +195,7 @@ async function init() {
   $("race").disabled = !info.models.ar;
   $("race").checked = Boolean(info.models.ar);
   $("form").addEventListener("submit", generate);
-  $("stop").addEventListener("click", () => controllers.forEach((c) => c.abort()));
+  $("stop").addEventListener("click", stop);
   document.body.dataset.ready = "1";
 }
 
