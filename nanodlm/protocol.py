@@ -67,6 +67,15 @@ def argmin(scores: Sequence[float]) -> int:
     return min(finite)[1]
 
 
+def choose_on(split: str, scores: Sequence[float]) -> int:
+    """``argmin`` of ``scores``, allowed only when they were measured on dev: every choice the protocol makes
+    goes through here, so a choice made on the report split fails loudly instead of leaking test into it."""
+    if split != "dev":
+        raise UserError(f"the protocol chooses on dev only, not on {split!r}: {REPORT_SPLIT.split(':')[0]} text is "
+                        "for reporting")
+    return argmin(scores)
+
+
 def closest(values: Sequence[float], target: float) -> int:
     """Index of the value nearest ``target`` (the first on ties): the knob setting whose entropy matches."""
     return argmin([abs(v - target) if v is not None and math.isfinite(v) else math.inf for v in values])

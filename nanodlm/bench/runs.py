@@ -120,11 +120,10 @@ def _finished_iters(out_dir: Path) -> int:
     return int(json.loads(meta_path.read_text()).get("iter_num", 0)) if meta_path.exists() else 0
 
 
-def train_or_reuse(name: str, values: dict[str, Any], work_dir: Path, data_dir: Path, dataset: str, device: str,
-                   progress: bool) -> dict[str, Any]:
-    """Train ``name`` in work_dir/runs/<name>-<hash8>, or reuse it when its ckpt.pt reached max_iters
-    (an interrupted run resumes). Returns out_dir, reused, the config and the training ms/iter."""
-
+def plan_run(name: str, values: dict[str, Any], work_dir: Path, data_dir: Path, dataset: str, device: str,
+             progress: bool) -> dict[str, Any]:
+    """Where run ``name`` with ``values`` lives (work_dir/runs/<name>-<hash8>) and whether it is finished:
+    {"cfg", "out_dir", "done"}; an unfinished run's cfg resumes it."""
     base = {**values, "dataset": dataset, "data_dir": str(data_dir), "device": device, "progress": progress,
             "always_save_checkpoint": True}  # a save at every eval: an interrupted run resumes from there
     cfg = build_config(TrainConfig, {**base, "out_dir": "-"})
@@ -132,20 +131,43 @@ def train_or_reuse(name: str, values: dict[str, Any], work_dir: Path, data_dir: 
     done = [d for d in dirs if _finished_iters(d) == cfg.max_iters]
     out_dir = done[0] if done else dirs[0]
     cfg = build_config(TrainConfig, {**base, "out_dir": str(out_dir)})
-    if done:
-        print(f"{name}: reusing {out_dir} ({cfg.max_iters} iters)")
-    else:
-        done_iters = _finished_iters(out_dir)
-        if done_iters >= 0:
-            cfg = build_config(TrainConfig, {**config_to_dict(cfg), "init_from": "resume"})
-        print(f"{name}: training in {out_dir}" + (f" (resuming at iter {done_iters})" if done_iters >= 0 else ""))
-        summary = train(cfg)
-        if summary.get("interrupted"):
-            raise KeyboardInterrupt
+    if not done and _finished_iters(out_dir) >= 0:
+        cfg = build_config(TrainConfig, {**config_to_dict(cfg), "init_from": "resume"})
+    return {"name": name, "cfg": cfg, "out_dir": str(out_dir), "done": bool(done)}
+
+
+def train_planned(plan: dict[str, Any]) -> None:
+    """Train a planned run in this process (resuming it when it was interrupted)."""
+    cfg = plan["cfg"]
+    resuming = cfg.init_from == "resume"
+    print(f"{plan['name']}: training in {plan['out_dir']}" +
+          (f" (resuming at iter {_finished_iters(Path(plan['out_dir']))})" if resuming else ""))
+    summary = train(cfg)
+    if summary.get("interrupted"):
+        raise KeyboardInterrupt
+
+
+def finish_run(plan: dict[str, Any]) -> dict[str, Any]:
+    """A planned run once trained -> out_dir, reused, the config and the training ms/iter (median step)."""
+    out_dir, cfg = Path(plan["out_dir"]), plan["cfg"]
+    if _finished_iters(out_dir) != cfg.max_iters:
+        raise UserError(f"run {out_dir} did not reach max_iters={cfg.max_iters}; run the protocol again to resume it")
     steps = [r["ms"] for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "step"]
     steps = sorted(steps[1:] or steps)  # the first logged step pays the warm-up
     ms = steps[len(steps) // 2] if steps else float("nan")  # median: robust to evals and hiccups
-    return {"out_dir": str(out_dir), "reused": bool(done), "cfg": cfg, "train_ms_per_iter": ms}
+    return {"out_dir": str(out_dir), "reused": plan["done"], "cfg": cfg, "train_ms_per_iter": ms}
+
+
+def train_or_reuse(name: str, values: dict[str, Any], work_dir: Path, data_dir: Path, dataset: str, device: str,
+                   progress: bool) -> dict[str, Any]:
+    """Train ``name`` in work_dir/runs/<name>-<hash8>, or reuse it when its ckpt.pt reached max_iters
+    (an interrupted run resumes). Returns out_dir, reused, the config and the training ms/iter."""
+    plan = plan_run(name, values, work_dir, data_dir, dataset, device, progress)
+    if plan["done"]:
+        print(f"{name}: reusing {plan['out_dir']} ({plan['cfg'].max_iters} iters)")
+    else:
+        train_planned(plan)
+    return finish_run(plan)
 
 
 def describe(run: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
