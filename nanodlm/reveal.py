@@ -19,7 +19,9 @@ from .ar_sampling import Model, check_sampling_args, sample_with_logprobs
 
 OnStep = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 SamplerFn = Callable[..., tuple[torch.Tensor, dict[str, Any]]]
-SCHEDULES = ("linear", "cosine")
+# "threshold": no schedule floor, the parallel threshold alone decides each pass (Fast-dLLM); the last step fills
+# what is left
+SCHEDULES = ("linear", "cosine", "threshold")
 # Reveal order of confidence / remask. Ranking by the sampled token's own probability (``sampled``, MaskGIT)
 # keeps draws that happened to be likely and redraws the rest: a selection bias towards frequent tokens that
 # lowers the text's entropy. ``entropy`` and ``margin`` rank by the position's distribution alone.
@@ -32,19 +34,36 @@ ORDERS = ("sampled", "entropy", "margin")
 # --- shared machinery -------------------------------------------------------------------------------------
 
 class CachedForward:
-    """Calls the model, reusing the last logits while the canvas is unchanged; counts real forward passes."""
+    """Calls the model, reusing the last logits while the canvas is unchanged; counts real forward passes.
+
+    ``passes``: batched forward calls. ``row_passes`` (B,): per row, the passes that row would have cost alone
+    (batch 1, the same draws): a pass counts for a row that needed logits (``need``, default every row) and whose
+    own canvas changed since its last counted pass; at batch 1 it equals ``passes``."""
 
     def __init__(self, model: Model) -> None:
         self.model, self.passes = model, 0
         self.tokens: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None
+        self.row_seen: torch.Tensor | None = None  # (B, L): each row's canvas at its last counted pass
+        self.row_passes: torch.Tensor | None = None  # (B,) long
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, need: torch.Tensor | None = None) -> torch.Tensor:
+        if self.row_seen is None:
+            self.row_seen = torch.full_like(tokens, -1)
+            self.row_passes = torch.zeros(tokens.size(0), dtype=torch.long, device=tokens.device)
+        fresh = (tokens != self.row_seen).any(-1)  # (B,)
+        if need is not None:
+            fresh &= need
+        self.row_passes += fresh
+        self.row_seen[fresh] = tokens[fresh]
         if self.tokens is None or not torch.equal(tokens, self.tokens):
             self.logits, _ = self.model(tokens)  # (B, L, V)
             self.tokens = tokens.clone()
             self.passes += 1
         return self.logits
+
+    def per_sample(self) -> list[int]:
+        return [] if self.row_passes is None else self.row_passes.tolist()
 
 
 def prepare(canvas: torch.Tensor, mask_token_id: int, steps: int, fixed: torch.Tensor | None,
@@ -124,6 +143,8 @@ def masked_fraction(schedule: str, r: float) -> float:
         return 1.0 - r
     if schedule == "cosine":
         return math.cos(math.pi / 2 * r)
+    if schedule == "threshold":
+        return 1.0 if r < 1 else 0.0
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
@@ -137,8 +158,9 @@ def confident_fill(logits: torch.Tensor, tokens: torch.Tensor, k: torch.Tensor, 
     is given (``first_pass_prior``), + ``noise`` x Gumbel when noise > 0.
     ``parallel_threshold`` = tau > 0 (threshold parallel decoding, Fast-dLLM, Wu et al. 2025): also reveal
     every masked position whose drawn token has probability > tau under the distribution it was drawn from,
-    at least one per row that has a mask, at most ``max_per_pass`` (0 = no cap; the most confident by the
-    ranking above). k[b] stays a floor, so the sampler still ends within its steps.
+    at least one per row that has a mask. k[b] is a floor. ``max_per_pass`` > 0 caps the reveals of a pass,
+    floor included (the most confident by the ranking above): a sampler whose floor it cuts runs extra passes
+    after its last step until the canvas is full.
     """
     masked = tokens == mask_token_id
     ids, conf, logp = sample_fill(logits[masked], mask_token_id, temperature, top_k, top_p, generator, order)
@@ -153,9 +175,9 @@ def confident_fill(logits: torch.Tensor, tokens: torch.Tensor, k: torch.Tensor, 
         above = torch.zeros_like(masked)
         above[masked] = logp > math.log(parallel_threshold)  # (B, L)
         n = above.sum(-1).clamp(min=1)  # (B,): at least one per pass
-        if max_per_pass:
-            n = n.clamp(max=max_per_pass)
         k = torch.maximum(k, n * masked.any(-1))
+    if max_per_pass:
+        k = k.clamp(max=max_per_pass)
     revealed = top_k_mask(scores, k, above) & masked
     proposal = tokens.clone()
     proposal[masked] = ids
@@ -171,17 +193,12 @@ def first_pass_prior(logits: torch.Tensor, prior_weight: float, mask_token_id: i
     return prior_weight * torch.log_softmax(logits, dim=-1).clamp(min=torch.finfo(torch.float32).min)
 
 
-def check_parallel(parallel_threshold: float, max_per_pass: int) -> None:
+def check_parallel(parallel_threshold: float, max_per_pass: int, schedule: str = "cosine") -> None:
     if not 0.0 <= parallel_threshold < 1.0 or max_per_pass < 0:
         raise ValueError(f"parallel_threshold must be in [0, 1) (0 = off) and max_per_pass >= 0 (0 = no cap); "
                          f"got {parallel_threshold} and {max_per_pass}")
-
-
-def count_pass(info: dict[str, Any], forward: CachedForward, passes_before: int, active: torch.Tensor) -> None:
-    """Add one to ``passes_per_sample`` of the rows still being written (active (B,) bool) if the model ran."""
-    if forward.passes > passes_before:
-        count = info["passes_per_sample"]
-        info["passes_per_sample"] = [c + int(a) for c, a in zip(count or [0] * len(active), active.tolist())]
+    if schedule == "threshold" and parallel_threshold == 0:
+        raise ValueError("schedule='threshold' lets the parallel threshold alone decide: set parallel_threshold > 0")
 
 
 def check_prior_weight(prior_weight: float, order: str) -> None:
@@ -199,7 +216,7 @@ def report(info: dict[str, Any], on_step: OnStep | None, step: int, tokens: torc
 
 
 def new_info() -> dict[str, Any]:
-    """``passes_per_sample``: per row, the forward passes that ran while the row still changed (its count at
-    batch 1 with the same draws); filled by confidence and remask."""
+    """``passes_per_sample``: per row, the forward passes that row cost (its count at batch 1 with the same
+    draws; ``CachedForward.row_passes``); every sampler fills it."""
     return {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0,
             "passes_per_sample": []}

@@ -104,8 +104,9 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
                          f"{info['sampler']} --seed={cfg.seed}")
         print(f"wrote {cfg.trajectory} ({len(recorder.frames)} frames)", file=sys.stderr)
     if cfg.verbose and info["model_type"] != "gpt2":
-        print(f"steps used: {info['steps_used']}, forward passes: {info['forward_passes']}, committed per step "
-              f"(all {cfg.num_samples} samples together): {info['committed_per_step']}", file=sys.stderr)
+        print(f"steps used: {info['steps_used']}, forward passes per sample: {info.get('passes_per_sample')} "
+              f"({info['forward_passes']} batched calls), committed per step (all {cfg.num_samples} samples "
+              f"together): {info['committed_per_step']}", file=sys.stderr)
     for text in out.texts:
         print(text)
         print("---------------")

@@ -21,6 +21,7 @@ the autoregressive ``generate_ar``.
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -39,7 +40,6 @@ from .reveal import (
     check_parallel,
     check_prior_weight,
     confident_fill,
-    count_pass,
     first_pass_prior,
     masked_fraction,
     new_info,
@@ -68,7 +68,7 @@ class SamplerOptions:
     temperature: float = 1.0  # 0 = greedy
     top_k: int | None = None  # keep the k most likely tokens (None = all)
     top_p: float | None = None  # nucleus: keep the most likely tokens up to this mass (None = all)
-    schedule: str = "cosine"  # confidence / remask: masks left after step i, linear | cosine
+    schedule: str = "cosine"  # confidence / remask: masks left after step i, linear | cosine | threshold (no floor)
     noise: float = 1.0  # confidence / remask: Gumbel noise on the reveal order (0 = greedy by confidence)
     noise_decay: float = 1.0  # step i of n uses noise * (1 - i/n) ** noise_decay (1 = MaskGIT's linear annealing)
     order: str = "sampled"  # confidence / remask reveal order: sampled (MaskGIT) | entropy | margin
@@ -76,7 +76,7 @@ class SamplerOptions:
     remask_frac: float = 0.2  # remask: most of the revealed tokens re-masked per step (shrinks to 0)
     threshold: float = 0.5  # remask: re-mask only tokens with P([MASK] | x) above this
     parallel_threshold: float = 0.0  # confidence / remask: also reveal every draw with p > this (Fast-dLLM; 0 = off)
-    max_per_pass: int = 0  # confidence / remask with parallel_threshold: most reveals per pass (0 = no cap)
+    max_per_pass: int = 0  # confidence / remask: most reveals per pass, the schedule's included (0 = no cap)
     use_kv_cache: bool = True  # gpt2 and block diffusion: cache keys/values of the text so far
     semi_ar_block: int = 0  # bidirectional diffusion: fill the canvas left to right in blocks of this size (0 = off)
     approx_cache: str = "none"  # with semi_ar_block: Fast-dLLM's approximate KV cache, none | prefix | dual
@@ -112,6 +112,8 @@ class SamplerOptions:
             raise bad("parallel_threshold", "must be in [0, 1) (0 = off)")
         if self.max_per_pass < 0:
             raise bad("max_per_pass", "must be >= 0 (0 = no cap)")
+        if self.schedule == "threshold" and self.parallel_threshold == 0 and self.sampler in ("confidence", "remask"):
+            raise bad("schedule", "'threshold' lets --parallel_threshold alone decide each pass: set it > 0")
         if self.semi_ar_block < 0:
             raise bad("semi_ar_block", "must be >= 0 (0 = the whole canvas at once)")
         if self.new_block is not None and self.new_block < 1:
@@ -152,18 +154,18 @@ def sample_seed(model: Model, canvas: torch.Tensor, *, mask_token_id: int, steps
             masked = tokens == mask_token_id  # (B, L)
             if not masked.any():
                 break
-            sampled = draw(filter_logits(forward(tokens), temperature, top_k, top_p))  # (B, L), every position
+            sampled = draw(filter_logits(forward(tokens, masked.any(-1)), temperature, top_k, top_p))  # (B, L)
             tokens = torch.where(masked, sampled, tokens)  # fixed/given positions are never [MASK], never touched
             info["steps_used"] = step
             report(info, on_step, step, tokens, masked & (tokens != mask_token_id))
         masked = tokens == mask_token_id
         if masked.any():
-            logits = filter_logits(forward(tokens), temperature)  # / temperature only
+            logits = filter_logits(forward(tokens, masked.any(-1)), temperature)  # / temperature only
             logits[..., mask_token_id] = float("-inf")  # forbid [MASK]
             tokens = torch.where(masked, draw(logits), tokens)
             info["final_pass"] = True
             report(info, on_step, info["steps_used"] + 1, tokens, masked)
-    info["forward_passes"] = forward.passes
+    info["forward_passes"], info["passes_per_sample"] = forward.passes, forward.per_sample()
     return tokens, info
 
 
@@ -191,12 +193,13 @@ def sample_ancestral(model: Model, canvas: torch.Tensor, *, mask_token_id: int, 
             u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
             revealed = masked & (u < p_reveal)
             if revealed.any():
-                ids = sample_fill(forward(tokens)[revealed], mask_token_id, temperature, top_k, top_p, generator)[0]
+                logits = forward(tokens, revealed.any(-1))
+                ids = sample_fill(logits[revealed], mask_token_id, temperature, top_k, top_p, generator)[0]
                 tokens = tokens.clone()
                 tokens[revealed] = ids
             info["steps_used"] = step
             report(info, on_step, step, tokens, revealed)
-    info["forward_passes"] = forward.passes
+    info["forward_passes"], info["passes_per_sample"] = forward.passes, forward.per_sample()
     return tokens, info
 
 
@@ -219,34 +222,37 @@ def sample_confidence(model: Model, canvas: torch.Tensor, *, mask_token_id: int,
     ``prior_weight`` w > 0 subtracts w x log p(drawn | the canvas at the first pass) from each confidence (see
     ORDERS): at w = 0.7 the remask sampler keeps the text's character entropy (BENCHMARKS.md, section 8).
     ``parallel_threshold`` tau > 0 also reveals every mask whose draw has probability > tau, at least one per
-    pass, at most ``max_per_pass`` (``confident_fill``): few passes where the model is sure, one where not.
+    pass (``confident_fill``): few passes where the model is sure, one where not. The schedule's count stays a
+    floor; ``schedule="threshold"`` drops it, so tau alone decides until the last step (Fast-dLLM).
+    ``max_per_pass`` > 0 caps every pass's reveals; where it cuts the floor, passes continue after ``steps``.
     """
     tokens, _ = prepare(canvas, mask_token_id, steps, fixed, temperature, top_k, top_p)  # fills only masks
     masked_fraction(schedule, 0.0)  # validate the names up front
     check_order(order)
     check_prior_weight(prior_weight, order)
-    check_parallel(parallel_threshold, max_per_pass)
+    check_parallel(parallel_threshold, max_per_pass, schedule)
     info, forward = new_info(), CachedForward(model)
     n_start = (tokens == mask_token_id).sum(-1)  # (B,)
     prior = None  # (B, L, V): prior_weight x log-probs of the first pass
     with inference_mode(model):
-        for step in range(1, steps + 1):
+        for step in itertools.count(1):  # ends within `steps` unless max_per_pass cuts the floor
             masked = tokens == mask_token_id
             if not masked.any():
                 break
-            keep = 0.0 if step == steps else masked_fraction(schedule, step / steps)
+            r = min(step / steps, 1.0)
+            keep = 0.0 if r == 1 else masked_fraction(schedule, r)
             k = (masked.sum(-1) - torch.floor(n_start * keep).long()).clamp(min=0)  # (B,) to reveal now
-            revealed, passes = torch.zeros_like(masked), forward.passes
-            if k.any() or parallel_threshold > 0:
-                logits = forward(tokens)
+            revealed = torch.zeros_like(masked)
+            need = (k > 0) | (masked.any(-1) if parallel_threshold > 0 else torch.zeros_like(k, dtype=torch.bool))
+            if need.any():
+                logits = forward(tokens, need)
                 prior = first_pass_prior(logits, prior_weight, mask_token_id) if prior is None else prior
                 tokens, revealed = confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
-                                                   generator, noise * (1 - step / steps) ** noise_decay, order, prior,
+                                                   generator, noise * (1 - r) ** noise_decay, order, prior,
                                                    parallel_threshold, max_per_pass)
-            count_pass(info, forward, passes, masked.any(-1))
             info["steps_used"] = step
             report(info, on_step, step, tokens, revealed)
-    info["forward_passes"] = forward.passes
+    info["forward_passes"], info["passes_per_sample"] = forward.passes, forward.per_sample()
     return tokens, info
 
 
@@ -280,7 +286,7 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
     masked_fraction(schedule, 0.0)
     check_order(order)
     check_prior_weight(prior_weight, order)
-    check_parallel(parallel_threshold, max_per_pass)
+    check_parallel(parallel_threshold, max_per_pass, schedule)
     if not 0.0 <= remask_frac <= 1.0:
         raise ValueError(f"remask_frac must be in [0, 1], got {remask_frac}")
     info, forward = new_info(), CachedForward(model)
@@ -288,17 +294,19 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
     n_edit = editable.sum(-1)  # (B,)
     prior = None  # (B, L, V): prior_weight x log-probs of the first pass
     with inference_mode(model):
-        for step in range(1, steps + 1):
-            last, passes = step == steps, forward.passes
+        for step in itertools.count(1):  # ends within `steps` unless max_per_pass cuts the floor
+            last, r = step >= steps, min(step / steps, 1.0)
+            if last and not (tokens == mask_token_id).any():
+                break  # a full canvas at the last step: no fill, no re-mask, no pass to run
             logits = forward(tokens)  # (B, L, V), judged on the canvas before this step's changes
             prior = first_pass_prior(logits, prior_weight, mask_token_id) if prior is None else prior
             masked = tokens == mask_token_id
-            keep = 0.0 if last else masked_fraction(schedule, step / steps)
+            keep = 0.0 if last else masked_fraction(schedule, r)
             k = (masked.sum(-1) - torch.floor(n_edit * keep).long()).clamp(min=0)  # (B,)
             new, revealed = tokens, torch.zeros_like(masked)
             if k.any() or (parallel_threshold > 0 and masked.any()):
                 new, revealed = confident_fill(logits, tokens, k, mask_token_id, temperature, top_k, top_p,
-                                                generator, noise * (1 - step / steps) ** noise_decay, order, prior,
+                                                generator, noise * (1 - r) ** noise_decay, order, prior,
                                                 parallel_threshold, max_per_pass)
             remasked = torch.zeros_like(masked)
             if not last:
@@ -306,17 +314,18 @@ def sample_remask(model: Model, canvas: torch.Tensor, *, mask_token_id: int, ste
                 logits32 = logits.float()
                 p_mask = (logits32[..., mask_token_id] - torch.logsumexp(logits32, dim=-1)).exp()  # (B, L)
                 candidates = editable & ~masked & (p_mask > threshold)
-                budget = torch.floor(remask_frac * (editable & ~masked).sum(-1) * (1 - step / steps)).long()
+                budget = torch.floor(remask_frac * (editable & ~masked).sum(-1) * (1 - r)).long()
                 scores = torch.where(candidates, p_mask.double(), float("-inf"))
                 remasked = top_k_mask(scores, budget) & candidates
                 new = new.masked_fill(remasked, mask_token_id)
-            count_pass(info, forward, passes, masked.any(-1) | remasked.any(-1))
             if not masked.any() and not remasked.any():
-                break  # fixed point: nothing to fill, nothing flagged; later steps would change nothing
+                break  # fixed point: nothing to fill, nothing flagged (this judging pass counted; it ran)
             tokens = new
             info["steps_used"] = step
             report(info, on_step, step, tokens, revealed, remasked)
-    info["forward_passes"] = forward.passes
+            if last and not (tokens == mask_token_id).any():
+                break
+    info["forward_passes"], info["passes_per_sample"] = forward.passes, forward.per_sample()
     return tokens, info
 
 
