@@ -44,6 +44,26 @@ def block_diffusion_mask(T: int, block: int, device: torch.device, with_clean: b
     return torch.cat((noisy_rows, clean_rows), dim=0)
 
 
+def tidar_train_mask(T: int, k: int, device: torch.device) -> torch.Tensor:
+    """(2T, 2T) bool over [text ; masks] (TiDAR training, tidar.py). Text rows: causal over the text. Mask row i
+    (block b = i // k): the text before the block's first position b * k, and the masks of its own block."""
+    pos = torch.arange(T, device=device)
+    blk = pos // k
+    before = pos[None, :] < (blk * k)[:, None]  # (T, T): text key j lies before query i's block
+    text_rows = torch.cat((pos[:, None] >= pos[None, :], torch.zeros_like(before)), dim=1)
+    mask_rows = torch.cat((before, blk[:, None] == blk[None, :]), dim=1)
+    return torch.cat((text_rows, mask_rows), dim=0)
+
+
+def tidar_pass_mask(start: int, c: int, m: int, device: torch.device) -> torch.Tensor:
+    """(c + m, start + c + m) bool for a TiDAR decoding pass: c text tokens after ``start`` cached ones (causal among
+    themselves, the whole cache before them), then m masks that see the cache, every text token and each other."""
+    text_rows = torch.ones(c, start + c + m, dtype=torch.bool, device=device)
+    text_rows[:, start:start + c] = text_rows[:, start:start + c].tril()
+    text_rows[:, start + c:] = False
+    return torch.cat((text_rows, torch.ones(m, start + c + m, dtype=torch.bool, device=device)), dim=0)
+
+
 def annealed_attention(T: int, ratio: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """(T, T) bool, True = may attend: causal, plus each future key with probability ``ratio``.
 

@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .diffusion import OBJECTIVES
+from .diffusion import MODEL_OBJECTIVES
 from .distributed import BACKENDS, DTYPES
 from .errors import UserError
 from .fileio import parse_json
@@ -56,7 +56,8 @@ class TrainConfig(ModelArgs):
     gradient_accumulation_steps: int = 1  # global value; divided by the number of DDP processes
     batch_size: int = 12  # sequences per micro-step
     # diffusion objective (see nanodlm/diffusion.py)
-    objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the specification's own)
+    objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the spec's) | tidar (gpt2, tidar.py)
+    tidar_alpha: float = 1.0  # objective=tidar: loss (alpha * L_AR + L_draft) / (1 + alpha)
     penalty_keep_mask: float = 0.25  # seed objective: weight of the loss at positions that stay [MASK]
     penalty_mask_correct: float = 0.5  # seed/repair: weight of flagging a correct visible token as [MASK]
     mdlm_eps: float = 1e-3  # mdlm/repair train on t ~ U(mdlm_eps, mdlm_t_max); eval always integrates over (0, 1)
@@ -94,13 +95,19 @@ class TrainConfig(ModelArgs):
         if self.attn_anneal_iters < 0 or (self.attn_anneal_iters and self.model_type != "diffusion"):
             raise UserError(f"attn_anneal_iters={self.attn_anneal_iters} needs model_type=diffusion and a size >= 0")
         choices = {
-            "objective": tuple(OBJECTIVES),
+            "objective": MODEL_OBJECTIVES,
             "backend": BACKENDS,
             "dtype": DTYPES,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        if self.objective == "tidar":
+            if self.model_type != "gpt2":
+                raise UserError("objective=tidar trains a gpt2 model that also drafts (tidar.py): set model_type=gpt2")
+            self.draft_len = self.draft_len or 8
+        elif self.draft_len:
+            raise UserError(f"draft_len={self.draft_len} needs objective=tidar (or set draft_len=0)")
         positive = ("batch_size", "eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps")
         for key in positive:
             if getattr(self, key) <= 0:
@@ -115,7 +122,7 @@ class TrainConfig(ModelArgs):
 def check_training_ranges(cfg: TrainConfig) -> None:
     """Optimizer, schedule and loss-weight keys: values AdamW would reject later, or accept and train nonsense."""
     non_negative = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters",
-                    "penalty_keep_mask", "penalty_mask_correct", "copy_weight", "threads")
+                    "penalty_keep_mask", "penalty_mask_correct", "copy_weight", "threads", "tidar_alpha")
     for key in non_negative:
         value = getattr(cfg, key)
         if not value >= 0:  # also catches nan

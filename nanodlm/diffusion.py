@@ -304,6 +304,8 @@ def repair_objective(
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Generator, DiffusionOptions], torch.Tensor]
 OBJECTIVES: dict[str, Objective] = {"seed": seed_objective, "mdlm": mdlm_objective, "repair": repair_objective}
+# objective=tidar trains a gpt2 model with a draft stream (tidar.py; train.make_loss_fn), not a diffusion model
+MODEL_OBJECTIVES = (*OBJECTIVES, "tidar")
 
 
 def get_objective(name: str) -> Objective:

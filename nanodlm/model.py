@@ -35,6 +35,7 @@ from .attention import (
     block_diffusion_mask,
     rotary_cos_sin,
     shift_hidden,
+    tidar_train_mask,
 )
 
 MODEL_TYPES = ("gpt2", "diffusion")
@@ -60,6 +61,7 @@ class ModelArgs:
     qk_norm: bool = False  # RMS-normalise queries and keys per head (stabilises higher learning rates)
     diffusion_block: int = 0  # diffusion: 0 = bidirectional (MDLM); b > 0 = block-causal over blocks of b (BD3-LM)
     shift: bool | None = None  # diffusion: logit i from hidden state i-1 (DiffuGPT); None: on when adapting an AR model
+    draft_len: int = 0  # gpt2: TiDAR's [MASK] draft block length (objective=tidar sets 8; 0 = a plain model)
 
     def __post_init__(self) -> None:
         for key, allowed in (("model_type", MODEL_TYPES), ("pos_emb", POS_EMBS)):
@@ -81,6 +83,8 @@ class ModelArgs:
             raise ValueError(f"config key 'dropout' must be in [0, 1); got {self.dropout}")
         if self.shift and self.model_type != "diffusion":
             raise ValueError("shift=True is for diffusion models (an AR model predicts the next token already)")
+        if self.draft_len < 0 or (self.draft_len and self.model_type != "gpt2"):
+            raise ValueError(f"draft_len={self.draft_len} is for gpt2 models trained with objective=tidar (>= 0)")
 
     @property
     def resolved_pos_emb(self) -> str:
@@ -109,7 +113,11 @@ class GPTConfig(ModelArgs):
                 self.mask_token_id = self.vocab_size - 1
             if self.mask_token_id != self.vocab_size - 1:
                 raise ValueError("diffusion needs mask_token_id == vocab_size - 1")
-        self.padded_vocab_size = ((self.vocab_size + 63) // 64) * 64
+        if self.draft_len:  # TiDAR (tidar.py): [MASK] is the row after the vocabulary, never a logit
+            if self.mask_token_id not in (None, self.vocab_size):
+                raise ValueError("a draft_len model needs mask_token_id == vocab_size")
+            self.mask_token_id = self.vocab_size
+        self.padded_vocab_size = ((self.vocab_size + int(self.draft_len > 0) + 63) // 64) * 64
 
     @classmethod
     def for_data(cls, args: ModelArgs, data_vocab: int) -> GPTConfig:
@@ -279,7 +287,7 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, clean: torch.Tensor | None = None,
-                all_logits: bool = False, attn_allow: torch.Tensor | None = None,
+                all_logits: bool = False, attn_allow: torch.Tensor | None = None, drafts: bool = False,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A full pass (training, evaluation, uncached sampling): idx (B, T) -> (logits, loss).
 
@@ -290,6 +298,8 @@ class GPT(nn.Module):
         positions so each noisy block attends to the clean blocks before it (BD3-LM); logits are for idx only.
         ``attn_allow`` (L, L) bool with L >= T, training only: which (query, key) positions may attend on top of
         the model's own mask (``annealed_attention``); the clean copy is indexed by the same positions.
+        ``drafts`` (TiDAR training, draft_len > 0; tidar.py): T [MASK] after idx at the same positions, in blocks of
+        draft_len that see the text before them; logits (B, 2T, V) are the text's, then the masks'.
         """
         B, T = idx.size()
         self._check_length(T)
@@ -309,11 +319,16 @@ class GPT(nn.Module):
         if attn_allow is not None:
             allow = attn_allow[pos[:, None], pos[None, :]]  # (T or 2T, T or 2T)
             attn_mask = allow if attn_mask is None else attn_mask & allow
+        if drafts:
+            if not self.config.draft_len or clean is not None or attn_allow is not None:
+                raise ValueError("drafts is for models with draft_len > 0 (objective=tidar), alone")
+            idx = torch.cat((idx, torch.full_like(idx, self.config.mask_token_id)), dim=1)  # (B, 2T)
+            pos, attn_mask = torch.cat((pos, pos)), tidar_train_mask(T, self.config.draft_len, idx.device)
         h = self._trunk(idx, pos, attn_mask, None)  # (B, T or 2T, C)
-        x = h[:, :T]
+        x = h if drafts else h[:, :T]
         if self.config.shift:
             x = shift_hidden(x, None, block, h[:, T:] if clean is not None else None)
-        logits = self._head(x, all_logits or targets is not None)
+        logits = self._head(x, all_logits or drafts or targets is not None)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -36,6 +36,7 @@ from .model import GPTConfig
 from .plotting import plot_loss_curves
 from .rundir import SHAPE_KEYS, check_resume, open_run_dir, truncate_metrics
 from .step import Stepper
+from .tidar import tidar_loss
 
 # a val loss above DIVERGED_FACTOR x the best so far is a diverged model, even when finite (a loss of 4e11 was
 # once saved): training stops and ckpt.pt keeps the last model that passed this test
@@ -71,6 +72,8 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
 
 def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None):
     """(model, x, y, generator) -> scalar loss, picked once by model_type and objective."""
+    if cfg.objective == "tidar":  # a gpt2 model with a draft stream (tidar.py)
+        return lambda model, x, y, gen: tidar_loss(model, x, y, cfg.tidar_alpha)
     if cfg.model_type == "gpt2":
         return lambda model, x, y, gen: model(x, y)[1]
     objective = get_objective(cfg.objective)

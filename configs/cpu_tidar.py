@@ -1,0 +1,29 @@
+# TiDAR on the CPU (issue 18): the quality protocol's AR model (4 layers, 4 heads, 128 wide, block 256, batch 12,
+# rotary positions, lr 2e-3, 2,000 iterations) trained with objective=tidar: next-token CE on the text plus a
+# draft stream of [MASK] blocks of draft_len = 8, loss (L_AR + L_draft) / 2. Sample it with --sampler=speculative
+# (drafts verified by its own AR logits: AR-exact text) or --sampler=ar (a plain AR model, KV cache).
+out_dir = "out-cpu-tidar"
+dataset = "shakespeare_char"
+device = "cpu"
+threads = 1  # one CPU thread: more oversubscribe a busy machine (README, "How long things take")
+model_type = "gpt2"
+objective = "tidar"
+draft_len = 8
+tidar_alpha = 1.0
+pos_emb = "rope"
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 256
+batch_size = 12
+dropout = 0.0
+learning_rate = 2e-3
+max_iters = 2000
+lr_decay_iters = 2000
+min_lr = 1e-4
+beta2 = 0.99
+warmup_iters = 100
+eval_interval = 500
+eval_iters = 20
+log_interval = 10
+always_save_checkpoint = False

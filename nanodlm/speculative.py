@@ -1,0 +1,179 @@
+"""Draft with the mask stream, verify with the AR stream, in one forward pass per step (TiDAR; tidar.py).
+
+Speculative sampling (Leviathan et al. 2023, arXiv:2211.17192; Chen et al. 2023, arXiv:2302.01318) with the
+drafter and the verifier in one model and one pass (Liu et al. 2025, TiDAR, arXiv:2511.08923). A pass runs
+
+    [the text not yet in the KV cache (the newest token; the prompt at first)] [drafts d_1..d_n] [k x MASK]
+
+- The AR logits at the newest token and the drafts give p_1..p_{n+1}. Draft d_i is accepted with probability
+  min(1, p_i(d_i) / q_i(d_i)), q_i the distribution it was drawn from; at the first rejection the next token is
+  drawn from norm(max(0, p_i - q_i)) and the later drafts are dropped; if all n are accepted a bonus token is
+  drawn from p_{n+1}. Whatever q is, every token written is distributed as the AR model samples it (``verify``).
+  p and q get the same temperature / top-k / top-p; temperature 0 makes both one-hot: greedy AR decoding.
+- The k masks sit at the positions after the drafts and see the whole text and drafts (tidar.py's training):
+  they draft for the case that every draft is accepted. Their first position is the bonus token's (drawn from
+  p instead), so masks 2..k become the next pass's n = k - 1 drafts; after a rejection they were drafted for
+  a text that did not happen, and the next pass drafts afresh (n = 0). A pass writes 1..k tokens.
+- Only verified tokens enter the cache (``cache.advance``): the cache is exact, as a plain AR model's.
+- Past ``block_size`` the text slides as ``generate_ar``'s does: one token per pass over the last block_size
+  tokens, no drafts, so the text still equals AR sampling of the same model.
+Every model call is one forward pass in ``forward_passes``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from .ar_sampling import Model, cache_dtype, check_sampling_args, filter_logits, inference_mode
+from .reveal import OnStep
+from .tidar import check_tidar, draft_pass
+
+
+def distribution(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """logits (..., V) -> probabilities (..., V) fp32 after temperature / top-k / top-p; one-hot argmax at 0."""
+    filtered = filter_logits(logits, temperature, top_k, top_p)
+    if temperature == 0:
+        return F.one_hot(filtered.argmax(-1), filtered.size(-1)).float()
+    return F.softmax(filtered, dim=-1)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One id per row of probs (..., V) -> (...) long; an exact one-hot draws no random number."""
+    flat = probs.reshape(-1, probs.size(-1))
+    if bool((flat.max(-1).values == 1.0).all()):
+        return flat.argmax(-1).view(probs.shape[:-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None
+           ) -> tuple[int, int]:
+    """Speculative sampling's rule. p (n + 1, V): the target's distributions at the n draft positions and the one
+    after; q (n, V): the distributions drafts (n,) were drawn from. Returns (accepted drafts a, the token after
+    them): at the first rejection (a < n) a draw from norm(max(0, p_a - q_a)), else a bonus draw from p_n."""
+    n = drafts.numel()
+    if n:
+        idx = torch.arange(n, device=p.device)
+        p_d, q_d = p[idx, drafts], q[idx, drafts]  # (n,), (n,); q_d > 0: each draft was drawn from q
+        u = torch.rand(n, generator=generator, device=p.device)
+        rejected = (u * q_d >= p_d).nonzero()
+        if rejected.numel():
+            a = int(rejected[0])
+            residual = (p[a] - q[a]).clamp_min(0)
+            total = residual.sum()
+            residual = residual / total if total > 0 else p[a]  # total 0 only by rounding (p_a == q_a)
+            return a, int(draw(residual, generator))
+    return n, int(draw(p[n], generator))
+
+
+def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int, temperature: float,
+                    top_k: int | None, top_p: float | None, generator: torch.Generator | None,
+                    on_pass: Any = None) -> tuple[list[int], dict[str, Any]]:
+    """Append n_new tokens to ids (one sample, batch 1) -> (ids + new, stats): ``passes``, ``tokens_per_pass``
+    (tokens written by each pass), ``drafts_per_pass`` / ``accepted_per_pass`` (drafts verified / accepted).
+    on_pass(text, n_accepted, rejected: bool) is called after every pass with the text so far."""
+    k, bs = draft_len, model.config.block_size
+    device = next(model.parameters()).device
+    cache = model.new_kv_cache(1, device, cache_dtype(model, device))
+    text, target = list(ids), len(ids) + n_new
+    drafts: list[int] = []
+    q = torch.empty(0)
+    stats: dict[str, Any] = {"passes": 0, "tokens_per_pass": [], "drafts_per_pass": [], "accepted_per_pass": []}
+
+    def probs(logits: torch.Tensor) -> torch.Tensor:
+        return distribution(logits, temperature, top_k, top_p)
+
+    while len(text) < target:
+        before = len(text)
+        if before > bs:  # the text no longer fits: slide as generate_ar does (re-prefill the last bs tokens)
+            cache.reset()
+            logits = model.decode(torch.tensor([text[-bs:]], device=device), cache)  # (1, 1, V)
+            n_acc, nxt, drafts, rejected = 0, int(draw(probs(logits[0, -1]), generator)), [], False
+            stats["drafts_per_pass"].append(0)
+        else:
+            drafts = drafts[:min(bs - before, target - before - 1)]  # the clean part must fit; no draft past target
+            q = q[:len(drafts)]
+            pos, nd = cache.pos, len(drafts)
+            clean = text[pos:] + drafts
+            m = min(k, bs - pos - len(clean))  # masks at positions before + nd ..; the first is the bonus's
+            if m < 2 or before + nd + 1 >= target:
+                m = 0  # they would draft nothing the text still needs
+            ar, dr = draft_pass(model, torch.tensor([clean], device=device), m, cache)  # (1, c, V), (1, m, V)
+            p = probs(ar[0, len(clean) - nd - 1:])  # (nd + 1, V): positions before .. before + nd
+            n_acc, nxt = verify(p, q, torch.tensor(drafts, dtype=torch.long, device=device), generator)
+            rejected = n_acc < nd
+            text += drafts[:n_acc]
+            cache.advance(before - pos + n_acc)  # the pending tokens and the accepted drafts: exact keys
+            stats["drafts_per_pass"].append(nd)
+            drafts = []
+            if not rejected and m >= 2:
+                q = probs(dr[0, 1:])  # (m - 1, V): positions before + nd + 1 .. for the next pass
+                drafts = draw(q, generator).tolist()
+        text.append(nxt)
+        stats["passes"] += 1
+        stats["tokens_per_pass"].append(len(text) - before)
+        stats["accepted_per_pass"].append(n_acc)
+        if on_pass is not None:
+            on_pass(text[:target], n_acc, rejected)
+    return text[:target], stats
+
+
+def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int, temperature: float = 1.0,
+                       top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
+                       fixed: torch.Tensor | None = None, on_step: OnStep | None = None,
+                       draft_len: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The ``speculative`` sampler: canvas (B, L) = a prompt, then [MASK] to the end -> tokens (B, L).
+
+    Each row is written on its own (batch 1: rows accept different numbers of drafts, and the cache stays exact).
+    ``draft_len`` k: masks per pass (None = the model's). info: ``forward_passes`` (model calls, all rows),
+    ``passes_per_sample``, ``tokens_per_pass`` (mean per row), ``accepted_per_pass`` (accepted drafts, mean per
+    row), ``acceptance`` (accepted / drafted, per row), ``draft_len``. on_step(pass, tokens (B, L), revealed
+    (the tokens this pass wrote), remasked (the position of a rejected draft, now the corrected token)).
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    k = draft_len or check_tidar(model)
+    check_tidar(model)
+    if k < 1:
+        raise ValueError(f"draft_len must be >= 1, got {k}")
+    tokens = canvas.clone()
+    masked = tokens == mask_token_id
+    if fixed is not None and bool((fixed & masked).any()):
+        raise ValueError("a fixed position must hold a token")
+    n_prompt = (~masked).long().cumprod(1).sum(1)  # (B,) leading given tokens
+    if bool((masked.sum(1) + n_prompt != tokens.size(1)).any()) or bool((n_prompt == 0).any()):
+        raise ValueError("speculative sampling continues a prompt: the canvas must be prompt tokens, then only "
+                         "[MASK] (a suffix or infill needs a diffusion model)")
+    info: dict[str, Any] = {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0,
+                            "passes_per_sample": [], "tokens_per_pass": [], "accepted_per_pass": [],
+                            "acceptance": [], "draft_len": k}
+    with inference_mode(model):
+        for b in range(tokens.size(0)):
+            P = int(n_prompt[b])
+
+            def on_pass(text: list[int], n_acc: int, rejected: bool, b: int = b) -> None:
+                written = len(text) - int((tokens[b] != mask_token_id).sum())
+                row = torch.tensor(text, device=tokens.device)
+                revealed = torch.zeros_like(masked)
+                revealed[b, len(text) - written:len(text)] = True
+                remasked = torch.zeros_like(masked)
+                if rejected:
+                    remasked[b, len(text) - written + n_acc] = True
+                tokens[b, :len(text)] = row
+                info["steps_used"] += 1
+                info["committed_per_step"].append(written)
+                info["remasked_per_step"].append(int(rejected))
+                if on_step is not None:
+                    on_step(info["steps_used"], tokens, revealed, remasked)
+
+            _, stats = speculative_row(model, tokens[b, :P].tolist(), tokens.size(1) - P, draft_len=k,
+                                       temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                                       on_pass=on_pass)
+            n = max(1, stats["passes"])
+            info["forward_passes"] += stats["passes"]
+            info["passes_per_sample"].append(stats["passes"])
+            info["tokens_per_pass"].append(sum(stats["tokens_per_pass"]) / n)
+            info["accepted_per_pass"].append(sum(stats["accepted_per_pass"]) / n)
+            info["acceptance"].append(sum(stats["accepted_per_pass"]) / max(1, sum(stats["drafts_per_pass"])))
+    return tokens, info

@@ -1,0 +1,216 @@
+"""TiDAR (tidar.py) and its speculative sampler (speculative.py): the text is AR sampling of the same model.
+
+The models are tiny real GPTs in float64 (so cached and uncached passes agree far below any argmax margin),
+trained for a few seconds on a Markov chain so that drafts are often, not always, accepted.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from nanodlm import speculative
+from nanodlm.ar_sampling import generate_ar
+from nanodlm.attention import tidar_pass_mask, tidar_train_mask
+from nanodlm.model import GPT, GPTConfig
+from nanodlm.speculative import sample_speculative, speculative_row, verify
+from nanodlm.tidar import draft_pass, tidar_loss, two_stream_logits
+
+V = 4  # a tiny vocabulary; [MASK] is id V
+
+
+def markov_text(n: int, seed: int) -> torch.Tensor:
+    """(n,) ids of a chain that mostly steps +1 (mod V), sometimes +2: predictable, not deterministic."""
+    g = torch.Generator().manual_seed(seed)
+    steps = 1 + (torch.rand(n, generator=g) < 0.3).long()
+    return steps.cumsum(0) % V
+
+
+def tiny_tidar(draft_len: int = 4, block_size: int = 16, iters: int = 150, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=V, block_size=block_size, n_layer=2, n_head=2, n_embd=32, pos_emb="rope",
+                          draft_len=draft_len)).double()
+    data = markov_text(4000, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(iters):
+        starts = torch.randint(0, len(data) - block_size - 1, (16,), generator=g)
+        w = torch.stack([data[s:s + block_size + 1] for s in starts.tolist()])
+        loss = tidar_loss(model, w[:, :-1], w[:, 1:], alpha=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    return tiny_tidar()
+
+
+def run(model: GPT, prompt: list[int], n: int, k: int, temperature: float = 0.0, seed: int = 0):
+    with torch.no_grad():
+        return speculative_row(model, prompt, n, draft_len=k, temperature=temperature, top_k=None, top_p=None,
+                               generator=torch.Generator().manual_seed(seed))
+
+
+# --- the model's two streams -------------------------------------------------------------------------------
+
+def test_text_stream_is_a_plain_ar_model_and_blocks_see_only_the_text_before_them(model):
+    x = markov_text(16, 5)[None]
+    ar, drafts = two_stream_logits(model, x)
+    plain, _ = model(x, all_logits=True)
+    assert torch.allclose(ar, plain, atol=1e-10)  # the masks never leak into the text
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 1) % V  # change the text from position 8 on
+    _, drafts2 = two_stream_logits(model, y)
+    assert torch.allclose(drafts[:, :12], drafts2[:, :12], atol=1e-10)  # blocks 0-2 (k = 4) end their view at 8
+    assert not torch.allclose(drafts[:, 12:], drafts2[:, 12:])  # block 3 sees positions 8..11
+
+
+def test_masks_agree_between_training_and_a_decoding_pass(model):
+    mask = tidar_train_mask(8, 4, torch.device("cpu"))
+    assert mask[:8, :8].equal(torch.ones(8, 8, dtype=torch.bool).tril()) and not mask[:8, 8:].any()
+    assert mask[12, :4].all() and not mask[12, 4:8].any() and mask[12, 12:16].all() and not mask[12, 8:12].any()
+    pm = tidar_pass_mask(3, 2, 2, torch.device("cpu"))  # 3 cached, 2 text, 2 masks
+    assert pm.tolist() == [[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0], [1] * 7, [1] * 7]
+    # the decoding pass's draft logits for a block starting at 8 equal training's block 2 (positions 8..11)
+    x = markov_text(16, 6)[None]
+    _, train_drafts = two_stream_logits(model, x)
+    cache = model.new_kv_cache(1, torch.device("cpu"), torch.float64)
+    with torch.no_grad():
+        ar, dr = draft_pass(model, x[:, :8], 4, cache)
+    assert torch.allclose(dr, train_drafts[:, 8:12], atol=1e-9)
+    assert cache.pos == 0  # nothing kept until the caller verifies
+
+
+def test_tidar_loss_trains_both_streams():
+    untrained, trained = tiny_tidar(iters=0).eval(), tiny_tidar(iters=150).eval()
+    x = torch.stack([markov_text(17, s) for s in range(8)])  # (8, 17)
+    losses = []
+    with torch.no_grad():
+        for m in (untrained, trained):
+            ar, drafts = two_stream_logits(m, x[:, :-1])
+            losses.append((F.cross_entropy(ar.reshape(-1, V), x[:, 1:].reshape(-1)),  # next token
+                           F.cross_entropy(drafts[:, 4:].reshape(-1, V), x[:, 4:-1].reshape(-1))))  # blocks 1-3
+    (ar0, dr0), (ar1, dr1) = losses
+    assert ar1 < 0.8 * ar0 and dr1 < 0.9 * dr0
+
+
+# --- exactness at temperature 0 ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [1, 2, 4, 7])
+def test_greedy_equals_greedy_ar_across_the_block_size(model, k):
+    accepted = 0
+    for prompt in ([0], [2, 3, 0, 1], markov_text(15, 3).tolist(), markov_text(20, 4).tolist()):
+        for n in (3, 12, 30):  # 30 new tokens run past block_size 16: the sliding window
+            ref = generate_ar(model, torch.tensor([prompt]), n, temperature=0.0, generator=None)[0].tolist()
+            out, stats = run(model, prompt, n, k)
+            assert out == ref, (k, prompt, n)
+            assert sum(stats["tokens_per_pass"]) == n and len(stats["tokens_per_pass"]) == stats["passes"]
+            accepted += sum(stats["accepted_per_pass"])
+    if k > 1:
+        assert accepted > 0  # the drafts were used, not only rejected
+
+
+def test_reported_passes_are_forward_calls(model):
+    calls = []
+    hook = model.transformer.h[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        canvas = torch.tensor([[1, 2] + [V] * 20, [3] + [V] * 21])
+        tokens, info = sample_speculative(model, canvas, mask_token_id=V, temperature=1.0,
+                                          generator=torch.Generator().manual_seed(0), draft_len=4)
+    finally:
+        hook.remove()
+    assert info["forward_passes"] == len(calls) == sum(info["passes_per_sample"])
+    assert (tokens != V).all() and tokens[0, :2].tolist() == [1, 2] and tokens[1, 0] == 3
+    assert all(1.0 <= t <= 4.0 for t in info["tokens_per_pass"])
+    assert sum(info["committed_per_step"]) == 41
+
+
+def test_bad_canvases_are_refused(model):
+    with pytest.raises(ValueError, match="prompt"):
+        sample_speculative(model, torch.tensor([[V, 1, V]]), mask_token_id=V, generator=None)
+    plain = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError, match="objective=tidar"):
+        sample_speculative(plain, torch.tensor([[1, V]]), mask_token_id=V, generator=None)
+
+
+# --- exactness in distribution -----------------------------------------------------------------------------
+
+def chi2_sf(stat: float, df: int) -> float:
+    """P(chi-square with df degrees of freedom > stat)."""
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))
+
+
+def exact_first_tokens(model: GPT, prompt: list[int], n: int) -> dict[tuple[int, ...], float]:
+    """P(the first n new tokens) under AR sampling at temperature 1, by enumeration."""
+    out = {}
+    with torch.no_grad():
+        for seq in itertools.product(range(V), repeat=n):
+            x = torch.tensor([prompt + list(seq)])
+            logp = F.log_softmax(model(x, all_logits=True)[0][0].float(), -1)  # (L, V)
+            out[seq] = float(sum(logp[len(prompt) - 1 + i, s] for i, s in enumerate(seq)).exp())
+    return out
+
+
+def chi2_against_ar(model: GPT, prompt: list[int], n: int, k: int, samples: int) -> float:
+    probs = exact_first_tokens(model, prompt, n)
+    counts = dict.fromkeys(probs, 0)
+    gen = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for _ in range(samples):
+            out, _ = speculative_row(model, prompt, n, draft_len=k, temperature=1.0, top_k=None, top_p=None,
+                                     generator=gen)
+            counts[tuple(out[len(prompt):])] += 1
+    big = [s for s in probs if probs[s] * samples >= 5]  # cells too rare for the test are pooled into one
+    rest_p = 1.0 - sum(probs[s] for s in big)
+    cells = [(counts[s], probs[s] * samples) for s in big] + [(samples - sum(counts[s] for s in big),
+                                                               rest_p * samples)]
+    stat = sum((o - e) ** 2 / e for o, e in cells if e > 0)
+    return chi2_sf(stat, len(cells) - 1)
+
+
+def test_temperature_one_matches_ar_sampling(model):
+    assert chi2_against_ar(model, [0, 1], n=3, k=4, samples=1500) > 1e-3
+
+
+def test_accept_always_is_caught(model, monkeypatch):
+    def accept_always(p, q, drafts, generator):
+        n = drafts.numel()
+        return n, int(torch.multinomial(p[n], 1, generator=generator))
+
+    monkeypatch.setattr(speculative, "verify", accept_always)
+    assert chi2_against_ar(model, [0, 1], n=3, k=4, samples=1500) < 1e-6
+
+
+def test_verify_writes_p_whatever_q():
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    q = torch.tensor([[0.1, 0.1, 0.8]])  # a poor drafter
+    counts = torch.zeros(3)
+    N = 4000
+    for _ in range(N):
+        d = torch.multinomial(q[0], 1, generator=g)
+        a, nxt = verify(p, q, d, g)
+        counts[int(d) if a == 1 else nxt] += 1  # the token written at the first position
+    stat = float(((counts - N * p[0]) ** 2 / (N * p[0])).sum())
+    assert chi2_sf(stat, 2) > 1e-3
+    assert verify(p, p[:1], torch.tensor([2]), g)[0] == 1  # q = p: every draft is accepted
+
+
+def test_objective_tidar_config():
+    from nanodlm.config import TrainConfig
+    from nanodlm.errors import UserError
+
+    assert TrainConfig(objective="tidar").draft_len == 8 and TrainConfig(objective="tidar", draft_len=3).draft_len == 3
+    with pytest.raises(UserError, match="model_type=gpt2"):
+        TrainConfig(objective="tidar", model_type="diffusion")
+    with pytest.raises(UserError, match="objective=tidar"):
+        TrainConfig(draft_len=4)
+    with pytest.raises(UserError, match="tidar_alpha"):
+        TrainConfig(objective="tidar", tidar_alpha=-1.0)
