@@ -11,6 +11,7 @@ import torch
 
 from nanodlm import bench
 from nanodlm.cli import main as cli_main
+from nanodlm.errors import UserError
 from nanodlm.sample import list_sample_presets, load_sample_args
 
 
@@ -53,6 +54,30 @@ def test_parallel_bench_writes_every_key_and_the_png(tiny_runs: dict[str, str], 
     assert r["ar"]["passes_per_256"] == 256 and r["real"]["split"] == "dev"
     assert r["options"]["sampler"] == "remask" and r["args"]["taus"] == "0,0.5"  # the swept keys live in args
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_measures_only_the_points_chosen_on_dev_and_refuses_a_test_choice(
+        tiny_runs: dict[str, str], block_run: str, tmp_path: Path) -> None:
+    dev, test = tmp_path / "dev.json", tmp_path / "test.json"
+    common = [f"--runs={tiny_runs['diffusion']},{block_run}", f"--judge={tiny_runs['gpt2']}",
+              f"--ar_out_dir={tiny_runs['gpt2']}", "--steps=8", "--samplers=confidence", "--num_samples=2",
+              "--length=12", "--batch1_reps=1", "--device=cpu"]
+    assert bench.main(["parallel", *common, "--taus=0,0.5,0.9", "--schedules=cosine,threshold", "--seeds=1",
+                       f"--json={dev}"]) == 0
+    d = json.loads(dev.read_text())
+    assert [len(c["points"]) for c in d["curves"]] == [3, 2, 3, 2]  # threshold needs tau > 0
+    assert bench.main(["parallel", *common, "--seeds=5,6,7", "--split=test", f"--choose_from={dev}",
+                       f"--json={test}"]) == 0
+    t = json.loads(test.read_text())
+    assert len(t["chosen_on_dev"]) == 4 and all(len(c["points"]) == 1 for c in t["curves"])
+    for pick, curve in zip(t["chosen_on_dev"], t["curves"]):
+        assert curve["points"][0]["tau"] == pick["tau"] and curve["schedule"] == pick["schedule"]
+        dev_curve = next(c for c in d["curves"] if c["name"] == curve["name"])
+        assert pick["tau"] in [p["tau"] for p in dev_curve["points"]]
+    with pytest.raises(UserError, match="--split=dev"):
+        bench.parallel.choose(t, [9])
+    with pytest.raises(UserError, match="chose on dev"):
+        bench.parallel.choose(d, [1, 9])
 
 
 def test_parallel_bench_errors_are_one_line(tiny_runs: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

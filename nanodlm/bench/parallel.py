@@ -14,6 +14,8 @@ Choose tau and friends with ``--split=dev`` and one set of seeds; report with ``
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ class ParallelArgs:
     ar_out_dir: str | None = None  # the cached AR reference run (required)
     samplers: str = "confidence"  # comma-separated: confidence | remask (the samplers that take tau)
     steps: str = "256"  # comma-separated step budgets (with tau > 0 an upper bound)
+    schedules: str = "cosine"  # comma-separated: cosine | linear (the step schedule a floor) | threshold (tau alone)
     taus: str = "0,0.5,0.7,0.9"  # comma-separated parallel_threshold values: the points of each curve
     semi_ar_blocks: str = "0"  # bidirectional runs: comma-separated semi-AR blocks (0 = the whole canvas)
     approx_caches: str = "none"  # with a semi-AR block: comma-separated none | prefix | dual
@@ -52,6 +55,7 @@ class ParallelArgs:
     dataset: str | None = None
     ckpt: str = "last"
     device: str = "auto"
+    choose_from: str | None = None  # a dev run's JSON: measure only each curve's point chosen there (see choose)
     json: str | None = None  # default parallel.json
     png: str | None = None  # default: the JSON path with .png
 
@@ -61,8 +65,8 @@ class ParallelArgs:
                             f"{self.num_samples}, {self.batch1_reps}, {self.length}")
         if self.split not in ("dev", "test"):
             raise UserError(f"--split must be dev or test; got {self.split!r}")
-        for key, kind in (("samplers", str), ("steps", int), ("taus", float), ("semi_ar_blocks", int),
-                          ("approx_caches", str), ("seeds", int)):
+        for key, kind in (("samplers", str), ("steps", int), ("schedules", str), ("taus", float),
+                          ("semi_ar_blocks", int), ("approx_caches", str), ("seeds", int)):
             parse_list(getattr(self, key), kind, key)  # a one-line error now, not after the models load
 
 
@@ -72,6 +76,14 @@ class _Model:
     model: Any
     tok: Any
     meta: dict[str, Any]
+
+
+def read_json(path: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--choose_from {path}: cannot read it as JSON ({type(e).__name__}); give a bench parallel "
+                        "--split=dev result") from None
 
 
 def _load(out_dir: str, ckpt: str, device: str) -> _Model:
@@ -135,20 +147,48 @@ class _Point:
 
 
 def _configurations(args: ParallelArgs, m: _Model) -> list[dict[str, Any]]:
-    """The (sampler, steps, semi_ar_block, approx_cache) of each curve for model m; block models decode in their
-    own blocks (semi-AR blocks and approximate caches apply to bidirectional models only)."""
+    """The (sampler, steps, schedule, semi_ar_block, approx_cache) of each curve for model m; block models decode
+    in their own blocks (semi-AR blocks and approximate caches apply to bidirectional models only)."""
     bidirectional = not m.model.config.diffusion_block
     out = []
     for sampler in parse_list(args.samplers, str, "samplers"):
         for steps in parse_list(args.steps, int, "steps"):
-            for block in (parse_list(args.semi_ar_blocks, int, "semi_ar_blocks") if bidirectional else [0]):
-                for cache in (parse_list(args.approx_caches, str, "approx_caches") if block else ["none"]):
-                    out.append(dict(sampler=sampler, steps=steps, semi_ar_block=block, approx_cache=cache))
+            for schedule in parse_list(args.schedules, str, "schedules"):
+                for block in (parse_list(args.semi_ar_blocks, int, "semi_ar_blocks") if bidirectional else [0]):
+                    for cache in (parse_list(args.approx_caches, str, "approx_caches") if block else ["none"]):
+                        out.append(dict(sampler=sampler, steps=steps, schedule=schedule, semi_ar_block=block,
+                                        approx_cache=cache))
     return out
 
 
+def meets_bar(p: dict[str, Any], ar: dict[str, Any], real: dict[str, Any] | None) -> bool:
+    """The quality bar: judge PPL <= 1.5 x AR's and character entropy within 3% of real text's (AR's without it)."""
+    ref = (real or ar)["entropy_bits"]
+    return p["judge_ppl"] <= 1.5 * ar["judge_ppl"] and abs(p["entropy_bits"] / ref - 1) <= 0.03
+
+
+def choose(dev: dict[str, Any], report_seeds: list[int]) -> list[dict[str, Any]]:
+    """Each curve's point chosen on a dev run: the fastest at batch 1 within the quality bar (``meets_bar``), or,
+    when none meets it, the one with the lowest judge PPL (marked ``meets_bar: false``). Refuses a run that was
+    measured on test or with any of the report seeds."""
+    if dev.get("args", {}).get("split") != "dev":
+        split = dev.get("args", {}).get("split")
+        raise UserError(f"--choose_from must be a bench parallel run with --split=dev; it was measured on {split!r}")
+    used = set(parse_list(dev["args"]["seeds"], int, "seeds"))
+    if used & set(report_seeds):
+        raise UserError(f"seeds {sorted(used & set(report_seeds))} chose on dev; report with other --seeds")
+    chosen = []
+    for c in dev["curves"]:
+        ok = [p for p in c["points"] if meets_bar(p, dev["ar"], dev.get("real"))]
+        best = max(ok, key=lambda p: p["speedup_b1"]) if ok else min(c["points"], key=lambda p: p["judge_ppl"])
+        keys = ("sampler", "steps", "schedule", "semi_ar_block", "approx_cache")
+        chosen.append({"run": c["run"], **{k: c.get(k, "cosine" if k == "schedule" else None) for k in keys},
+                       "tau": best["tau"], "meets_bar": bool(ok)})
+    return chosen
+
+
 def _curve_name(m: _Model, c: dict[str, Any]) -> str:
-    name = f"{m.name}, {c['sampler']} {c['steps']} steps"
+    name = f"{m.name}, {c['sampler']} {c['steps']} steps" + (f" {c['schedule']}" if c["schedule"] != "cosine" else "")
     if c["semi_ar_block"]:
         name += f", semi-AR {c['semi_ar_block']}" + (f" {c['approx_cache']} cache" if c["approx_cache"] != "none"
                                                      else "")
@@ -182,17 +222,25 @@ def bench_parallel(argv: list[str]) -> dict[str, Any]:
     ar_options = SamplerOptions(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
     point = _Point(args, ar, ar_options, judge)
     taus = parse_list(args.taus, float, "taus")
+    picks = None
+    if args.choose_from:
+        picks = choose(read_json(args.choose_from), parse_list(args.seeds, int, "seeds"))
     _run(ar, ar_options, args.length, args.num_samples, 0)  # warm-up: library start-up, first-seen shapes
     curves = []
     for out_dir in parse_list(args.runs, str, "runs"):
         m = _load(out_dir, args.ckpt, device)
         if m.model.config.model_type != "diffusion":
             raise UserError(f"--runs takes diffusion runs; {out_dir} is {m.model.config.model_type}")
-        for c in _configurations(args, m):
-            base = dataclasses.replace(options, **c)
+        configs = [(c, taus) for c in _configurations(args, m)] if picks is None else [
+            ({k: v for k, v in p.items() if k not in ("run", "tau", "meets_bar")}, [p["tau"]])
+            for p in picks if Path(p["run"]) == Path(out_dir)]
+        for c, curve_taus in configs:
+            base = dataclasses.replace(options, **c, parallel_threshold=max(curve_taus) or 0.5)  # replaced per tau
             _run(m, dataclasses.replace(base, steps=1), args.length, args.num_samples, 0)  # warm-up
             points = []
-            for tau in taus:
+            for tau in curve_taus:
+                if tau == 0 and c["schedule"] == "threshold":
+                    continue  # no threshold: the threshold schedule needs tau > 0
                 row = point.measure(m, dataclasses.replace(base, parallel_threshold=tau))
                 points.append({"tau": tau, **row})
                 print(f"{_curve_name(m, c)}, tau {tau}: judge PPL {row['judge_ppl']:.2f}, "
@@ -200,6 +248,7 @@ def bench_parallel(argv: list[str]) -> dict[str, Any]:
             curves.append({"name": _curve_name(m, c), "run": out_dir, **c, "points": points})
     ar_row = point.ar_row()
     result = {"benchmark": "parallel", "date": now(), "machine": machine_info(device), "judge": args.judge,
+              "chosen_on_dev": picks, "load": list(os.getloadavg()),
               "ar_out_dir": args.ar_out_dir, "args": dataclasses.asdict(args), "options": dataclasses.asdict(options),
               "ar": ar_row, "real": _real_text(args, ar, judge), "curves": curves}
     _print(result)
