@@ -66,7 +66,7 @@ def test_run_hash_of_older_runs_survives_new_keys() -> None:
     """Runs hashed before diffusion_block and mdlm_t_max existed keep their folder (and are reused) while
     those keys sit at their defaults."""
     cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion"})
-    late = ("diffusion_block", "mdlm_t_max", "shift", "attn_anneal_iters")
+    late = ("diffusion_block", "mdlm_t_max", "shift", "attn_anneal_iters", "draft_len", "tidar_alpha")
     values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED and k not in late}
     old = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     assert config_hash(cfg) == old
@@ -200,3 +200,12 @@ def test_bad_protocol_settings_fail_before_any_training(tmp_path: Path, flags: l
     with pytest.raises(UserError, match=message):
         quality.bench_quality(["--preset=smoke", f"--work_dir={tmp_path}", "--device=cpu", *flags])
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_external_diffusion_run_is_read_from_its_checkpoint(tiny_runs: dict[str, str], tmp_path: Path) -> None:
+    run = quality.external_run(tiny_runs["diffusion"])
+    assert run["cfg"].model_type == "diffusion" and run["cfg"].objective == "mdlm" and run["reused"]
+    with pytest.raises(UserError, match="is a gpt2 run"):
+        quality.external_run(tiny_runs["gpt2"])
+    with pytest.raises(UserError, match="no finished run there"):
+        quality.external_run(str(tmp_path))

@@ -20,6 +20,7 @@ Judge perplexity is the "generative perplexity" of MDLM (Sahoo et al. 2024, arXi
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shlex
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import load_model
-from ..config import read_config_file
+from ..config import TrainConfig, build_config, read_config_file
 from ..data import load_tokenizer, open_split
 from ..distributed import resolve_device
 from ..errors import UserError
@@ -41,69 +42,9 @@ from ..protocol import REPORT_SPLIT, SELECTION_SPLIT, choose_on, dev_test, plot_
 from ..samplers import SAMPLERS, sampler_keys
 from .common import BENCH_DEFAULTS, machine_info, now, parse_list, parse_sampling_args, print_table, write_json
 from .frontier import Judge, operating_point, point, real_text, sweep
+from .presets import FIXED_A_PRIORI, PRESETS
 from .runs import CKPT, PROTECTED, ROLES, describe, ensure_dataset, plan_run, route_overrides
 from .search import Lanes, estimate, search_all
-
-# --- presets --------------------------------------------------------------------------------------------------
-
-# AR and diffusion share one model/optimizer config (the same sizes and the same number of training tokens).
-# 2,000 iterations (6 epochs of tiny shakespeare): the budget that fits the protocol in an hour on 2 cores
-# (BENCHMARKS.md section 9 measures what it costs against 5,000).
-_CPU_MODEL: dict[str, Any] = dict(
-    n_layer=4, n_head=4, n_embd=128, block_size=256, batch_size=12, dropout=0.0, learning_rate=1e-3, min_lr=1e-4,
-    warmup_iters=100, beta2=0.99, max_iters=2000, lr_decay_iters=2000, eval_interval=500, eval_iters=20,
-    log_interval=10,
-)
-_SMOKE_MODEL: dict[str, Any] = dict(
-    n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, dropout=0.0, learning_rate=1e-3, min_lr=1e-4,
-    warmup_iters=5, beta2=0.99, max_iters=30, lr_decay_iters=30, eval_interval=30, eval_iters=2, log_interval=10,
-)
-# what each side searches: a screen grid ({TrainConfig key: [values]}, every candidate briefly, screen_iters) and
-# a final grid (the screen's winner x these, full budget; bench/search.py); the knob values each frontier sweeps;
-# the seeds. The AR search is the diffusion model's (rotary positions, its learning rates) plus the learned
-# positions of the recipe, and dropout, since AR overfits this data by 2,000 iterations and diffusion does not.
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {
-        "model": _CPU_MODEL,
-        # configs/judge.py (6 layers, 6 heads, 192 wide, rope, lr 2e-3) at the contestants' budget, with dropout:
-        # it overfits as the AR does and must stay stronger than every contestant
-        "judge": ("judge", {"max_iters": 2000, "lr_decay_iters": 2000, "dropout": 0.1}),
-        "search": {"ar": {"screen": {"pos_emb": ["learned", "rope"], "learning_rate": [1e-3, 2e-3, 3e-3]},
-                          "final": {"dropout": [0.0, 0.1, 0.2]}},
-                   "diffusion": {"screen": {"learning_rate": [1e-3, 2e-3, 3e-3]}, "final": {}},
-                   "judge": {"screen": {}, "final": {}}},
-        "screen_iters": 400,
-        "temperature": [0.8, 0.9, 1.0, 1.1, 1.2],  # AR's frontier
-        "knob": {"prior_weight": [0.0, 0.4, 0.6, 0.7, 0.8, 1.0], "temperature": [0.8, 0.9, 1.0, 1.1, 1.2],
-                 "noise": [0.5, 1.0, 2.0, 4.0, 16.0]},  # the diffusion sampler's frontier, by --knob
-        "selection_seeds": [1, 2], "report_seeds": [1337, 1338, 1339],
-        "num_samples": 32, "length": 256, "steps": 64, "eval_windows": 200, "eval_batch_size": 32,
-        "sampling_minutes": 15,  # sampling and judging both frontiers, for the estimate (measured, section 9)
-    },
-    "smoke": {  # the same protocol, small enough for a test: seconds on 2 cores
-        "model": {**_SMOKE_MODEL, "plot": False},
-        "judge": {**_SMOKE_MODEL, "n_layer": 2, "plot": False},
-        "search": {"ar": {"screen": {"pos_emb": ["learned", "rope"]}, "final": {}},
-                   "diffusion": {"screen": {"learning_rate": [1e-3, 3e-3]}, "final": {}},
-                   "judge": {"screen": {}, "final": {}}},
-        "screen_iters": 0,  # no screen: every candidate trains the full (tiny) budget
-        "temperature": [0.7, 1.0, 1.5],
-        "knob": {"prior_weight": [0.0, 0.7, 1.5], "temperature": [0.7, 1.0, 1.5], "noise": [0.5, 1.0, 4.0]},
-        "selection_seeds": [1], "report_seeds": [2, 3, 4],
-        "num_samples": 4, "length": 64, "steps": 8, "eval_windows": 8, "eval_batch_size": 8,
-        "sampling_minutes": 0.5,
-    },
-}
-# settings the ruler uses that were fixed before it existed (some of them on all of val.bin, test half included,
-# in earlier rounds) and are not chosen inside the protocol: written into the JSON as protocol.fixed_a_priori
-FIXED_A_PRIORI: dict[str, str] = {
-    "judge": "configs/judge.py sizes, rope positions, lr 2e-3 (issue 11, chosen on all of val.bin); dropout 0.1 and "
-             "the contestants' 2,000 iterations fixed for this budget without a run",
-    "copy_weight": "0.1 for the repair objective (issue 5 sweep, on all of val.bin)",
-    "block_clipping": "(mdlm_eps, mdlm_t_max) = (0.45, 0.95) for block 4 (BD3-LM's range, section 8)",
-    "knob_grids": "the prior_weight / temperature / noise grids and AR's temperature grid (issue 11)",
-    "search_grids": "the screen grids, the dropout grid (0, 0.1, 0.2), screen_iters 400 and max_iters 2,000",
-}
 
 
 def _floats(text: str | None, key: str) -> list[float] | None:
@@ -120,6 +61,7 @@ class QualityArgs:
     lanes: int = 1  # runs train in this many single-thread worker processes at once (1: in this process)
     launcher: str = ""  # a command each training process starts under, e.g. ../shared/bin/cpu-slot
     screen_iters: int | None = None  # the screen's budget (default: the preset's; 0 = no screen)
+    diffusion_run: str | None = None  # judge this trained diffusion run (e.g. an adapted model) instead of searching
     threads: int = 1  # torch CPU threads of this process (sampling, judging, dev losses); 0 = torch's default
     objective: str = BENCH_DEFAULTS["objective"]  # the diffusion model's training objective
     pos_emb: str = BENCH_DEFAULTS["pos_emb"]  # the diffusion model's positions
@@ -245,7 +187,11 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
           f"about {est['train_wall_s'] / 60:.0f} min on {args.lanes} lane(s) + {est['sampling_s'] / 60:.0f} min "
           f"sampling and judging = {est['wall_s'] / 60:.0f} min (load now {load_start[0]:.1f})")
     lanes = Lanes(args.lanes, launcher, work_dir / "jobs")
+    if args.diffusion_run:
+        searches.pop("diffusion")
     runs, screens = search_all(searches, base, screen_iters, plan, dev_loss, lanes)
+    if args.diffusion_run:
+        runs["diffusion"], screens["diffusion"] = [external_run(args.diffusion_run)], []
     train_s = time.perf_counter() - started
 
     print(f"choosing on {SELECTION_SPLIT}")
@@ -349,6 +295,22 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
                              real["test"], png, f"{args.dataset}, preset {args.preset}: test text, report seeds"):
         print(f"wrote {png}")
     return result
+
+
+def external_run(out_dir: str) -> dict[str, Any]:
+    """A diffusion run trained outside the protocol, as a run dict (its config read from its checkpoint)."""
+    path = Path(out_dir).expanduser()
+    try:
+        saved = json.loads((path / "ckpt.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"--diffusion_run {out_dir}: no finished run there (ckpt.json with its config); train it "
+                        "first") from None
+    if saved.get("model_type") != "diffusion":
+        raise UserError(f"--diffusion_run {out_dir} is a {saved.get('model_type')} run; give a diffusion run")
+    known = {f.name for f in fields(TrainConfig) if f.init}
+    cfg = build_config(TrainConfig, {k: v for k, v in saved.items() if k in known})
+    return {"out_dir": str(path), "reused": True, "cfg": cfg, "train_ms_per_iter": float("nan"),
+            "search": {"run": str(path)}}
 
 
 def _sampling(role: str, opts: SamplerOptions, length: int) -> dict[str, Any]:
