@@ -209,3 +209,12 @@ def test_an_external_diffusion_run_is_read_from_its_checkpoint(tiny_runs: dict[s
         quality.external_run(tiny_runs["gpt2"])
     with pytest.raises(UserError, match="no finished run there"):
         quality.external_run(str(tmp_path))
+
+
+@pytest.mark.slow  # trains the smoke runs
+def test_train_only_trains_every_side_and_samples_nothing(tmp_path: Path) -> None:
+    chosen = quality.bench_quality(["--preset=smoke", f"--work_dir={tmp_path}", "--device=cpu", "--progress=false",
+                                    "--train_only=true", "--screen_iters=5", "--lanes=1"])
+    assert set(chosen) == {"ar", "diffusion", "judge"}
+    assert all((Path(d) / "ckpt.pt").is_file() for d in chosen.values())
+    assert not list(tmp_path.glob("*.json"))  # no protocol result

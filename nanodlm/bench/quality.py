@@ -62,6 +62,7 @@ class QualityArgs:
     launcher: str = ""  # a command each training process starts under, e.g. ../shared/bin/cpu-slot
     screen_iters: int | None = None  # the screen's budget (default: the preset's; 0 = no screen)
     diffusion_run: str | None = None  # judge this trained diffusion run (e.g. an adapted model) instead of searching
+    train_only: bool = False  # train (or reuse) every run, print the chosen ones and stop: no sampling, no JSON
     threads: int = 1  # torch CPU threads of this process (sampling, judging, dev losses); 0 = torch's default
     objective: str = BENCH_DEFAULTS["objective"]  # the diffusion model's training objective
     pos_emb: str = BENCH_DEFAULTS["pos_emb"]  # the diffusion model's positions
@@ -201,8 +202,13 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
             run["dev"] = dev_loss(run)
             print(f"  {role} {run['search'] or ''}: dev loss {run['dev']['loss']:.4f} ({run['out_dir']})")
         chosen[role] = role_runs[choose_on("dev", [run["dev"]["loss"] for run in role_runs])]
+        if args.train_only:
+            print(f"  {role}: chosen {chosen[role]['search'] or ''} {chosen[role]['out_dir']}")
+            continue
         models[role], _, toks[role] = load_model(chosen[role]["out_dir"], CKPT, device)
         tests[role] = loss(models[role], "test")
+    if args.train_only:
+        return {role: run["out_dir"] for role, run in chosen.items()}
 
     # ---- the frontier: dev curves choose the operating point, test curves report it
     judge = Judge(models["judge"], toks["judge"])

@@ -1,0 +1,98 @@
+"""Markdown tables for BENCHMARKS.md and the README, read from the committed JSON (never typed by hand).
+
+    python benchmarks/tables.py quality benchmarks/quality-fair-cpu-2026-12-03.json [MORE.json ...]
+    python benchmarks/tables.py parallel benchmarks/parallel-test-cpu-2026-12-03.json
+    python benchmarks/tables.py speculative benchmarks/speculative-cpu-2026-12-03.json
+
+Every figure printed is the JSON's, rounded only here; ratios are computed from the JSON's own numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def pm(v: float | None, se: float | None = None, fmt: str = ".2f") -> str:
+    if v is None:
+        return "–"
+    return f"{v:{fmt}} ± {se:{fmt}}" if se is not None and se == se else f"{v:{fmt}}"
+
+
+def pct(v: float | None, ref: float | None) -> str:
+    return "–" if v is None or not ref else f"{100 * (v / ref - 1):+.1f}%"
+
+
+def row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def quality(paths: list[str]) -> list[str]:
+    out = [row(["model (chosen on dev)", "test loss / NELBO", "judge PPL", "× AR", "entropy vs real",
+                "PPL at real entropy", "× AR", "chars/s (batch 32)", "JSON"]),
+           row(["---"] * 9)]
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        ar, real = r["ar"], r["real"]
+        name = Path(path).name
+        sides = [("AR", ar, "val_loss"), ("diffusion", r["diffusion"], "nelbo")]
+        if r.get("diffusion_compare"):
+            sides.append(("diffusion, " + r["diffusion_compare"]["sampler"], r["diffusion_compare"], None))
+        for label, s, key in sides:
+            cfg = s.get("config", {})
+            train = cfg.get("train", {})
+            what = label
+            if train:
+                what += f" ({train.get('pos_emb')}, lr {train.get('learning_rate'):g}, dropout {train.get('dropout'):g}"
+                what += f", block {train['diffusion_block']}" if train.get("diffusion_block") else ""
+                what += f"; {cfg.get('knob')} {cfg.get('knob_value'):g})"
+            out.append(row([what, pm(s.get(key), s.get(f"{key}_stderr"), ".4f") if key else "–",
+                            pm(s["judge_ppl"], s.get("judge_ppl_se")),
+                            f"{s['judge_ppl'] / ar['judge_ppl']:.2f}", pct(s["entropy_bits"], real["entropy_bits"]),
+                            pm(s.get("ppl_at_real_entropy"), s.get("ppl_at_real_entropy_se")),
+                            f"{s['ppl_at_real_entropy'] / ar['ppl_at_real_entropy']:.2f}"
+                            if s.get("ppl_at_real_entropy") and ar.get("ppl_at_real_entropy") else "–",
+                            f"{s['chars_per_s']:,.0f}", name]))
+        out.append(row(["real text (test)", "–", pm(real["judge_ppl"], real.get("judge_ppl_se")), "–",
+                        f"{real['entropy_bits']:.3f} bits", "–", "–", "–", name]))
+        p = r["protocol"]
+        out.append(row([f"judge (test loss {r['judge']['val_loss']:.4f}, stronger: "
+                        f"{r['judge']['stronger_than_contestants']})", "", "", "", "", "", "",
+                        f"wall {p.get('wall_s', 0) / 60:.0f} min, load {p['load']['start'][0]:.1f}"
+                        f"→{p['load']['end'][0]:.1f}", name]))
+    return out
+
+
+def parallel(paths: list[str]) -> list[str]:
+    out = [row(["configuration", "tau", "judge PPL", "× AR", "entropy vs real", "passes / 256 chars",
+                "× AR chars/s batch 1", "× AR chars/s batch N", "meets bar (dev choice)", "JSON"]),
+           row(["---"] * 10)]
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        ar, real = r["ar"], r.get("real")
+        picks = r.get("chosen_on_dev") or [{}] * len(r["curves"])
+        for c, pick in zip(r["curves"], picks):
+            for p in c["points"]:
+                out.append(row([c["name"], f"{p['tau']:g}", pm(p["judge_ppl"], p.get("judge_ppl_se")),
+                                f"{p['judge_ppl'] / ar['judge_ppl']:.2f}",
+                                pct(p["entropy_bits"], (real or ar)["entropy_bits"]), f"{p['passes_per_256']:.0f}",
+                                f"{p['speedup_b1']:.2f}", f"{p['speedup_bN']:.2f}", pick.get("meets_bar", "–"),
+                                Path(path).name]))
+        out.append(row(["AR (KV cache)", "–", pm(ar["judge_ppl"], ar.get("judge_ppl_se")), "1.00",
+                        pct(ar["entropy_bits"], (real or ar)["entropy_bits"]), "256", "1.00", "1.00", "–",
+                        Path(path).name]))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] not in ("quality", "parallel"):
+        print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
+        return 2
+    print("\n".join({"quality": quality, "parallel": parallel}[argv[0]](argv[1:])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
