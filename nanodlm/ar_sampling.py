@@ -23,10 +23,13 @@ from torch.nn import functional as F
 Model = Callable[..., tuple[torch.Tensor, Any]]
 
 
+MIN_TEMPERATURE = 1e-6  # smaller positive temperatures act as this one (greedy but for exact ties)
+
+
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise ValueError for settings that cannot mean anything (negative temperature, top_p outside (0, 1])."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < float("inf"):  # nan and inf too
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k must be >= 1, or 0/None to disable, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -42,8 +45,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     """
     check_sampling_args(temperature, top_k, top_p)
     logits = logits.float()  # a copy in float32: bf16 logits lose the tail of the distribution
-    if temperature > 0:
-        logits = logits / temperature
+    if temperature > 0:  # a tiny temperature divides as MIN_TEMPERATURE: 1e-300 would overflow to inf - inf = nan
+        logits = logits / max(temperature, MIN_TEMPERATURE)
     else:
         logits = logits.clone()
     V = logits.size(-1)

@@ -10,6 +10,7 @@ replays the same batches and noise. ``meta`` is also written beside it as ``ckpt
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     atomic_write(path.with_suffix(".json"), meta_text)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", resume: bool = False) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked against its schema (``check_schema``) and patched for older formats.
+    ``resume``: it must also hold the training state a resumed run continues from (``meta.iter_num``)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"no checkpoint at {path}: train a model first or check --out_dir")
@@ -57,12 +60,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         else:
             why = text.splitlines()[0].split(". ")[0][:160] if text else type(e).__name__
         raise UserError(f"checkpoint {path} is corrupt or not a nanodlm checkpoint ({why})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
-        raise UserError(f"checkpoint {path} is not a nanodlm checkpoint (missing 'model' or 'meta')")
+    check_schema(ckpt, path)
+    if resume and "iter_num" not in ckpt["meta"]:
+        raise UserError(f"checkpoint {path} has no meta.iter_num, so a resume cannot know where its schedule is: "
+                        "start a new run from it (--init_from=scratch into another --out_dir)")
     ckpt["model"] = clean_state_dict(ckpt["model"])
     meta = ckpt["meta"]
     # patch keys that older checkpoints lack, so they keep loading
     meta.setdefault("format_version", 0)
+    meta.setdefault("best_val_loss", float("inf"))
     model_args = meta.setdefault("model_args", {})
     model_args.setdefault("model_type", "gpt2")
     model_args.setdefault("pos_emb", "learned")
@@ -72,10 +78,73 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return ckpt
 
 
-def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | None, path: str | Path) -> GPT:
-    """The GPT that ``model_args`` describe, with ``state`` loaded; a one-line UserError when they disagree."""
+def check_schema(ckpt: Any, path: Path) -> None:
+    """The shape of a loaded checkpoint, checked once here so that every reader can trust it: a dict with ``model``
+    (a dict of tensors) and ``meta`` (a dict; ``model_args`` a dict, ``iter_num`` an int >= 0, ``best_val_loss``
+    a number, when present); ``optimizer`` and ``scaler`` dicts when present (a resume needs ``optimizer``)."""
+    def bad(what: str) -> UserError:
+        return UserError(f"checkpoint {path} is not a nanodlm checkpoint ({what}); it was altered or truncated: "
+                         "use another checkpoint")
+
+    if not isinstance(ckpt, dict):
+        raise bad(f"it holds a {type(ckpt).__name__}, not a dict")
+    for key in ("model", "meta"):
+        if key not in ckpt:
+            raise bad(f"missing '{key}'")
+        if not isinstance(ckpt[key], dict):
+            raise bad(f"'{key}' is a {type(ckpt[key]).__name__}, not a dict")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        raise bad("'model' is not a dict of named tensors")
+    for key in ("optimizer", "scaler"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise bad(f"'{key}' is a {type(ckpt[key]).__name__}, not a dict")
+    meta = ckpt["meta"]
+    if not isinstance(meta.get("model_args", {}), dict):
+        raise bad("meta.model_args is not a dict")
+    iter_num = meta.get("iter_num", 0)
+    if isinstance(iter_num, bool) or not isinstance(iter_num, int) or iter_num < 0:
+        raise bad(f"meta.iter_num is {iter_num!r}, not a count of iterations")
+    loss = meta.get("best_val_loss", 0.0)
+    if isinstance(loss, bool) or not isinstance(loss, int | float):
+        raise bad(f"meta.best_val_loss is {loss!r}, not a number")
+    for key in ("config", "dataset_meta"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(f"meta.{key} is not a dict")
+
+
+MAX_PARAMS_FRACTION = 0.5  # a model whose float32 weights alone take over half the memory is refused
+
+
+def check_model_size(config: GPTConfig, path: str | Path) -> None:
+    """Refuse, before allocating anything, a model whose weights do not fit in this machine's memory (an absurd
+    ``--n_embd=1048576`` would otherwise try to allocate terabytes): one line with the estimate."""
+    C, L = config.n_embd, config.n_layer
+    params = L * 12 * C * C + config.padded_vocab_size * C + config.block_size * C  # blocks, embeddings, positions
+    need = 4 * params  # float32 weights alone; training needs about 4x (gradients, AdamW moments)
     try:
-        model = GPT(GPTConfig(**model_args))
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not Linux/macOS: assume 1 TB, still stops the absurd
+        memory = 2**40
+    if torch.cuda.is_available():
+        memory = max(memory, torch.cuda.get_device_properties(0).total_memory)
+    if need > MAX_PARAMS_FRACTION * memory:
+        where = "the configured model" if str(path) == "scratch" else f"the model of {path}"
+        raise UserError(f"{where} (n_layer={L}, n_embd={C}, vocab {config.vocab_size}) has about "
+                        f"{params:.2g} parameters ({need / 1e9:,.1f} GB of float32 weights alone) and this machine has "
+                        f"{memory / 1e9:,.0f} GB: choose a smaller n_embd or n_layer")
+
+
+def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | None, path: str | Path) -> GPT:
+    """The GPT that ``model_args`` describe, with ``state`` loaded; a one-line UserError when they disagree or
+    when the model would not fit in memory."""
+    try:
+        config = GPTConfig(**model_args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"checkpoint {path} has invalid model_args ({e}); it was altered or is not a nanodlm "
+                        "checkpoint") from None
+    check_model_size(config, path)
+    try:
+        model = GPT(config)
     except (TypeError, ValueError) as e:
         raise UserError(f"checkpoint {path} has invalid model_args ({e}); it was altered or is not a nanodlm "
                         "checkpoint") from None
@@ -91,6 +160,8 @@ def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | Non
 
 def find_checkpoint(out_dir: str | Path, which: str = "best") -> Path:
     """``best`` falls back to ``last`` (``ckpt.pt``) when no best checkpoint was written."""
+    if not str(out_dir).strip():
+        raise UserError("--out_dir is empty: name the training run's folder")
     out = Path(out_dir)
     if which not in ("best", "last"):
         raise UserError(f"--ckpt must be best or last; got {which!r}")

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from .diffusion import MODEL_OBJECTIVES
 from .distributed import BACKENDS, DTYPES
-from .errors import UserError
+from .errors import UserError, check_finite
 from .fileio import parse_json
 from .model import ModelArgs
 
@@ -86,6 +86,7 @@ class TrainConfig(ModelArgs):
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default (one per core; oversubscribes a busy machine)
 
     def __post_init__(self) -> None:
+        check_finite(self)
         try:
             super().__post_init__()  # the model keys
         except ValueError as e:
@@ -114,6 +115,8 @@ class TrainConfig(ModelArgs):
                 raise UserError(f"config key '{key}' must be positive; got {getattr(self, key)}")
         if self.max_iters < 0:
             raise UserError(f"config key 'max_iters' must be >= 0; got {self.max_iters}")
+        if not self.out_dir.strip():
+            raise UserError("config key 'out_dir' is empty: name a folder for the run (e.g. --out_dir=out)")
         if not 0.0 < self.mdlm_eps < self.mdlm_t_max <= 1.0:
             raise UserError(f"need 0 < mdlm_eps < mdlm_t_max <= 1; got {self.mdlm_eps} and {self.mdlm_t_max}")
         check_training_ranges(self)
@@ -131,6 +134,16 @@ def check_training_ranges(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if not 0.0 <= value < 1.0:
             raise UserError(f"config key '{key}' must be in [0, 1); got {value}")
+    if cfg.decay_lr:  # a schedule that contradicts itself trains on a learning rate nobody chose
+        if cfg.lr_decay_iters == 0:
+            raise UserError("lr_decay_iters=0 with decay_lr=True decays to min_lr at once: set lr_decay_iters (about "
+                            "max_iters), or decay_lr=False for a constant learning_rate")
+        if cfg.warmup_iters > cfg.lr_decay_iters:
+            raise UserError(f"warmup_iters={cfg.warmup_iters} is past lr_decay_iters={cfg.lr_decay_iters}: the warmup "
+                            "would never finish; lower warmup_iters or raise lr_decay_iters")
+        if cfg.min_lr > cfg.learning_rate:
+            raise UserError(f"min_lr={cfg.min_lr} is above learning_rate={cfg.learning_rate}: the decay would raise "
+                            "the learning rate; lower min_lr (nanoGPT: learning_rate / 10)")
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -182,13 +195,24 @@ def read_config_file(path: str) -> dict[str, Any]:
         p = PRESET_DIR / f"{path}.py"
     if not p.exists():
         raise UserError(f"config file '{path}' not found; presets: {', '.join(list_presets()) or 'none'}")
-    text = p.read_text()
+    if p.is_dir():
+        raise UserError(f"config file '{path}' is a folder; give a .py or .json file of `key = value` lines")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file '{path}' is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+                        ) from None
+    except OSError as e:
+        raise UserError(f"cannot read config file '{path}' ({e.strerror or type(e).__name__})") from None
     if p.suffix == ".json":
         return parse_json(text, f"config file '{path}'", dict, "; write one object of keys")
     try:
         tree = ast.parse(text, filename=str(p))
     except SyntaxError as e:
         raise UserError(f"config file '{path}' line {e.lineno}: {e.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as e:  # a NUL byte; nesting deeper than the parser goes
+        raise UserError(f"config file '{path}' is not a Python config ({type(e).__name__}); write `key = value` "
+                        "lines") from None
     out: dict[str, Any] = {}
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
@@ -197,7 +221,7 @@ def read_config_file(path: str) -> dict[str, Any]:
             raise UserError(f"config file '{path}' line {node.lineno}: only `key = literal` assignments are allowed")
         try:
             out[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
             raise UserError(f"config file '{path}' line {node.lineno}: the value must be a literal") from None
     return out
 

@@ -242,9 +242,14 @@ def prepare(name: str, *, input_path: str | None = None, data_dir: str = "data",
         path = Path(input_path).expanduser()
         if path.is_dir():
             raise UserError(f"--input {path} is a folder; give a text file")
+        if path.exists() and not path.is_file():
+            raise UserError(f"--input {path} is not a regular file (a device, pipe or socket); give a text file")
         if not path.is_file():
             raise UserError(f"input file {path} does not exist; check the --input path")
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read --input {path} ({e.strerror or type(e).__name__})") from None
         source = str(path)
     else:
         raw, source = fetch_shakespeare()
@@ -300,8 +305,14 @@ def _prepare_hint(dataset: str) -> str:
             f"`nanodlm prepare text --input FILE --name {dataset}`)")
 
 
+TOKEN_DTYPES = {"uint16": 65536, "uint32": 2**32}  # the dtypes prepare writes, and the vocabulary each holds
+FULL_SCAN = 2**27  # a split of up to this many ids is checked against the vocabulary whole when opened
+ID_SAMPLE = 1 << 16  # a larger one: this many ids, spread over the file
+
+
 def load_meta(data_dir: str, dataset: str) -> dict:
-    """``<data_dir>/<dataset>/meta.json`` as a dict."""
+    """``<data_dir>/<dataset>/meta.json`` as a dict, checked: vocab_size an int in [2, 2**32), dtype one that
+    prepare writes and wide enough for the vocabulary, token counts (when recorded) non-negative ints."""
     folder = Path(data_dir) / dataset
     if not folder.is_dir():
         recover_dataset(folder)  # a prepare killed between its two renames left the old dataset beside it
@@ -313,26 +324,64 @@ def load_meta(data_dir: str, dataset: str) -> dict:
                         f"{_prepare_hint(dataset)}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); {_prepare_hint(dataset)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"{path} is not valid JSON ({str(e)[:100]}); {_prepare_hint(dataset)}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or type(e).__name__}); {_prepare_hint(dataset)}") from None
     if not isinstance(meta, dict) or "vocab_size" not in meta:
         raise UserError(f"{path} has no vocab_size; {_prepare_hint(dataset)}")
+    check_meta(meta, path, _prepare_hint(dataset))
     return meta
 
 
+def check_meta(meta: dict, path: Path | str, hint: str) -> None:
+    """The boundary check of a dataset's meta.json (one-line UserError naming the key and ``hint``)."""
+    vocab = meta["vocab_size"]
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or not 2 <= vocab < 2**32:
+        raise UserError(f"{path}: vocab_size must be an integer >= 2; got {vocab!r}; {hint}")
+    dtype = meta.get("dtype", "uint16")
+    if dtype not in TOKEN_DTYPES:
+        raise UserError(f"{path}: dtype must be one of {', '.join(TOKEN_DTYPES)} (token ids); got {dtype!r}; {hint}")
+    if vocab > TOKEN_DTYPES[dtype]:
+        raise UserError(f"{path}: dtype {dtype} cannot hold vocab_size {vocab}; {hint}")
+    for key in ("train_tokens", "val_tokens"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise UserError(f"{path}: {key} must be a count of tokens; got {value!r}; {hint}")
+    tokenizer = meta.get("tokenizer")
+    if tokenizer is not None and tokenizer not in TOKENIZERS:
+        raise UserError(f"{path}: unknown tokenizer {tokenizer!r} (expected one of {TOKENIZERS}); {hint}")
+
+
 def open_split(data_dir: str, dataset: str, split: str) -> np.memmap:
-    """The token ids of one split, memory-mapped read-only (1D, dtype from meta.json)."""
+    """The token ids of one split, memory-mapped read-only (1D, dtype from meta.json), checked on open: the file
+    size agrees with the dtype and the recorded token count, and a sample of ids lies inside the vocabulary."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     meta = load_meta(data_dir, dataset)
+    hint = _prepare_hint(dataset)
     dtype = np.dtype(meta.get("dtype", "uint16"))
     path = Path(data_dir) / dataset / f"{split}.bin"
     if not path.is_file():
-        raise UserError(f"{path} is missing; {_prepare_hint(dataset)}")
+        raise UserError(f"{path} is missing; {hint}")
     size = path.stat().st_size
     if size == 0 or size % dtype.itemsize:
-        raise UserError(f"{path} has {size} bytes, not a whole number of {dtype} tokens; {_prepare_hint(dataset)}")
-    return np.memmap(path, dtype=dtype, mode="r")
+        raise UserError(f"{path} has {size} bytes, not a whole number of {dtype} tokens; {hint}")
+    expected = meta.get(f"{split}_tokens")
+    if expected is not None and size != expected * dtype.itemsize:
+        raise UserError(f"{path} has {size} bytes but meta.json records {expected:,} {dtype} tokens "
+                        f"({expected * dtype.itemsize:,} bytes): its dtype or the file is wrong; {hint}")
+    data = np.memmap(path, dtype=dtype, mode="r")
+    # every id of a file up to FULL_SCAN ids (a fraction of a second), else ids spread evenly over it (ends
+    # included): a wrong dtype or a corrupted file shows up here, not as an index error mid-run
+    if len(data) <= FULL_SCAN:
+        top = int(data.max())
+    else:
+        top = int(np.asarray(data[np.linspace(0, len(data) - 1, ID_SAMPLE).astype(np.int64)]).max())
+    if top >= meta["vocab_size"]:
+        raise UserError(f"{path} holds token id {top}, outside the vocabulary of {meta['vocab_size']} in meta.json: "
+                        f"the file or its meta.json is corrupt; {hint}")
+    return data
 
 
 def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,

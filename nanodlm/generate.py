@@ -93,21 +93,40 @@ AR_OPTIONS = ("temperature", "top_k", "top_p", "use_kv_cache")
 DIFFUSION_EXTRAS = ("sampler", "use_kv_cache", "semi_ar_block", "approx_cache", "new_block")
 
 
-def ignored_settings(model_type: str, options: SamplerOptions, prompt: Prompt) -> list[str]:
-    """``--key=value`` of the options and prompt keys set away from their defaults that ``model_type`` (and, for
-    diffusion, the chosen sampler) does not read, e.g. --sampler on a gpt2 model or --max_new_tokens on diffusion."""
+def ignored_settings(model_type: str, options: SamplerOptions, prompt: Prompt, block_size: int | None = None,
+                     diffusion_block: int = 0) -> list[str]:
+    """Every setting the generation will ignore, as ``--key=value: reason`` lines; the one place that decides it
+    (``nanodlm sample`` prints each as a warning). Keys set away from their defaults that ``model_type`` (and,
+    for diffusion, the chosen sampler) does not read, e.g. --sampler on a gpt2 model or --max_new_tokens on
+    diffusion; --approx_cache without semi-autoregressive decoding; --semi_ar_block not below the canvas length;
+    --length with an --infill template (the template sets the length)."""
     if model_type == "gpt2":
         used_options, unused_prompt = set(AR_OPTIONS), ("length",)
+        why = "not used by a gpt2 model"
     else:
         used_options = set(sampler_keys(options.sampler)) | set(DIFFUSION_EXTRAS)
         unused_prompt = ("max_new_tokens",)
+        why = f"not used by a diffusion model with sampler {options.sampler}"
     out = []
     for f in fields(SamplerOptions):
         if f.name not in used_options and getattr(options, f.name) != f.default:
-            out.append(f"--{f.name}={getattr(options, f.name)}")
+            out.append(f"--{f.name}={getattr(options, f.name)}: {why}")
     for f in fields(Prompt):
         if f.name in unused_prompt and getattr(prompt, f.name) != f.default:
-            out.append(f"--{f.name}={getattr(prompt, f.name)}")
+            out.append(f"--{f.name}={getattr(prompt, f.name)}: {why}")
+    if model_type == "gpt2":
+        return out
+    if options.approx_cache != "none" and diffusion_block:
+        out.append(f"--approx_cache={options.approx_cache}: a block diffusion model keeps an exact KV cache")
+    elif options.approx_cache != "none" and not options.semi_ar_block:
+        out.append(f"--approx_cache={options.approx_cache}: it caches semi-autoregressive blocks; add --semi_ar_block")
+    if prompt.infill is not None and prompt.length is not None:
+        out.append(f"--length={prompt.length}: the --infill template sets the length")
+    length = prompt.length if prompt.length is not None else block_size
+    if options.semi_ar_block and not diffusion_block and length is not None and prompt.infill is None \
+            and options.semi_ar_block >= length:
+        out.append(f"--semi_ar_block={options.semi_ar_block}: not below the length {length}, so the canvas is one "
+                   "block")
     return out
 
 
@@ -142,6 +161,9 @@ def sampling_configs(values: dict[str, Any], command: type[T], prompt: bool = Tr
                      ) -> tuple[T, SamplerOptions, Prompt | None]:
     """{key: value} flags -> (the command's config, SamplerOptions, Prompt or None). A key of the command's own
     shadows an option of the same name; ``max_steps`` is ``steps``; a key none of them has is an error."""
+    for alias, key in ALIASES.items():
+        if alias in values and key in values and str(values[alias]) != str(values[key]):
+            raise UserError(f"--{key}={values[key]} and --{alias}={values[alias]} are the same setting; give one")
     values = {ALIASES.get(k, k): v for k, v in values.items()}
     if prompt:
         cfg, options, prompt_cfg = build_configs(values, command, SamplerOptions, Prompt)

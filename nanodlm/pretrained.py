@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
+from .checkpoint import check_model_size
 from .errors import UserError
+from .fileio import parse_json
 from .model import GPT, GPTConfig
 
 # nanoGPT's names -> (n_layer, n_head, n_embd); all have block_size 1024 and vocab 50,257
@@ -68,9 +70,11 @@ def _load_hf_model(name_or_dir: str):
     if not local and name_or_dir not in GPT2_SIZES:
         raise UserError(f"init_from={name_or_dir!r} is neither a GPT-2 name ({', '.join(GPT2_SIZES)}) nor a "
                         "directory holding a Hugging Face GPT-2 checkpoint (config.json + weights)")
+    if local:
+        check_hf_config(Path(name_or_dir) / "config.json")
     try:
         return transformers.GPT2LMHeadModel.from_pretrained(name_or_dir).float()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
         if local:
             why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise UserError(f"{name_or_dir} is not a loadable Hugging Face GPT-2 checkpoint ({why})") from None
@@ -78,6 +82,32 @@ def _load_hf_model(name_or_dir: str):
                         "(offline?): run once with network access (or set HF_HOME to a cache that has them; "
                         "HF_HUB_OFFLINE=1 skips the retries), or pass a local directory written by save_pretrained"
                         ) from None
+
+
+HF_SIZES = ("n_positions", "n_embd", "n_layer", "n_head", "vocab_size")  # config.json keys that size the model
+
+
+def check_hf_config(path: Path) -> None:
+    """A local Hugging Face ``config.json``, checked before transformers builds (and allocates) the model: a JSON
+    object whose size keys are positive integers and whose model fits in memory; one-line UserError otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    config = parse_json(text, str(path), dict, "; it must be a Hugging Face GPT-2 config")
+    for key in HF_SIZES:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{path}: {key} must be a positive integer; got {value!r}")
+    for key in ("activation_function", "model_type"):
+        if key in config and not isinstance(config[key], str):
+            raise UserError(f"{path}: {key} must be a string; got {config[key]!r}")
+    if all(key in config for key in HF_SIZES):
+        if config["n_embd"] % config["n_head"]:
+            raise UserError(f"{path}: n_embd {config['n_embd']} is not a multiple of n_head {config['n_head']}")
+        check_model_size(GPTConfig(model_type="gpt2", block_size=config["n_positions"],
+                                   vocab_size=config["vocab_size"], n_layer=config["n_layer"],
+                                   n_head=config["n_head"], n_embd=config["n_embd"]), path.parent)
 
 
 def hf_model_args(hf_config: Any) -> dict[str, Any]:

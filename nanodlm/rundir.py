@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -25,6 +26,7 @@ from .fileio import atomic_write
 from .model import ModelArgs
 
 CHECKPOINTS = ("ckpt.pt", "best.pt")
+PROBE_BYTES = 64 * 1024  # what the start-up write test writes (and removes)
 RUN_FILES = ("ckpt.pt", "ckpt.json", "best.pt", "best.json", "metrics.jsonl", "loss.png")
 # the model keys that fix the weights (all but dropout): on resume they come from the checkpoint, a contradicting
 # flag is an error
@@ -59,8 +61,12 @@ def ensure_writable_dir(path: Path, what: str, flag: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        try:  # real bytes, flushed: an empty file is created even on a full disk, which then fails mid-run
+            os.write(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as e:
         raise UserError(f"{what} {path} is not writable ({_os_reason(e)}); choose another {flag}") from None
 
@@ -76,8 +82,13 @@ def _take_lock(out_dir: Path) -> int:
         os.close(fd)
         raise UserError(f"out_dir {out_dir} is in use by another training (pid {holder}); wait for it to finish, "
                         "or train into another --out_dir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:  # a disk that filled up since the write test
+        os.close(fd)
+        raise UserError(f"out_dir {out_dir} is not writable ({_os_reason(e)}); free space or choose another "
+                        "--out_dir") from None
     return fd
 
 
@@ -141,17 +152,26 @@ def truncate_metrics(metrics_path: Path, iter_num: int) -> None:
     """On resume at ``iter_num``: drop log rows from iterations the resumed run will log again (no duplicates)."""
     if not metrics_path.exists():
         return
-    lines = metrics_path.read_text().splitlines()
+    try:  # a damaged byte (not UTF-8) loses its line, not the run
+        lines = metrics_path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise UserError(f"cannot read {metrics_path} ({e.strerror or type(e).__name__}); move it away to resume"
+                        ) from None
     keep = []
     for line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line a crash cut short
-        if isinstance(row, dict) and row.get("iter", -1) < iter_num:
+        it = row.get("iter") if isinstance(row, dict) else None
+        if isinstance(it, int | float) and it < iter_num:
             keep.append(line)
     if len(keep) != len(lines):
-        atomic_write(metrics_path, "".join(line + "\n" for line in keep).encode())
+        try:
+            atomic_write(metrics_path, "".join(line + "\n" for line in keep).encode())
+        except OSError as e:
+            raise UserError(f"could not rewrite {metrics_path} ({e.strerror or type(e).__name__}): free space or fix "
+                            "permissions, then resume again") from None
 
 
 def check_resume(cfg: Any, model_args: dict[str, Any], ckpt_meta: dict[str, Any], data_meta: dict[str, Any],
@@ -179,3 +199,31 @@ def check_resume(cfg: Any, model_args: dict[str, Any], ckpt_meta: dict[str, Any]
         raise UserError(f"dataset '{cfg.dataset}' has a different vocabulary (vocab_size {data_meta['vocab_size']}) "
                         f"than the checkpoint in {out_dir} (trained on '{was}', vocab_size {saved_vocab}); resume "
                         f"with the dataset it was trained on (--dataset={was})")
+
+
+def nothing_to_resume(cfg: Any, done: int, master: bool) -> dict[str, Any]:
+    """A resume with nothing left to train: refused below the run's iteration (a typo would otherwise re-evaluate
+    and re-save the checkpoint), a no-op with a message at it (the run is finished)."""
+    if done > cfg.max_iters:
+        raise UserError(f"max_iters={cfg.max_iters} is below the iteration of the run in {cfg.out_dir} ({done}): "
+                        f"to train on, raise --max_iters above {done}; to evaluate it, add --eval_only=True")
+    if master:
+        print(f"nothing to train: the run in {cfg.out_dir} is at iter {done} = max_iters; raise --max_iters to "
+              "continue it (nothing was written)", flush=True)
+    return {"interrupted": False, "iter_num": done}
+
+
+def load_optimizer(ckpt: dict[str, Any], optimizer: Any, scaler: Any, path: Path, master: bool) -> None:
+    """The optimizer (and grad scaler) state of a resumed run. A checkpoint without one (a hand-made or trimmed
+    file) resumes with fresh AdamW moments, said once; one that does not fit the model is a one-line error."""
+    if "optimizer" not in ckpt:
+        if master:
+            print(f"warning: {path} has no optimizer state: AdamW restarts from zero moments", file=sys.stderr)
+        return
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise UserError(f"{path}: its optimizer state does not fit the model ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else ''}); the file was altered") from None

@@ -78,12 +78,11 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
         torch.set_num_threads(cfg.threads)
     model, _, tok = load_model(cfg.out_dir, cfg.ckpt, device)
     model_type = model.config.model_type
-    ignored = ignored_settings(model_type, options, prompt)
+    ignored = ignored_settings(model_type, options, prompt, model.config.block_size, model.config.diffusion_block)
     if cfg.show and model_type == "gpt2":
-        ignored.append("--show")
-    if ignored:
-        what = "a gpt2 model" if model_type == "gpt2" else f"a diffusion model with sampler {options.sampler}"
-        print(f"warning: {' '.join(ignored)} ignored: not used by {what}", file=sys.stderr)
+        ignored.append("--show: a gpt2 model writes left to right, there is no canvas to show")
+    for line in ignored:
+        print(f"warning: ignored {line}", file=sys.stderr)
     view = None
     if cfg.show and sys.stdout.isatty() and model.config.model_type != "gpt2":
         view = LiveView(lambda i: tok.decode([i]), mask_token_id=model.config.mask_token_id)

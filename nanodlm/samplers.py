@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from .ar_sampling import Model, filter_logits, inference_mode
-from .errors import UserError
+from .errors import UserError, check_finite
 from .reveal import (
     ORDERS,
     SCHEDULES,
@@ -86,6 +86,7 @@ class SamplerOptions:
         def bad(key: str, rule: str) -> UserError:
             return UserError(f"sampler option '{key}' {rule}; got {getattr(self, key)!r}")
 
+        check_finite(self, "sampler option")  # nan and inf first: they pass every `x < 0` below
         for key, allowed in (("sampler", tuple(SAMPLERS)), ("schedule", SCHEDULES), ("order", ORDERS),
                              ("approx_cache", APPROX_CACHES)):
             if getattr(self, key) not in allowed:

@@ -34,7 +34,7 @@ from .distributed import destroy_distributed, init_distributed
 from .errors import UserError
 from .model import GPTConfig
 from .plotting import plot_loss_curves
-from .rundir import SHAPE_KEYS, check_resume, open_run_dir, truncate_metrics
+from .rundir import SHAPE_KEYS, check_resume, load_optimizer, nothing_to_resume, open_run_dir, truncate_metrics
 from .step import Stepper
 from .tidar import tidar_loss
 
@@ -159,8 +159,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                             f"{cfg.block_size + 1}: lower --block_size or use more text")
 
     # ------------------------------------------------------------------ model
-    ckpt = load_checkpoint(out_dir / "ckpt.pt", device) if cfg.init_from == "resume" else None
+    ckpt = load_checkpoint(out_dir / "ckpt.pt", device, resume=True) if cfg.init_from == "resume" else None
     init_state, init_note = None, ""
+    if ckpt is not None and not cfg.eval_only and ckpt["meta"]["iter_num"] >= cfg.max_iters:
+        return nothing_to_resume(cfg, ckpt["meta"]["iter_num"], master)
     if ckpt is not None:
         model_args = dict(ckpt["meta"]["model_args"])  # the checkpoint's architecture wins
         check_resume(cfg, model_args, ckpt["meta"], data_meta, out_dir)
@@ -183,9 +185,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     ptdtype, autocast, scaler, optimizer = stepper.ptdtype, stepper.autocast, stepper.scaler, stepper.optimizer
     iter_num, best_val_loss = 0, float("inf")
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
+        load_optimizer(ckpt, optimizer, scaler, out_dir / "ckpt.pt", master)
         iter_num, best_val_loss = ckpt["meta"]["iter_num"], ckpt["meta"]["best_val_loss"]
     ckpt = None  # free memory
     raw_model = model
