@@ -23,6 +23,9 @@ MEANINGS = {
     "unigram_entropy": "entropy (nats) of the split's token frequencies: the loss of a model that ignores context",
     "bits_per_token": "the headline loss in bits per token",
     "bits_per_char": "total bits over the characters scored: comparable across char and BPE models",
+    "draft_loss": "TiDAR: CE (nats/token) of the [MASK] blocks, each predicting its draft_len tokens from the text "
+                  "before it (what speculative decoding drafts with)",
+    "draft_stderr": "standard error of draft_loss across windows",
 }
 
 

@@ -36,6 +36,7 @@ from .errors import UserError
 from .fileio import check_output_path
 from .report import print_table, write_json
 from .textstats import unigram_entropy
+from .tidar import two_stream_logits
 
 LN2 = math.log(2.0)
 
@@ -116,6 +117,23 @@ def ar_cross_entropy(model: torch.nn.Module, windows: torch.Tensor, batch_size: 
 
 
 @torch.no_grad()
+def draft_cross_entropy(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """A TiDAR model's draft loss (tidar.py): CE (nats/token) of its [MASK] blocks on windows[:, :T], each block
+    of draft_len predicting its tokens from the text before it. Returns ``loss``, ``stderr`` (across windows)."""
+    device = model_device(model)
+    T = windows.size(1) - 1
+    per_window = []
+    with inference_mode(model):
+        for i in range(0, windows.size(0), batch_size):
+            x = windows[i:i + batch_size, :T].to(device)  # (B, T)
+            _, drafts = two_stream_logits(model, x)  # (B, T, V)
+            ce = F.cross_entropy(drafts.float().transpose(1, 2), x, reduction="none")  # (B, T)
+            per_window.append(ce.mean(dim=1).cpu())
+    loss, stderr = mean_and_stderr(torch.cat(per_window))
+    return {"loss": loss, "stderr": stderr}
+
+
+@torch.no_grad()
 def diffusion_nelbo(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, generator: torch.Generator,
                     n_draws: int = 4) -> dict[str, float]:
     """Absorbing-mask NELBO (nats/token) of a diffusion model on windows[:, :T] (tokens 0..T-1 jointly).
@@ -174,7 +192,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "out_dir": str(cfg.out_dir), "model_type": model_type,
-        "objective": train_cfg.get("objective") if model_type == "diffusion" else "ar",
+        "objective": train_cfg.get("objective") if model_type == "diffusion" or model.config.draft_len else "ar",
         "iter_num": meta.get("iter_num"), "dataset": dataset, "split": cfg.split, "block_size": T,
         "num_windows": num_windows, "seed": cfg.seed,
     }
@@ -183,6 +201,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
         out = ar_cross_entropy(model, windows, batch_size)
         mean = out["loss"]
         result.update(loss=mean, stderr=out["stderr"], tokens=out["tokens"])
+        if model.config.draft_len:  # a TiDAR model: its draft stream too
+            drafts = draft_cross_entropy(model, windows, batch_size)
+            result.update(draft_loss=drafts["loss"], draft_stderr=drafts["stderr"], draft_len=model.config.draft_len)
     else:
         scored = windows[:, :T]
         gen = torch.Generator(device=device).manual_seed(cfg.seed)

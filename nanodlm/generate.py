@@ -27,7 +27,7 @@ from .ar_sampling import generate_ar
 from .blockwise import generate_blocks, generate_long
 from .config import build_configs, print_keys
 from .errors import UserError
-from .samplers import OnStep, SamplerOptions, get_sampler, sampler_keys
+from .samplers import CAUSAL_SAMPLERS, SAMPLERS, OnStep, SamplerOptions, get_sampler, sampler_keys
 
 __all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "generate", "ignored_settings",
            "print_sampling_keys", "read_text", "sampling_configs"]
@@ -103,6 +103,9 @@ def ignored_settings(model_type: str, options: SamplerOptions, prompt: Prompt, b
     if model_type == "gpt2":
         used_options, unused_prompt = set(AR_OPTIONS), ("length",)
         why = "not used by a gpt2 model"
+        if options.sampler in CAUSAL_SAMPLERS:  # --sampler=ar | speculative (a TiDAR model)
+            used_options |= {"sampler", *sampler_keys(options.sampler)}
+            why = f"not used by a gpt2 model with sampler {options.sampler}"
     else:
         used_options = set(sampler_keys(options.sampler)) | set(DIFFUSION_EXTRAS)
         unused_prompt = ("max_new_tokens",)
@@ -219,13 +222,20 @@ def _ar(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Promp
             revealed = torch.zeros_like(text, dtype=torch.bool)
             revealed[:, -1] = True
             on_step(i, text, revealed, torch.zeros_like(revealed))
+    n = prompt.max_new_tokens
+    fixed = torch.zeros(B, len(ids) + n, dtype=torch.bool, device=idx.device)
+    fixed[:, :len(ids)] = True
+    if options.sampler == "speculative":  # a TiDAR model drafts and verifies (speculative.py)
+        mask = model.config.mask_token_id
+        canvas = torch.cat((idx, torch.full((B, n), -1 if mask is None else mask, dtype=torch.long,
+                                            device=idx.device)), dim=1)
+        out, info = get_sampler("speculative")(model, canvas, mask_token_id=mask, generator=gen, on_step=on_step,
+                                               **options.sampler_kwargs())
+        return out, info, fixed
     out = generate_ar(model, idx, prompt.max_new_tokens, temperature=options.temperature, top_k=options.top_k,
                       top_p=options.top_p, generator=gen, use_cache=options.use_kv_cache, on_token=on_token)
-    n = prompt.max_new_tokens
     info = {"sampler": "ar", "steps_used": n, "forward_passes": n, "committed_per_step": [B] * n,
             "remasked_per_step": [0] * n}
-    fixed = torch.zeros_like(out, dtype=torch.bool)
-    fixed[:, :len(ids)] = True
     return out, info, fixed
 
 
@@ -233,6 +243,10 @@ def _diffusion(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt
                gen: torch.Generator, on_step: OnStep | None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
     config = model.config
     mask_id = config.mask_token_id
+    if options.sampler in CAUSAL_SAMPLERS:
+        diffusion = ", ".join(name for name in SAMPLERS if name not in CAUSAL_SAMPLERS)
+        raise UserError(f"--sampler={options.sampler} is for AR models (speculative: trained with objective=tidar); "
+                        f"this is a diffusion model: choose one of {diffusion}")
     sampler: Callable[..., tuple[torch.Tensor, dict[str, Any]]] = get_sampler(options.sampler)
     kwargs = options.sampler_kwargs()  # exactly the options this sampler takes (steps, temperature, ...)
     if config.diffusion_block and options.semi_ar_block not in (0, config.diffusion_block):

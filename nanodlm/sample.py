@@ -102,7 +102,11 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
         write_trajectory(cfg.trajectory, recorder, f"nanodlm sample --out_dir={cfg.out_dir} --sampler="
                          f"{info['sampler']} --seed={cfg.seed}")
         print(f"wrote {cfg.trajectory} ({len(recorder.frames)} frames)", file=sys.stderr)
-    if cfg.verbose and info["model_type"] != "gpt2":
+    if cfg.verbose and info["sampler"] == "speculative":
+        print(f"forward passes per sample: {info['passes_per_sample']}, tokens per pass: "
+              f"{[round(t, 2) for t in info['tokens_per_pass']]}, drafts accepted per pass: "
+              f"{[round(a, 2) for a in info['accepted_per_pass']]} (draft_len {info['draft_len']})", file=sys.stderr)
+    elif cfg.verbose and info["model_type"] != "gpt2":
         print(f"steps used: {info['steps_used']}, forward passes per sample: {info.get('passes_per_sample')} "
               f"({info['forward_passes']} batched calls), committed per step (all {cfg.num_samples} samples "
               f"together): {info['committed_per_step']}", file=sys.stderr)

@@ -48,9 +48,11 @@ from .reveal import (
     sample_fill,
     top_k_mask,
 )
+from .speculative import sample_ar, sample_speculative
 
-__all__ = ["APPROX_CACHES", "ORDERS", "SAMPLERS", "SCHEDULES", "SamplerOptions", "get_sampler", "new_info",
-           "sample_ancestral", "sample_confidence", "sample_remask", "sample_seed", "sampler_keys"]
+__all__ = ["APPROX_CACHES", "CAUSAL_SAMPLERS", "DIFFUSION_SAMPLERS", "ORDERS", "SAMPLERS", "SCHEDULES",
+           "SamplerOptions", "get_sampler", "new_info", "sample_ancestral", "sample_confidence", "sample_remask",
+           "sample_seed", "sampler_keys"]
 
 
 APPROX_CACHES = ("none", "prefix", "dual")  # semi-autoregressive decoding of a bidirectional model (blockwise.py)
@@ -63,7 +65,7 @@ class SamplerOptions:
     """Every sampling option, for every model type. A sampler receives the fields its signature names
     (``sampler_keys``); the samplers' own keyword defaults are these (``SamplerOptions.noise`` ...)."""
 
-    sampler: str = "remask"  # diffusion: remask (default, BENCHMARKS.md) | confidence | ancestral | seed (the spec)
+    sampler: str = "remask"  # diffusion: remask (default) | confidence | ancestral | seed; AR: ar | speculative (TiDAR)
     steps: int = 64  # diffusion denoising steps (alias max_steps, the spec's name); block diffusion: over all blocks
     temperature: float = 1.0  # 0 = greedy
     top_k: int | None = None  # keep the k most likely tokens (None = all)
@@ -81,6 +83,7 @@ class SamplerOptions:
     semi_ar_block: int = 0  # bidirectional diffusion: fill the canvas left to right in blocks of this size (0 = off)
     approx_cache: str = "none"  # with semi_ar_block: Fast-dLLM's approximate KV cache, none | prefix | dual
     new_block: int | None = None  # diffusion text longer than block_size: new tokens per window (block_size // 2)
+    draft_len: int | None = None  # speculative: [MASK] per pass, k (None = the model's); a pass writes 1..k tokens
 
     def __post_init__(self) -> None:
         def bad(key: str, rule: str) -> UserError:
@@ -119,6 +122,8 @@ class SamplerOptions:
             raise bad("semi_ar_block", "must be >= 0 (0 = the whole canvas at once)")
         if self.new_block is not None and self.new_block < 1:
             raise bad("new_block", "must be >= 1 (None = block_size // 2)")
+        if self.draft_len is not None and self.draft_len < 1:
+            raise bad("draft_len", "must be >= 1 (None = the model's)")
 
     def sampler_kwargs(self) -> dict[str, Any]:
         """The options ``self.sampler`` takes, by name, ready for ``get_sampler(self.sampler)(..., **kwargs)``."""
@@ -337,7 +342,11 @@ SAMPLERS: dict[str, SamplerFn] = {
     "ancestral": sample_ancestral,
     "confidence": sample_confidence,
     "remask": sample_remask,
+    "ar": sample_ar,  # AR models (gpt2, a TiDAR model's AR stream): one token per pass, KV cache
+    "speculative": sample_speculative,  # TiDAR models (objective=tidar): mask drafts verified by the AR stream
 }
+CAUSAL_SAMPLERS = ("ar", "speculative")  # for AR models only: they continue a prompt left to right
+DIFFUSION_SAMPLERS = tuple(name for name in SAMPLERS if name not in CAUSAL_SAMPLERS)
 OPTION_KEYS = tuple(f.name for f in fields(SamplerOptions))
 
 

@@ -34,7 +34,7 @@ from .distributed import resolve_device
 from .errors import UserError
 from .generate import Generation, Prompt, SamplerOptions, build_canvas, generate, sampling_configs
 from .sample import SampleConfig
-from .samplers import SAMPLERS
+from .samplers import DIFFUSION_SAMPLERS
 from .trajectory import Aborted, Recorder
 from .webguard import BodyError, Guard, allowed_hosts, is_json, read_body
 
@@ -208,7 +208,7 @@ class Server:
         with self.lock:
             stats = dict(self.stats)
         return {"models": {name: e.describe() for name, e in self.engines.items()}, "limits": self.limits(),
-                "samplers": list(SAMPLERS), "defaults": defaults, "keys": request_keys(), "stats": stats}
+                "samplers": list(DIFFUSION_SAMPLERS), "defaults": defaults, "keys": request_keys(), "stats": stats}
 
     def _count(self, key: str, delta: int = 1) -> None:
         with self.lock:

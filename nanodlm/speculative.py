@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .ar_sampling import Model, cache_dtype, check_sampling_args, filter_logits, inference_mode
+from .ar_sampling import Model, cache_dtype, check_sampling_args, filter_logits, generate_ar, inference_mode
 from .reveal import OnStep
 from .tidar import check_tidar, draft_pass
 
@@ -120,6 +120,47 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
     return text[:target], stats
 
 
+def _prompt_lengths(canvas: torch.Tensor, mask_token_id: int, fixed: torch.Tensor | None) -> torch.Tensor:
+    """(B,) leading given tokens of each row; ValueError unless a row is a prompt, then only [MASK]."""
+    masked = canvas == mask_token_id
+    if fixed is not None and bool((fixed & masked).any()):
+        raise ValueError("a fixed position must hold a token")
+    n_prompt = (~masked).long().cumprod(1).sum(1)
+    if bool((masked.sum(1) + n_prompt != canvas.size(1)).any()) or bool((n_prompt == 0).any()):
+        raise ValueError("AR and speculative sampling continue a prompt: the canvas must be prompt tokens, then only "
+                         "[MASK] (a suffix or infill needs a diffusion model)")
+    return n_prompt
+
+
+def sample_ar(model: Model, canvas: torch.Tensor, *, mask_token_id: int, temperature: float = 1.0,
+              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
+              fixed: torch.Tensor | None = None, on_step: OnStep | None = None, use_kv_cache: bool = True
+              ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The ``ar`` sampler: ``generate_ar`` (one token per pass, KV cache) on each row's prompt, as a canvas sampler
+    (the same text as ``nanodlm sample`` of a gpt2 model); a TiDAR model's reference. on_step after every token."""
+    n_prompt = _prompt_lengths(canvas, mask_token_id, fixed)
+    tokens, info = canvas.clone(), {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0,
+                                    "forward_passes": 0, "passes_per_sample": []}
+    for b in range(tokens.size(0)):
+        P, n = int(n_prompt[b]), tokens.size(1) - int(n_prompt[b])
+
+        def on_token(i: int, idx: torch.Tensor, b: int = b, P: int = P) -> None:
+            tokens[b, :P + i] = idx[0]
+            revealed = torch.zeros_like(tokens, dtype=torch.bool)
+            revealed[b, P + i - 1] = True
+            info["steps_used"] += 1
+            info["committed_per_step"].append(1)
+            info["remasked_per_step"].append(0)
+            if on_step is not None:
+                on_step(info["steps_used"], tokens, revealed, torch.zeros_like(revealed))
+
+        generate_ar(model, tokens[b:b + 1, :P], n, temperature=temperature, top_k=top_k, top_p=top_p,
+                    generator=generator, use_cache=use_kv_cache, on_token=on_token)
+        info["forward_passes"] += n
+        info["passes_per_sample"].append(n)
+    return tokens, info
+
+
 def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int, temperature: float = 1.0,
                        top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
                        fixed: torch.Tensor | None = None, on_step: OnStep | None = None,
@@ -137,14 +178,9 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
     check_tidar(model)
     if k < 1:
         raise ValueError(f"draft_len must be >= 1, got {k}")
+    n_prompt = _prompt_lengths(canvas, mask_token_id, fixed)
     tokens = canvas.clone()
     masked = tokens == mask_token_id
-    if fixed is not None and bool((fixed & masked).any()):
-        raise ValueError("a fixed position must hold a token")
-    n_prompt = (~masked).long().cumprod(1).sum(1)  # (B,) leading given tokens
-    if bool((masked.sum(1) + n_prompt != tokens.size(1)).any()) or bool((n_prompt == 0).any()):
-        raise ValueError("speculative sampling continues a prompt: the canvas must be prompt tokens, then only "
-                         "[MASK] (a suffix or infill needs a diffusion model)")
     info: dict[str, Any] = {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0,
                             "passes_per_sample": [], "tokens_per_pass": [], "accepted_per_pass": [],
                             "acceptance": [], "draft_len": k}

@@ -19,7 +19,7 @@ from nanodlm.errors import UserError
 from nanodlm.generate import Prompt, SamplerOptions, build_canvas, generate, sampling_configs
 from nanodlm.model import GPT, GPTConfig
 from nanodlm.sample import SampleConfig
-from nanodlm.samplers import SAMPLERS, get_sampler, sampler_keys
+from nanodlm.samplers import DIFFUSION_SAMPLERS, SAMPLERS, get_sampler, sampler_keys
 
 TOK = CharTokenizer(list("abcdefgh _"))  # 10 characters; a diffusion model's [MASK] is id 10
 MASK = TOK.mask_id
@@ -67,7 +67,7 @@ def test_ar_default_prompt_is_a_newline_and_rejects_diffusion_prompts() -> None:
         generate(tiny("gpt2"), TOK, prompt=Prompt(suffix="ab"), seed=0)
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", DIFFUSION_SAMPLERS)
 def test_diffusion_is_the_named_sampler_with_its_options(name: str) -> None:
     model = tiny()
     options = SamplerOptions(sampler=name, steps=5, temperature=0.9, order="entropy", prior_weight=0.0)

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nanodlm"
 COMMANDS = {"cli", "__main__", "train", "sample", "judge", "evaluate", "bench", "serve", "demo", "web"}
 # the lowest floor: tensors in, tensors out; these import torch and each other only
 PURE = {"errors", "fileio", "attention", "model", "diffusion", "diagnostics", "ar_sampling", "samplers", "reveal",
-        "blockwise", "textstats"}
+        "blockwise", "textstats", "tidar", "speculative"}
 # the dispatcher imports a command only when it runs (``nanodlm --help`` stays fast); nothing else may
 # import package modules inside functions (optional third-party packages may: matplotlib, transformers, ...)
 LAZY_OK = {"cli"}

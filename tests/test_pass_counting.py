@@ -9,7 +9,7 @@ import torch
 from nanodlm.data import CharTokenizer
 from nanodlm.generate import Prompt, SamplerOptions, generate
 from nanodlm.model import GPT, GPTConfig
-from nanodlm.samplers import SAMPLERS, sample_confidence, sample_remask
+from nanodlm.samplers import DIFFUSION_SAMPLERS, sample_confidence, sample_remask
 
 TOK = CharTokenizer(list("abcdefgh _"))
 MASK = TOK.mask_id
@@ -36,7 +36,7 @@ def counted(model: GPT, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-CASES = [dict(sampler=name, steps=steps) for name in SAMPLERS for steps in (1, 4, 24)] + [
+CASES = [dict(sampler=name, steps=steps) for name in DIFFUSION_SAMPLERS for steps in (1, 4, 24)] + [
     dict(sampler="remask", steps=40),  # more steps than positions: the canvas fills early, a judging pass follows
     dict(sampler="confidence", steps=24, parallel_threshold=0.3),
     dict(sampler="confidence", steps=24, parallel_threshold=0.3, schedule="threshold"),

@@ -214,3 +214,29 @@ def test_objective_tidar_config():
         TrainConfig(draft_len=4)
     with pytest.raises(UserError, match="tidar_alpha"):
         TrainConfig(objective="tidar", tidar_alpha=-1.0)
+
+
+# --- the generation library ---------------------------------------------------------------------------------
+
+def test_generate_knows_the_speculative_and_ar_samplers(model):
+    from nanodlm.data import CharTokenizer
+    from nanodlm.errors import UserError
+    from nanodlm.generate import Prompt, SamplerOptions, generate, ignored_settings
+
+    tok = CharTokenizer(list("abcd"))  # V = 4 ids, as the model's vocabulary
+    prompt = Prompt(start="ab", max_new_tokens=20)
+    ar = generate(model, tok, SamplerOptions(sampler="ar", temperature=0.0), prompt, seed=0)
+    spec = generate(model, tok, SamplerOptions(sampler="speculative", temperature=0.0, draft_len=3), prompt,
+                    num_samples=2, seed=0)
+    assert spec.texts == ar.texts * 2 and spec.prompt_len == ar.prompt_len == 2
+    info = spec.info
+    assert info["sampler"] == "speculative" and info["draft_len"] == 3
+    assert info["forward_passes"] == sum(info["passes_per_sample"]) and len(info["tokens_per_pass"]) == 2
+    assert ignored_settings("gpt2", SamplerOptions(sampler="speculative", draft_len=3), prompt) == []
+    assert ignored_settings("gpt2", SamplerOptions(sampler="speculative", steps=9), prompt) [0].startswith("--steps=9: not used")
+    plain = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(UserError, match="objective=tidar"):
+        generate(plain, tok, SamplerOptions(sampler="speculative"), prompt, seed=0)
+    diffusion = GPT(GPTConfig(vocab_size=V + 1, block_size=16, n_layer=1, n_head=2, n_embd=16, model_type="diffusion"))
+    with pytest.raises(UserError, match="for AR models"):
+        generate(diffusion, tok, SamplerOptions(sampler="ar"), Prompt(start="ab"), seed=0)

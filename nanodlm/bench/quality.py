@@ -39,7 +39,7 @@ from ..errors import UserError
 from ..evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
 from ..generate import Prompt, SamplerOptions, generate
 from ..protocol import REPORT_SPLIT, SELECTION_SPLIT, choose_on, dev_test, plot_frontier
-from ..samplers import SAMPLERS, sampler_keys
+from ..samplers import DIFFUSION_SAMPLERS, sampler_keys
 from .common import BENCH_DEFAULTS, machine_info, now, parse_list, parse_sampling_args, print_table, write_json
 from .frontier import Judge, operating_point, point, real_text, sweep
 from .presets import FIXED_A_PRIORI, PRESETS
@@ -135,8 +135,9 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
         raise UserError(f"sampler {options.sampler} does not take --{args.knob}; choose --knob=temperature or a "
                         f"sampler that takes it")
     searches = _searches(args, preset)
-    if args.compare_sampler is not None and args.compare_sampler not in SAMPLERS:
-        raise UserError(f"--compare_sampler must be one of {', '.join(SAMPLERS)} or None; got {args.compare_sampler!r}")
+    if args.compare_sampler is not None and args.compare_sampler not in DIFFUSION_SAMPLERS:
+        raise UserError(f"--compare_sampler must be one of {', '.join(DIFFUSION_SAMPLERS)} or None; got "
+                        f"{args.compare_sampler!r}")
 
     # ---- data and runs: every candidate of every side, trained once, then reused while its config is unchanged
     work_dir = Path(args.work_dir).expanduser()
