@@ -233,7 +233,8 @@ def test_generate_knows_the_speculative_and_ar_samplers(model):
     assert info["sampler"] == "speculative" and info["draft_len"] == 3
     assert info["forward_passes"] == sum(info["passes_per_sample"]) and len(info["tokens_per_pass"]) == 2
     assert ignored_settings("gpt2", SamplerOptions(sampler="speculative", draft_len=3), prompt) == []
-    assert ignored_settings("gpt2", SamplerOptions(sampler="speculative", steps=9), prompt) [0].startswith("--steps=9: not used")
+    ignored = ignored_settings("gpt2", SamplerOptions(sampler="speculative", steps=9), prompt)
+    assert len(ignored) == 1 and ignored[0].startswith("--steps=9: not used")
     plain = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16))
     with pytest.raises(UserError, match="objective=tidar"):
         generate(plain, tok, SamplerOptions(sampler="speculative"), prompt, seed=0)
