@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 from .errors import UserError
 
@@ -22,30 +22,49 @@ commands:
 `nanodlm COMMAND --help` describes a command's keys."""
 
 
+PREPARE_KINDS = ("shakespeare_char", "shakespeare", "text", "openwebtext", "hf")
+
+
+@dataclass
+class PrepareConfig:
+    input: str | None = None  # local text file (default for shakespeare*: download, or $NANODLM_DATA_MIRROR)
+    name: str | None = None  # text: the dataset folder name; hf: the Hugging Face dataset (or json/parquet/csv)
+    tokenizer: str = "char"  # prepare text: char | gpt2
+    val_fraction: float | None = None  # share held out for val (default 0.1; hf and openwebtext 0.0005)
+    data_dir: str = "data"  # the folder that holds prepared datasets
+    split: str = "train"  # hf and openwebtext (needs pip install 'nanodlm[hf]'; GPT-2 BPE): the split to read
+    text_field: str = "text"  # hf: the column holding the text
+    config: str | None = None  # hf: the dataset's configuration name, if it has several
+    data_files: str | None = None  # hf: local file(s) for a builder such as --name=json
+    out_name: str | None = None  # hf: the dataset folder (default: from --name or the file)
+    num_proc: int | None = None  # hf: tokenizer processes (default: half the cores)
+
+    def __post_init__(self) -> None:
+        if self.tokenizer not in ("char", "gpt2"):
+            raise UserError(f"--tokenizer must be char or gpt2; got {self.tokenizer!r}")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise UserError(f"--num_proc must be >= 1; got {self.num_proc}")
+
+
 def cmd_prepare(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="nanodlm prepare", description="Tokenize a corpus for training.")
-    p.add_argument("kind", choices=["shakespeare_char", "shakespeare", "text", "openwebtext", "hf"])
-    p.add_argument("--input", help="local text file (default for shakespeare*: download, or $NANODLM_DATA_MIRROR)")
-    p.add_argument("--name", help="text: the dataset folder name; hf: the Hugging Face dataset (or json/parquet/csv "
-                   "with --data_files)")
-    p.add_argument("--tokenizer", default="char", choices=["char", "gpt2"], help="for `prepare text`")
-    p.add_argument("--val_fraction", type=float, default=None, help="default 0.1; hf and openwebtext 0.0005")
-    p.add_argument("--data_dir", default="data")
-    hf = p.add_argument_group("hf and openwebtext (needs pip install 'nanodlm[hf]'; GPT-2 BPE)")
-    hf.add_argument("--split", default="train")
-    hf.add_argument("--text_field", default="text")
-    hf.add_argument("--config", default=None, help="the dataset's configuration name, if it has several")
-    hf.add_argument("--data_files", default=None, help="local file(s) for a builder such as --name=json")
-    hf.add_argument("--out_name", default=None, help="the dataset folder (default: from --name or the file)")
-    hf.add_argument("--num_proc", type=int, default=None, help="tokenizer processes (default: half the cores)")
-    a = p.parse_args(argv)
-    if a.kind in ("hf", "openwebtext"):
+    from .config import build_config, parse_overrides, print_keys
+
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"usage: nanodlm prepare KIND [--key=value ...]   (KIND: {', '.join(PREPARE_KINDS)})")
+        print("Tokenize a corpus for training into DATA_DIR/NAME: train.bin, val.bin, meta.json.")
+        print_keys(PrepareConfig, "keys (defaults):")
+        return 0
+    kind, values = parse_overrides(argv)
+    if kind not in PREPARE_KINDS:
+        raise UserError(f"prepare needs a KIND first, one of {', '.join(PREPARE_KINDS)}; got {kind!r}")
+    a = build_config(PrepareConfig, values)
+    if kind in ("hf", "openwebtext"):
         from .data_hf import OPENWEBTEXT, prepare_hf
 
-        if a.kind == "hf" and not a.name:
+        if kind == "hf" and not a.name:
             raise UserError("prepare hf needs --name=DATASET (a hub name, or json/parquet/csv with --data_files)")
-        spec = dict(OPENWEBTEXT) if a.kind == "openwebtext" else dict(name=a.name, split=a.split,
-                                                                        text_field=a.text_field, val_fraction=0.0005)
+        spec = dict(OPENWEBTEXT) if kind == "openwebtext" else dict(name=a.name, split=a.split,
+                                                                     text_field=a.text_field, val_fraction=0.0005)
         if a.val_fraction is not None:
             spec["val_fraction"] = a.val_fraction
         meta = prepare_hf(**spec, config=a.config, data_files=a.data_files, data_dir=a.data_dir,
@@ -53,7 +72,7 @@ def cmd_prepare(argv: list[str]) -> int:
     else:
         from .data import prepare
 
-        meta = prepare(a.kind, input_path=a.input, data_dir=a.data_dir, out_name=a.name, tokenizer=a.tokenizer,
+        meta = prepare(kind, input_path=a.input, data_dir=a.data_dir, out_name=a.name, tokenizer=a.tokenizer,
                        val_fraction=0.1 if a.val_fraction is None else a.val_fraction)
     print(f"{a.data_dir}/{meta['dataset']}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
           f"val {meta['val_tokens']:,} tokens ({meta['tokenizer']})")
@@ -172,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the environment said no (a name too long, a full disk, no permission): one line
+        where = f" ({str(e.filename)[:120]})" if e.filename else ""
+        print(f"error: {e.strerror or type(e).__name__}{where}; check the path, its permissions and the free space",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from .fileio import parse_json
 from .model import ModelArgs
 
 T = TypeVar("T")
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parent / "configs"  # package data (configs/ in the repo links here)
 MAX_LITERAL = 1000  # characters of a --key=value value parsed as a Python literal
 
 

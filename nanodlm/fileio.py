@@ -87,9 +87,16 @@ def check_output_path(path: str | Path, flag: str, suffixes: tuple[str, ...] = (
     """
     if str(path) == "-":
         return
-    target = Path(path)
+    try:
+        _check_output(Path(path), str(path), flag, suffixes, binary_ok, make_folder)
+    except OSError as e:  # a name too long, a path through a file, no permission to look
+        raise UserError(f"{flag}={str(path)[:80]}: {e.strerror or type(e).__name__}; choose another path") from None
+
+
+def _check_output(target: Path, path: str, flag: str, suffixes: tuple[str, ...], binary_ok: tuple[str, ...],
+                  make_folder: bool) -> None:
     folder = target.parent
-    if str(path) == "" or target.is_dir():
+    if path == "" or target.is_dir():
         raise UserError(f"{flag}={path} is a folder (or empty); give a file name ending in {suffixes[0]}")
     suffix = target.suffix.lower()
     if suffix in PROTECTED_SUFFIXES or target.name in RUN_FILE_NAMES:

@@ -52,8 +52,11 @@ class JudgeConfig:
     data_dir: str | None = None  # reference text: default the judge's training data
     dataset: str | None = None  # reference text: default the judge's training dataset
     json: str | None = None  # also write both rows here
+    threads: int = 1  # torch CPU threads (1: quick on a busy machine, see README; 0 = torch's default, one per core)
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise UserError(f"--threads must be >= 0 (0 = torch's default); got {self.threads}")
         if (self.samples is None) == (self.out_dir is None):
             raise UserError("give exactly one of --samples=FILE or --out_dir=MODEL_DIR")
         for key in ("num_samples", "length"):
@@ -214,6 +217,8 @@ def main(argv: list[str]) -> int:
     if not Path(cfg.judge).is_dir():
         raise UserError(f"judge {cfg.judge} does not exist: train one with `nanodlm train judge` or check --judge")
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     judge, judge_meta, judge_tok = load_model(cfg.judge, cfg.judge_ckpt, device)
     if judge.config.model_type != "gpt2":
         raise UserError(f"the judge in {cfg.judge} is a {judge.config.model_type} model; a judge must be "

@@ -38,7 +38,7 @@ class SampleConfig:
     verbose: bool = False  # per-step commit counts and steps used, on stderr
     output: str | None = None  # also write the samples here, one JSON string per line
     trajectory: str | None = None  # write the steps as an animation: FILE.html (self-contained) or FILE.gif (Pillow)
-    threads: int = 0  # torch CPU threads (0 = torch's default, one per core)
+    threads: int = 1  # torch CPU threads (1: quick on a busy machine, see README; 0 = torch's default, one per core)
 
     def __post_init__(self) -> None:
         if self.trajectory is not None:
@@ -62,7 +62,10 @@ def load_sample_args(argv: list[str]) -> tuple[SampleConfig, SamplerOptions, Pro
     """``[PRESET | CONFIG_FILE] --key=value ...`` -> the three configs; a key none of them has is an error.
     PRESET names a file in configs/sample/ (``fast``); flags override it."""
     config_file, overrides = parse_overrides(argv)
-    if config_file and not Path(config_file).exists() and (SAMPLE_PRESETS / f"{config_file}.py").is_file():
+    if config_file and not Path(config_file).exists():
+        if not (SAMPLE_PRESETS / f"{config_file}.py").is_file():
+            raise UserError(f"config file {config_file!r} not found, nor a sampling preset of that name; sampling "
+                            f"presets: {', '.join(list_sample_presets()) or 'none'}")
         config_file = str(SAMPLE_PRESETS / f"{config_file}.py")
     values: dict[str, Any] = read_config_file(config_file) if config_file else {}
     values.update(overrides)
