@@ -1,5 +1,8 @@
 """``nanodlm serve``: a local web page that shows a diffusion model writing, step by step.
 
+The main model (``--out_dir``) may also be a TiDAR model (objective=tidar): it writes with the speculative
+sampler, its accepted drafts shown as revealed and the position of a rejected draft as re-masked.
+
 The page (``nanodlm/static/``) posts its form to ``POST /api/generate``, which streams the trajectory as
 server-sent events (README, "Web demo"): ``start``, then one ``step`` per canvas update (the event format of
 ``nanodlm.trajectory``), then ``done`` (or ``error``). ``GET /api/info`` describes the models and the limits.
@@ -34,7 +37,7 @@ from .distributed import resolve_device
 from .errors import UserError
 from .generate import Generation, Prompt, SamplerOptions, build_canvas, generate, sampling_configs
 from .sample import SampleConfig
-from .samplers import DIFFUSION_SAMPLERS
+from .samplers import CAUSAL_SAMPLERS, DIFFUSION_SAMPLERS
 from .trajectory import Aborted, Recorder
 from .webguard import BodyError, Guard, allowed_hosts, is_json, read_body
 
@@ -91,7 +94,13 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         c = self.model.config
         return {"out_dir": self.out_dir, "model_type": c.model_type, "block_size": c.block_size,
-                "diffusion_block": c.diffusion_block, "n_params": sum(p.numel() for p in self.model.parameters())}
+                "diffusion_block": c.diffusion_block, "draft_len": c.draft_len,
+                "n_params": sum(p.numel() for p in self.model.parameters())}
+
+    @property
+    def drafts(self) -> bool:
+        """A TiDAR model (objective=tidar) in the main panel: it writes with the speculative sampler."""
+        return bool(self.model.config.draft_len)
 
 
 @dataclass
@@ -153,10 +162,12 @@ def plan_job(engine: Engine, request: GenerateRequest, options: SamplerOptions, 
     """The job's sizes, found as ``generate`` will find them (the same one-line errors), and its run function."""
     model, tok = engine.model, engine.tok
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(request.seed)
-    if engine.name == "diffusion":
+    if engine.name == "diffusion" and not engine.drafts:
         _, _, length = build_canvas(tok, prompt, model.config.block_size, model.config.mask_token_id)
         steps = options.steps
-    else:  # the race: the AR model writes the same length (prompt included) as the diffusion canvas
+    else:  # AR or TiDAR; in a race the AR model writes the same length (prompt included) as the main model
+        if engine.drafts and options.sampler not in CAUSAL_SAMPLERS:
+            options = replace(options, sampler="speculative")
         if prompt.suffix is not None or prompt.infill is not None:
             raise UserError("the autoregressive model writes left to right: suffix and infill need the diffusion model")
         n_prompt = len(tok.encode(prompt.start) or [0]) if prompt.start is not None else 1  # generate's "\n"
@@ -202,13 +213,15 @@ class Server:
                 "num_samples": self.cfg.limit_samples, "concurrent": self.cfg.limit_concurrent}
 
     def info(self) -> dict[str, Any]:
-        defaults = {"sampler": SamplerOptions.sampler, "steps": SamplerOptions.steps, "seed": GenerateRequest.seed,
-                    "temperature": SamplerOptions.temperature, "placeholder": Prompt.placeholder,
-                    "num_samples": GenerateRequest.num_samples}
+        drafts = self.engines["diffusion"].drafts  # a TiDAR main model: ar | speculative
+        defaults = {"sampler": "speculative" if drafts else SamplerOptions.sampler, "steps": SamplerOptions.steps,
+                    "seed": GenerateRequest.seed, "temperature": SamplerOptions.temperature,
+                    "placeholder": Prompt.placeholder, "num_samples": GenerateRequest.num_samples}
         with self.lock:
             stats = dict(self.stats)
         return {"models": {name: e.describe() for name, e in self.engines.items()}, "limits": self.limits(),
-                "samplers": list(DIFFUSION_SAMPLERS), "defaults": defaults, "keys": request_keys(), "stats": stats}
+                "samplers": list(CAUSAL_SAMPLERS if drafts else DIFFUSION_SAMPLERS), "defaults": defaults,
+                "keys": request_keys(), "stats": stats}
 
     def _count(self, key: str, delta: int = 1) -> None:
         with self.lock:
@@ -353,9 +366,11 @@ def load_server(cfg: ServeConfig) -> Server:
         if out_dir is None:
             continue
         model, _, tok = load_model(out_dir, cfg.ckpt, device)
-        if model.config.model_type != want:
+        if model.config.model_type != want and not (name == "diffusion" and model.config.draft_len):
             flag = "--out_dir" if name == "diffusion" else "--ar_out_dir"
-            raise UserError(f"{flag}={out_dir} holds a {model.config.model_type} model; it must be a {want} model")
+            also = " or a TiDAR model (objective=tidar)" if name == "diffusion" else ""
+            raise UserError(f"{flag}={out_dir} holds a {model.config.model_type} model; it must be a {want} "
+                            f"model{also}")
         engines[name] = Engine(name, out_dir, model, tok, device)
     return Server(engines, cfg)
 

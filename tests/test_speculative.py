@@ -7,6 +7,7 @@ trained for a few seconds on a Markov chain so that drafts are often, not always
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -241,3 +242,53 @@ def test_generate_knows_the_speculative_and_ar_samplers(model):
     diffusion = GPT(GPTConfig(vocab_size=V + 1, block_size=16, n_layer=1, n_head=2, n_embd=16, model_type="diffusion"))
     with pytest.raises(UserError, match="for AR models"):
         generate(diffusion, tok, SamplerOptions(sampler="ar"), Prompt(start="ab"), seed=0)
+
+
+# --- a trained run: train, eval, serve ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tidar_run(tmp_path_factory, data_dir) -> str:
+    from nanodlm.config import TrainConfig, build_config
+    from nanodlm.train import train
+
+    rng = torch.get_rng_state()
+    out_dir = str(tmp_path_factory.mktemp("tidar-run") / "tidar")
+    summary = train(build_config(TrainConfig, dict(
+        out_dir=out_dir, data_dir=data_dir, dataset="tiny", device="cpu", dtype="float32", objective="tidar",
+        draft_len=4, pos_emb="rope", n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, max_iters=2,
+        eval_iters=1, eval_interval=1000, warmup_iters=0, progress=False, plot=False)))
+    torch.set_rng_state(rng)
+    assert math.isfinite(summary["val_loss"])
+    return out_dir
+
+
+def test_eval_reports_ar_and_draft_loss(tidar_run):
+    from nanodlm.evaluate import EvalConfig, evaluate_checkpoint
+
+    r = evaluate_checkpoint(EvalConfig(out_dir=tidar_run, ckpt="last", num_batches=1, device="cpu"))
+    assert r["model_type"] == "gpt2" and r["objective"] == "tidar" and r["draft_len"] == 4
+    assert 0 < r["loss"] < 10 and 0 < r["draft_loss"] < 10 and r["draft_loss"] != r["loss"]
+
+
+def test_serve_races_a_tidar_model_against_ar(tidar_run, tiny_runs):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from webtools import LiveServer, events, info, post
+
+    from nanodlm.serve import ServeConfig, load_server
+
+    server = LiveServer(load_server(ServeConfig(out_dir=tidar_run, ar_out_dir=tiny_runs["gpt2"], device="cpu")))
+    try:
+        described = info(server.url)
+        assert described["samplers"] == ["ar", "speculative"] and described["defaults"]["sampler"] == "speculative"
+        assert described["models"]["diffusion"]["draft_len"] == 4
+        status, body = post(server.url, {"start": "ab", "length": 14, "race": True, "seed": 1, "temperature": 0,
+                                         "num_samples": 1})
+        assert status == 200, body
+        evs = events(body)
+        done = {data["model"]: data for name, data in evs if name == "done"}
+        assert set(done) == {"diffusion", "ar"} and len(done["diffusion"]["texts"][0]) == 14
+        steps = [data for name, data in evs if name == "step" and data["model"] == "diffusion"]
+        assert done["diffusion"]["forward_passes"] == steps[-1]["forward_passes"] <= 12  # 12 new tokens
+    finally:
+        server.close()

@@ -176,7 +176,12 @@ function stop() {
 async function init() {
   info = await (await fetch("/api/info")).json();
   const d = info.models.diffusion;
-  $("model-line").textContent = "diffusion model: " + d.out_dir + " (" + d.n_params.toLocaleString() +
+  if (d.draft_len) {  // a TiDAR model (issue 18): its masks draft, its AR stream verifies, in one pass
+    document.querySelector(".panel h2").textContent = "TiDAR: diffusion drafts, AR verifies";
+    document.querySelector(".nd-legend .nd-revealed").textContent = "written this pass (accepted drafts, AR's token)";
+    document.querySelector(".nd-legend .nd-remasked").textContent = "a rejected draft";
+  }
+  $("model-line").textContent = (d.draft_len ? "TiDAR model: " : "diffusion model: ") + d.out_dir + " (" + d.n_params.toLocaleString() +
     " parameters, block_size " + d.block_size + ")" + (info.models.ar ? "; AR model: " + info.models.ar.out_dir : "") +
     ". Limits: length \u2264 " + info.limits.length + ", steps \u2264 " + info.limits.steps + ", samples \u2264 " +
     info.limits.num_samples + ".";
