@@ -91,11 +91,12 @@ def quality(models: dict[str, tuple[Any, Any, SamplerOptions]], judge: tuple[Any
     return out
 
 
-def speed(ar: tuple[Any, Any], configs: dict[str, tuple[Any, Any, SamplerOptions]], reps: int, length: int
-          ) -> dict[str, Any]:
-    """Batch-1 chars/s: each configuration's generation right after a pure AR one (same seed), ratio medians."""
+def speed(ar: tuple[Any, Any], configs: dict[str, tuple[Any, Any, SamplerOptions]], reps: int, length: int,
+          temperature: float) -> dict[str, Any]:
+    """Batch-1 chars/s: each configuration's generation right after a pure AR one (same seed and temperature),
+    ratios as medians over the pairs."""
     prompt = Prompt(max_new_tokens=length)
-    ar_opts = SamplerOptions(temperature=1.0)
+    ar_opts = SamplerOptions(temperature=temperature)
     generate(ar[0], ar[1], ar_opts, prompt, seed=0)  # warm-up
     for model, tok, opts in configs.values():
         generate(model, tok, opts, prompt, seed=0)
@@ -189,7 +190,9 @@ def main() -> None:
     cached = min(128, tidar.config.block_size - 2 * max(ks))
     result["pass_cost"] = pass_cost(tidar, [int(i) for i in test[:256]], ks, a.pass_reps, cached)
     result["speed"] = speed((ar, ar_tok), {"tidar as AR (--sampler=ar)": (tidar, tok, options("ar", t)), **configs},
-                            a.reps, a.length)
+                            a.reps, a.length, t)
+    greedy = {f"tidar speculative k={k}, greedy": (tidar, tok, options("speculative", 0.0, k)) for k in ks}
+    result["speed_greedy"] = speed((ar, ar_tok), greedy, a.reps, a.length, 0.0)  # against greedy pure AR
     judge = None
     if a.judge:
         jm, _, jt = load(a.judge, a.ckpt)
