@@ -132,6 +132,20 @@ def test_reported_passes_are_forward_calls(model):
     assert sum(info["committed_per_step"]) == 41
 
 
+def test_registry_ar_sampler_is_generate_ar(model):
+    from nanodlm.samplers import SAMPLERS
+
+    canvas = torch.tensor([[1, 2] + [V] * 10, [3] + [V] * 11])
+    steps = []
+    tokens, info = SAMPLERS["ar"](model, canvas, mask_token_id=V, temperature=1.0,
+                                  generator=torch.Generator().manual_seed(4), on_step=lambda *a: steps.append(a[0]))
+    g = torch.Generator().manual_seed(4)
+    for b, P in ((0, 2), (1, 1)):
+        ref = generate_ar(model, canvas[b:b + 1, :P], 12 - P, temperature=1.0, generator=g)
+        assert tokens[b].tolist() == ref[0].tolist()
+    assert info["forward_passes"] == sum(info["passes_per_sample"]) == 21 == len(steps)
+
+
 def test_bad_canvases_are_refused(model):
     with pytest.raises(ValueError, match="prompt"):
         sample_speculative(model, torch.tensor([[V, 1, V]]), mask_token_id=V, generator=None)
