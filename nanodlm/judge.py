@@ -242,7 +242,7 @@ def main(argv: list[str]) -> int:
     print_rows(rows, f"judge {cfg.judge} (iter {judge_meta.get('iter_num')}) · samples from {source}")
     if gen_info is not None:
         print(f"generation: {gen_info['model_type']}, sampler {gen_info['sampler']}, {gen_info['steps']} steps, "
-              f"{gen_info['chars_per_s']:,.0f} chars/s")
+              f"{gen_info['forward_passes']:,} forward passes, {gen_info['chars_per_s']:,.0f} chars/s")
     note = low_entropy_note(rows["samples"], rows["real"])
     if note:
         print(note)
