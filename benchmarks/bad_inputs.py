@@ -10,7 +10,11 @@ in this process and checks:
 - no silent acceptance: an ``error`` case exits non-zero with exactly one ``error: ...`` line on stderr, a
   ``warn`` case (a setting the model ignores) exits 0 with a ``warning:`` line;
 - no collateral damage: the bytes of every dataset and checkpoint file (``*.bin``, ``*.pt``, ``*.json``,
-  ``metrics.jsonl``) are unchanged after a failing command.
+  ``metrics.jsonl``) are unchanged after a failing command, and a failing command leaves no new file or folder
+  behind (an out_dir it made, a half-written output).
+
+The cases of issue 19's classes (corrupted datasets, tampered checkpoints, NaN and inf, outputs over run files, ...)
+live in ``bad_input_classes.py`` beside this file.
 
 Exit status 0 when every case passes. ``tests/test_bad_inputs.py`` runs it.
 """
@@ -32,7 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bad_input_classes  # noqa: E402
 import torch  # noqa: E402
 
 from nanodlm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -85,9 +91,10 @@ def build_world(root: Path) -> dict[str, str]:
     (root / "code.py").write_text("import os\nos.system('echo owned')\n")
     (root / "a_file").write_text("not a folder")
     (root / "samples.jsonl").write_text('"the cat"\n"a dog"\n')
-    return {"root": str(root), "data": str(data), "ar": runs["gpt2"], "dm": runs["diffusion"],
-            "tampered": str(tampered), "truncated": str(truncated), "latin1": str(root / "latin1.txt"),
-            "code": str(root / "code.py"), "file": str(root / "a_file"), "samples": str(root / "samples.jsonl")}
+    w = {"root": str(root), "data": str(data), "ar": runs["gpt2"], "dm": runs["diffusion"],
+         "tampered": str(tampered), "truncated": str(truncated), "latin1": str(root / "latin1.txt"),
+         "code": str(root / "code.py"), "file": str(root / "a_file"), "samples": str(root / "samples.jsonl")}
+    return {**w, **bad_input_classes.build(root, w)}
 
 
 def cases(w: dict[str, str]) -> list[Case]:
@@ -191,6 +198,7 @@ def cases(w: dict[str, str]) -> list[Case]:
         c("bench unknown subcommand", ["bench", "speed"], must_say="bench"),
         c("bench quality unknown key", ["bench", "quality", "--input=x.txt", f"--work_dir={w['root']}/bench"],
           must_say="input"),
+        *bad_input_classes.cases(w, T, Case),
     ]
 
 
@@ -203,8 +211,13 @@ def fingerprint(root: Path) -> dict[str, str]:
     return out
 
 
+def listing(root: Path) -> set[str]:
+    """Every file and folder under root (bytecode caches aside)."""
+    return {str(p.relative_to(root)) for p in root.rglob("*") if "__pycache__" not in p.parts}
+
+
 def run_case(case: Case, root: Path) -> dict[str, object]:
-    before = fingerprint(root)
+    before, paths_before = fingerprint(root), listing(root)
     out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
     rc: int | None
@@ -219,6 +232,7 @@ def run_case(case: Case, root: Path) -> dict[str, object]:
     torch.set_num_threads(1)
     stderr = err.getvalue()
     changed = sorted(k for k, v in before.items() if fingerprint(root).get(k) != v)
+    created = sorted(listing(root) - paths_before) if rc != 0 else []  # a failing command leaves nothing behind
     lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ") or ": error: " in line]
     problems = []
@@ -235,6 +249,8 @@ def run_case(case: Case, root: Path) -> dict[str, object]:
         problems.append("no warning")
     if changed:
         problems.append(f"changed {', '.join(changed)}")
+    if created:
+        problems.append(f"created {', '.join(created[:5])}")
     return {"name": case.name, "argv": case.argv, "expect": case.expect, "rc": rc, "ok": not problems,
             "problems": problems, "message": (errors or [ln for ln in lines if ln.startswith("warning:")] or [""])[0],
             "traceback": tb, "seconds": round(time.perf_counter() - t0, 3)}
@@ -259,6 +275,7 @@ def run_matrix(work_dir: Path | None = None, verbose: bool = False) -> dict[str,
         "tracebacks": sum("traceback" in r["problems"] for r in results),
         "silent_acceptances": sum(p in ("silently accepted", "no warning") for r in results for p in r["problems"]),
         "changed_files": sum(any(p.startswith("changed") for p in r["problems"]) for r in results),
+        "created_files": sum(any(p.startswith("created") for p in r["problems"]) for r in results),
         "results": results,
     }
     if verbose:
@@ -279,7 +296,8 @@ def main() -> int:
         if r["traceback"]:
             print(f"--- {r['name']}\n{r['traceback']}", file=sys.stderr)
     print(f"{summary['cases']} bad inputs: {summary['passed']} passed; {summary['tracebacks']} tracebacks, "
-          f"{summary['silent_acceptances']} silent acceptances, {summary['changed_files']} with changed files")
+          f"{summary['silent_acceptances']} silent acceptances, {summary['changed_files']} with changed files, "
+          f"{summary['created_files']} leaving new files")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     return 0 if summary["passed"] == summary["cases"] else 1

@@ -112,15 +112,16 @@ def check_schema(ckpt: Any, path: Path) -> None:
             raise bad(f"meta.{key} is not a dict")
 
 
-MAX_PARAMS_FRACTION = 0.5  # a model whose float32 weights alone take over half the memory is refused
+MAX_PARAMS_FRACTION = 0.5  # a model needing over half the memory (weights; training: + grads, moments) is refused
 
 
-def check_model_size(config: GPTConfig, path: str | Path) -> None:
+def check_model_size(config: GPTConfig, path: str | Path, training: bool = False) -> None:
     """Refuse, before allocating anything, a model whose weights do not fit in this machine's memory (an absurd
     ``--n_embd=1048576`` would otherwise try to allocate terabytes): one line with the estimate."""
     C, L = config.n_embd, config.n_layer
     params = L * 12 * C * C + config.padded_vocab_size * C + config.block_size * C  # blocks, embeddings, positions
-    need = 4 * params  # float32 weights alone; training needs about 4x (gradients, AdamW moments)
+    # float32 weights; training also holds their gradients and AdamW's two moments (activations come on top)
+    need = (16 if training else 4) * params
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not Linux/macOS: assume 1 TB, still stops the absurd
@@ -129,12 +130,14 @@ def check_model_size(config: GPTConfig, path: str | Path) -> None:
         memory = max(memory, torch.cuda.get_device_properties(0).total_memory)
     if need > MAX_PARAMS_FRACTION * memory:
         where = "the configured model" if str(path) == "scratch" else f"the model of {path}"
+        what = "float32 weights, gradients and AdamW moments" if training else "float32 weights"
         raise UserError(f"{where} (n_layer={L}, n_embd={C}, vocab {config.vocab_size}) has about "
-                        f"{params:.2g} parameters ({need / 1e9:,.1f} GB of float32 weights alone) and this machine has "
+                        f"{params:.2g} parameters ({need / 1e9:,.1f} GB for its {what}) and this machine has "
                         f"{memory / 1e9:,.0f} GB: choose a smaller n_embd or n_layer")
 
 
-def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | None, path: str | Path) -> GPT:
+def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | None, path: str | Path,
+                training: bool = False) -> GPT:
     """The GPT that ``model_args`` describe, with ``state`` loaded; a one-line UserError when they disagree or
     when the model would not fit in memory."""
     try:
@@ -142,7 +145,7 @@ def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | Non
     except (TypeError, ValueError) as e:
         raise UserError(f"checkpoint {path} has invalid model_args ({e}); it was altered or is not a nanodlm "
                         "checkpoint") from None
-    check_model_size(config, path)
+    check_model_size(config, path, training)
     try:
         model = GPT(config)
     except (TypeError, ValueError) as e:

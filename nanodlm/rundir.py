@@ -36,9 +36,28 @@ SHAPE_KEYS = tuple(f.name for f in fields(ModelArgs) if f.name != "dropout")
 class RunDir:
     """A locked out_dir; ``close()`` (or the context manager) releases the lock."""
 
-    def __init__(self, path: Path, lock_fd: int | None) -> None:
+    def __init__(self, path: Path, lock_fd: int | None, made: Path | None = None, lock_made: bool = False) -> None:
         self.path = path
         self._lock_fd = lock_fd
+        self.made = made  # the outermost folder open_run_dir created, or None
+        self.lock_made = lock_made  # the lock file is this run's own (there was none)
+
+    def discard_if_empty(self) -> None:
+        """After a run that failed before writing anything: remove the folders ``open_run_dir`` made (nothing but
+        the lock file in them) or the lock file it made, so a failing command leaves nothing behind."""
+        if self.lock_made and self.made is None:
+            (self.path / ".lock").unlink(missing_ok=True)  # while still held: no one else took it in between
+        self.close()
+        if self.made is None:
+            return
+        left = [p for p in self.path.rglob("*") if p.name != ".lock"] if self.path.is_dir() else []
+        if not left:
+            (self.path / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                for folder in [self.path, *self.path.parents]:
+                    folder.rmdir()
+                    if folder == self.made:
+                        break
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -130,6 +149,8 @@ def open_run_dir(out_dir: str | Path, init_from: str, overwrite: bool) -> RunDir
     path = Path(out_dir)
     if init_from == "resume" and not (path / "ckpt.pt").is_file():  # before creating anything
         raise UserError(f"no checkpoint at {path / 'ckpt.pt'}: train a model first or check --out_dir")
+    made = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)  # the outermost one to make
+    lock_made = not (path / ".lock").exists()
     ensure_writable_dir(path, "out_dir", "--out_dir")
     fd = _take_lock(path)
     try:
@@ -145,7 +166,7 @@ def open_run_dir(out_dir: str | Path, init_from: str, overwrite: bool) -> RunDir
     except BaseException:
         os.close(fd)
         raise
-    return RunDir(path, fd)
+    return RunDir(path, fd, made, lock_made)
 
 
 def truncate_metrics(metrics_path: Path, iter_num: int) -> None:

@@ -128,6 +128,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     run_dir = open_run_dir(cfg.out_dir, cfg.init_from, cfg.overwrite) if master else None
     try:
         return _train(cfg)
+    except BaseException:
+        if run_dir is not None:  # failed before writing anything: leave no empty out_dir behind
+            run_dir.discard_if_empty()
+        raise
     finally:
         if run_dir is not None:
             run_dir.close()
@@ -176,7 +180,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree
     torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))
     model = build_model(model_args, ckpt["model"] if ckpt is not None else init_state,
-                        out_dir / "ckpt.pt" if ckpt is not None else cfg.init_from)
+                        out_dir / "ckpt.pt" if ckpt is not None else cfg.init_from, training=True)
     model.to(device)
     mask_token_id = model.config.mask_token_id
 

@@ -30,8 +30,9 @@ def test_bad_input_matrix(tmp_path: Path) -> None:
     failed = [(r["name"], r["problems"], r["message"], r["traceback"][-600:])
               for r in summary["results"] if not r["ok"]]
     assert not failed
-    assert summary["cases"] >= 40
+    assert summary["cases"] >= 110
     assert summary["tracebacks"] == summary["silent_acceptances"] == summary["changed_files"] == 0
+    assert summary["created_files"] == 0
     kinds = {r["argv"][0] for r in summary["results"]}
     assert {"train", "prepare", "sample", "eval", "judge", "bench"} <= kinds
 
@@ -45,6 +46,11 @@ def test_matrix_detects_what_it_claims_to(tmp_path: Path, monkeypatch: pytest.Mo
     def fake_main(argv):
         if argv[0] == "boom":
             raise RuntimeError("boom")
+        if argv[0] == "create":  # a failing command that leaves a folder and a file behind
+            (tmp_path / "new").mkdir()
+            (tmp_path / "new" / "x.json").write_text("{}")
+            print("error: created", file=sys.stderr)
+            return 1
         if argv[0] == "touch":
             (tmp_path / "d" / "x.bin").write_bytes(b"2")
             print("error: touched", file=sys.stderr)
@@ -56,6 +62,7 @@ def test_matrix_detects_what_it_claims_to(tmp_path: Path, monkeypatch: pytest.Mo
     assert bad.run_case(bad.Case("s", ["accept"]), tmp_path)["problems"] == ["silently accepted"]
     assert bad.run_case(bad.Case("w", ["accept"], expect="warn"), tmp_path)["problems"] == ["no warning"]
     assert bad.run_case(bad.Case("c", ["touch"]), tmp_path)["problems"] == ["changed d/x.bin"]
+    assert bad.run_case(bad.Case("n", ["create"]), tmp_path)["problems"] == ["created new, new/x.json"]
 
 
 def test_judge_warns_about_low_entropy_samples() -> None:

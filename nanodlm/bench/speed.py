@@ -217,6 +217,9 @@ def bench_train(argv: list[str]) -> dict[str, Any]:
         "config": {k: getattr(base, k) for k in ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer",
                                                    "n_head", "n_embd", "dropout", "dtype", "compile", "objective")},
     }
+    # the diffusion side's own settings (block diffusion, clipped schedule): what makes the ratio reproducible
+    result["config"]["diffusion"] = {k: getattr(cfgs["diffusion"], k) for k in (
+        "diffusion_block", "mdlm_eps", "mdlm_t_max", "objective", "pos_emb")}
     for t, runner in runners.items():
         ms = [1000 * s for s in times[t]]
         med = statistics.median(ms)
