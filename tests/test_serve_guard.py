@@ -290,6 +290,52 @@ def test_browser_stop_and_cross_origin_refusal(live, tmp_path):
 
 
 @pytest.mark.slow  # headless Chromium
+def test_browser_retries_when_busy_and_sits_the_ar_out_in_infill_mode(live, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chrome(tmp_path)
+    release = threading.Event()
+    model = live.server.engines["diffusion"].model
+    hook = model.lm_head.register_forward_pre_hook(lambda module, args: release.wait(30) and None)
+    busy = [threading.Thread(target=post, args=(live.url, {"steps": 2, "length": 8, "num_samples": 1, "seed": i}))
+            for i in range(2)]  # both slots held until release
+    try:
+        driver.get(live.url)
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        for t in busy:
+            t.start()
+        for _ in range(200):
+            if info(live.url)["stats"]["running"] == 2:
+                break
+            time.sleep(0.05)
+        driver.execute_script("document.getElementById('pace').value = 0; document.getElementById('steps').value"
+                              " = 4; document.getElementById('race').checked = false;")
+        driver.find_element(By.ID, "generate").click()
+        wait.until(lambda d: "retrying" in d.find_element(By.ID, "diffusion-status").text)
+        assert driver.find_element(By.ID, "error").text == ""  # busy is not an error: it waits its turn
+        hook.remove()
+        release.set()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#diffusion-canvas[data-done='1']"))
+
+        # infill with the race on: the AR model cannot fill a template, its panel says so and stays empty
+        driver.execute_script("document.getElementById('race').checked = true;"
+                              "document.getElementById('infill').value = 'ab__cd__';")
+        driver.find_element(By.ID, "generate").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#diffusion-canvas[data-done='1']"))
+        assert "sits this one out" in driver.find_element(By.ID, "ar-status").text
+        assert driver.find_element(By.ID, "ar-canvas").text == ""
+        assert driver.find_element(By.ID, "error").text == ""
+    finally:
+        hook.remove()
+        release.set()
+        for t in busy:
+            t.join(timeout=30)
+        driver.quit()
+
+
+@pytest.mark.slow  # headless Chromium
 def test_narrow_form_fits_420px(live, tmp_path):
     from selenium.webdriver.common.by import By
 
