@@ -91,6 +91,8 @@ def cases(w: dict[str, str], T: list[str], Case: type) -> list[Any]:
         c("train NaN in a JSON config", ["train", f"{root}/nan.json", *T, new], must_say="min_lr"),
         c("train n_embd=1048576", ["train", *T, new, "--n_embd=1048576"], must_say="n_embd"),
         c("train n_layer=100000", ["train", *T, new, "--n_layer=100000"], must_say="n_layer"),
+        c("train batch_size=10**9", ["train", *T, new, "--batch_size=1000000000"], must_say="batch_size"),
+        c("sample num_samples=10**9", ["sample", *dm[:-3], "--num_samples=1000000000"], must_say="num_samples"),
         c("train learning_rate=1e999", ["train", *T, new, "--learning_rate=1e999"], must_say="learning_rate"),
         c("train HF config.json wrong types", ["train", *T, new, f"--init_from={w['hf']}"], must_say="n_embd"),
         c("sample temperature=1e999", ["sample", *dm, "--temperature=1e999"], must_say="temperature"),
@@ -128,6 +130,8 @@ def cases(w: dict[str, str], T: list[str], Case: type) -> list[Any]:
         c("prepare input /dev/null", ["prepare", "text", "--input=/dev/null", "--name=x", f"--data_dir={data}"],
           must_say="regular file"),
         c("sample unknown preset", ["sample", "turbo", *ar], must_say="fast"),
+        c("sample prompt FILE:/dev/null", ["sample", *ar, "--start=FILE:/dev/null"], must_say="regular file"),
+        c("judge samples not UTF-8", ["judge", f"--judge={w['ar']}", f"--samples={w['latin1']}"], must_say="UTF-8"),
         c("sample out_dir name too long", ["sample", "--out_dir=" + "a" * 5000, *S], must_say="too long"),
         # --- ignored settings, warned about once
         c("sample approx_cache without semi_ar_block", ["sample", *dm, "--approx_cache=dual"], expect="warn",

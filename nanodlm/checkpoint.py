@@ -112,40 +112,64 @@ def check_schema(ckpt: Any, path: Path) -> None:
             raise bad(f"meta.{key} is not a dict")
 
 
-MAX_PARAMS_FRACTION = 0.5  # a model needing over half the memory (weights; training: + grads, moments) is refused
+MAX_MEMORY_FRACTION = 0.5  # a model or a step estimated to need over half the memory is refused
 
 
-def check_model_size(config: GPTConfig, path: str | Path, training: bool = False) -> None:
-    """Refuse, before allocating anything, a model whose weights do not fit in this machine's memory (an absurd
-    ``--n_embd=1048576`` would otherwise try to allocate terabytes): one line with the estimate."""
-    C, L = config.n_embd, config.n_layer
-    params = L * 12 * C * C + config.padded_vocab_size * C + config.block_size * C  # blocks, embeddings, positions
-    # float32 weights; training also holds their gradients and AdamW's two moments (activations come on top)
-    need = (16 if training else 4) * params
+def memory_bytes() -> int:
+    """This machine's memory (the larger of RAM and the first GPU's), for the size checks."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not Linux/macOS: assume 1 TB, still stops the absurd
         memory = 2**40
     if torch.cuda.is_available():
         memory = max(memory, torch.cuda.get_device_properties(0).total_memory)
-    if need > MAX_PARAMS_FRACTION * memory:
-        where = "the configured model" if str(path) == "scratch" else f"the model of {path}"
-        what = "float32 weights, gradients and AdamW moments" if training else "float32 weights"
-        raise UserError(f"{where} (n_layer={L}, n_embd={C}, vocab {config.vocab_size}) has about "
-                        f"{params:.2g} parameters ({need / 1e9:,.1f} GB for its {what}) and this machine has "
+    return memory
+
+
+def check_model_size(config: GPTConfig, path: str | Path, batch_size: int = 0) -> None:
+    """Refuse, before allocating anything, a model (and for training, ``batch_size`` > 0, a training step) that
+    cannot fit in this machine's memory: an absurd ``--n_embd=1048576`` or ``--batch_size=10000000`` would
+    otherwise try to allocate terabytes. A lower estimate, one line with it; float32 throughout."""
+    C, L, T, V, H = config.n_embd, config.n_layer, config.block_size, config.padded_vocab_size, config.n_head
+    params = L * 12 * C * C + V * C + T * C  # blocks, embeddings, positions
+    weights = (16 if batch_size else 4) * params  # training: + gradients and AdamW's two moments
+    # activations kept for the backward pass, per token: ~16 C per layer, the attention row (H T), the logits
+    activations = 4 * batch_size * T * (L * (16 * C + H * T) + 2 * V)
+    memory = memory_bytes()
+    if weights + activations <= MAX_MEMORY_FRACTION * memory:
+        return
+    where = "the configured model" if str(path) == "scratch" else f"the model of {path}"
+    if weights >= activations:
+        what = "float32 weights, gradients and AdamW moments" if batch_size else "float32 weights"
+        raise UserError(f"{where} (n_layer={L}, n_embd={C}, vocab {config.vocab_size}) has about {params:.2g} "
+                        f"parameters ({weights / 1e9:,.1f} GB for its {what}) and this machine has "
                         f"{memory / 1e9:,.0f} GB: choose a smaller n_embd or n_layer")
+    raise UserError(f"a training step of batch_size={batch_size} x block_size={T} on {where} needs about "
+                    f"{activations / 1e9:,.1f} GB of activations and this machine has {memory / 1e9:,.0f} GB: "
+                    "lower batch_size (gradient_accumulation_steps keeps the tokens per iteration)")
+
+
+def check_generation_size(config: Any, num_samples: int, length: int) -> None:
+    """Refuse a generation whose canvas and logits cannot fit in memory (``--num_samples=100000000``): one line.
+    ``config``: a GPTConfig (a test's fake model may carry fewer fields: they count as 0)."""
+    width = getattr(config, "padded_vocab_size", 0) + 16 * getattr(config, "n_embd", 0)
+    need = 4 * num_samples * max(length, 1) * width
+    memory = memory_bytes()
+    if need > MAX_MEMORY_FRACTION * memory:
+        raise UserError(f"{num_samples:,} samples of {length:,} tokens need about {need / 1e9:,.1f} GB for their "
+                        f"logits and this machine has {memory / 1e9:,.0f} GB: lower --num_samples or the length")
 
 
 def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | None, path: str | Path,
-                training: bool = False) -> GPT:
+                batch_size: int = 0) -> GPT:
     """The GPT that ``model_args`` describe, with ``state`` loaded; a one-line UserError when they disagree or
-    when the model would not fit in memory."""
+    when the model (for training, ``batch_size`` > 0: and its training step) would not fit in memory."""
     try:
         config = GPTConfig(**model_args)
     except (TypeError, ValueError) as e:
         raise UserError(f"checkpoint {path} has invalid model_args ({e}); it was altered or is not a nanodlm "
                         "checkpoint") from None
-    check_model_size(config, path, training)
+    check_model_size(config, path, batch_size)
     try:
         model = GPT(config)
     except (TypeError, ValueError) as e:

@@ -40,6 +40,24 @@ def current_umask() -> int:
     return mask
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A user's UTF-8 text file (a prompt, samples): one-line UserError naming ``what`` when it is missing, a folder,
+    not a regular file (a device, a pipe), unreadable or not UTF-8."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory; give a text file")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{what} {path} is not a regular file (a device, pipe or socket); give a text file")
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8"
+                        ) from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path} ({e.strerror or type(e).__name__})") from None
+
+
 def parse_json(text: str, where: str, kind: type, hint: str = "") -> Any:
     """``json.loads(text)``, which must give a ``kind`` (dict, str, ...); otherwise a UserError naming ``where``
     (e.g. "config file 'x.json'", "out.jsonl line 3") and ending with ``hint``."""

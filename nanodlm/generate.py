@@ -25,8 +25,10 @@ import torch
 
 from .ar_sampling import generate_ar
 from .blockwise import generate_blocks, generate_long
+from .checkpoint import check_generation_size
 from .config import build_configs, print_keys
 from .errors import UserError
+from .fileio import read_text_file
 from .samplers import CAUSAL_SAMPLERS, SAMPLERS, OnStep, SamplerOptions, get_sampler, sampler_keys
 
 __all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "generate", "ignored_settings",
@@ -73,18 +75,7 @@ class Generation:
 def read_text(value: str) -> str:
     """A prompt value: the text itself, or the contents of ``path`` for ``FILE:path``."""
     if value.startswith("FILE:"):
-        path = Path(value[5:])
-        if path.is_dir():
-            raise UserError(f"prompt file {path} is a directory; give FILE:path of a text file")
-        if not path.is_file():
-            raise UserError(f"prompt file {path} not found")
-        try:
-            return path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to "
-                            "UTF-8") from None
-        except OSError as e:
-            raise UserError(f"cannot read prompt file {path} ({e.strerror or type(e).__name__})") from None
+        return read_text_file(Path(value[5:]), "prompt file")
     return value
 
 
@@ -291,6 +282,9 @@ def generate(model: torch.nn.Module, tokenizer: Any, options: SamplerOptions | N
     prompt = prompt or Prompt()
     if num_samples < 1:
         raise UserError(f"num_samples must be >= 1; got {num_samples}")
+    check_generation_size(model.config, num_samples, prompt.length or (model.config.block_size
+                                                                        if model.config.model_type != "gpt2" else
+                                                                        prompt.max_new_tokens))
     device = _device(model)
     gen = _generator(seed, device)
     run = _ar if model.config.model_type == "gpt2" else _diffusion

@@ -27,7 +27,7 @@ from .config import parse_overrides, read_config_file
 from .data import load_meta, load_tokenizer, open_split
 from .distributed import resolve_device
 from .errors import UserError
-from .fileio import check_output_path, parse_json
+from .fileio import check_output_path, parse_json, read_text_file
 from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
 from .protocol import passages
 from .report import print_table, write_json
@@ -136,9 +136,7 @@ def load_samples(path: str | Path) -> list[str]:
     """Samples from a ``.jsonl`` file (one JSON string per line, as ``nanodlm sample --output`` writes) or
     from text where each sample is followed by a line of 15 dashes (nanoGPT's sample.py output)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"samples file {path} not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, "samples file")
     if path.suffix == ".jsonl":
         samples = []
         for n, line in enumerate(text.splitlines(), 1):

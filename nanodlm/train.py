@@ -180,7 +180,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree
     torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))
     model = build_model(model_args, ckpt["model"] if ckpt is not None else init_state,
-                        out_dir / "ckpt.pt" if ckpt is not None else cfg.init_from, training=True)
+                        out_dir / "ckpt.pt" if ckpt is not None else cfg.init_from, cfg.batch_size)
     model.to(device)
     mask_token_id = model.config.mask_token_id
 

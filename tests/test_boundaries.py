@@ -109,10 +109,17 @@ def test_config_file_not_utf8_or_a_folder(tmp_path, capsys):
     run_error(capsys, ["train", str(deep)], "not valid JSON")
 
 
-def test_absurd_model_size_is_refused_before_allocation(tmp_path, tiny_argv, capsys):
+def test_absurd_model_size_is_refused_before_allocation(tmp_path, tiny_argv, tiny_runs, capsys):
     line = run_error(capsys, ["train", *tiny_argv(tmp_path / "run", n_embd=1048576, max_iters=1)],
                      "parameters", "GB", "n_embd")
     assert "1048576" in line
+    run_error(capsys, ["train", *tiny_argv(tmp_path / "run", n_layer=100000, max_iters=1)], "n_layer=100000")
+    run_error(capsys, ["train", *tiny_argv(tmp_path / "run", batch_size=10**9, max_iters=1)], "batch_size", "GB")
+    run_error(capsys, ["sample", f"--out_dir={tiny_runs['diffusion']}", "--device=cpu", "--num_samples=10**9"],
+              "expects int")
+    run_error(capsys, ["sample", f"--out_dir={tiny_runs['diffusion']}", "--device=cpu", "--num_samples=1000000000"],
+              "num_samples", "GB")
+    assert not (tmp_path / "run").exists()  # and nothing left behind
 
 
 @pytest.mark.parametrize("argv_tail,words", [
@@ -285,3 +292,16 @@ def test_load_config_rejects_literal_bombs():
     for value in ("[" * 5000, "(" * 500 + "1", "-" * 30000 + "1", "9" * 5000):
         with pytest.raises(UserError):
             load_config(TrainConfig, [f"--max_iters={value}"])
+
+
+def test_user_text_files_that_are_not_text(tiny_runs, tmp_path, capsys):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    sample = ["sample", f"--out_dir={tiny_runs['gpt2']}", "--device=cpu", "--max_new_tokens=2"]
+    run_error(capsys, [*sample, "--start=FILE:/dev/null"], "prompt file", "not a regular file")
+    run_error(capsys, [*sample, f"--start=FILE:{tmp_path}"], "prompt file", "directory")
+    run_error(capsys, [*sample, f"--start=FILE:{latin}"], "prompt file", "UTF-8")
+    judge = ["judge", f"--judge={tiny_runs['gpt2']}", "--device=cpu"]
+    run_error(capsys, [*judge, "--samples=/dev/null"], "samples file", "not a regular file")
+    run_error(capsys, [*judge, f"--samples={tmp_path}"], "samples file", "directory")
+    run_error(capsys, [*judge, f"--samples={latin}"], "samples file", "UTF-8")
