@@ -98,6 +98,8 @@ def cases(w: dict[str, str], T: list[str], Case: type) -> list[Any]:
         c("sample temperature=1e999", ["sample", *dm, "--temperature=1e999"], must_say="temperature"),
         c("sample noise=-1e999", ["sample", *dm, "--noise=-1e999"], must_say="noise"),
         c("sample inf in a JSON config", ["sample", f"{root}/inf.json", *dm], must_say="temperature"),
+        c("sample seed above 2**64", ["sample", *ar, f"--seed={2**64 + 1}"], must_say="seed"),
+        c("train seed below 0", ["train", *T, new, "--seed=-3"], must_say="seed"),
         c("sample steps as a huge literal", ["sample", *dm, "--steps=" + "[" * 400], must_say="steps"),
         # --- schedules, out_dir, resume past the end
         c("train warmup > decay", ["train", *T, new, "--warmup_iters=500"], must_say="warmup_iters"),

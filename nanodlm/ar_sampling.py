@@ -58,7 +58,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
-        drop_sorted = mass_before >= top_p  # never drops the first token (mass_before = 0)
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False  # the most likely token always stays (a top_p of 1e-300 is 0 in float32)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -32,7 +32,7 @@ from .data import SPLITS, load_meta, open_split
 from .diagnostics import diagnostics, meaning
 from .diffusion import mean_and_stderr, nelbo
 from .distributed import resolve_device
-from .errors import UserError
+from .errors import UserError, check_finite
 from .fileio import check_output_path
 from .report import print_table, write_json
 from .textstats import unigram_entropy
@@ -57,6 +57,7 @@ class EvalConfig:
     threads: int = 0  # torch CPU threads (0 = torch's default, one per core)
 
     def __post_init__(self) -> None:
+        check_finite(self)  # nan/inf floats, seeds outside torch's range
         if self.split not in SPLITS:
             raise UserError(f"--split must be one of {', '.join(SPLITS)}; got {self.split!r}")
         if self.ckpt not in ("best", "last"):

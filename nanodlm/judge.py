@@ -26,7 +26,7 @@ from .checkpoint import load_model
 from .config import parse_overrides, read_config_file
 from .data import load_meta, load_tokenizer, open_split
 from .distributed import resolve_device
-from .errors import UserError
+from .errors import UserError, check_finite
 from .fileio import check_output_path, parse_json, read_text_file
 from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
 from .protocol import passages
@@ -55,6 +55,7 @@ class JudgeConfig:
     threads: int = 1  # torch CPU threads (1: quick on a busy machine, see README; 0 = torch's default, one per core)
 
     def __post_init__(self) -> None:
+        check_finite(self)  # nan/inf floats, seeds outside torch's range
         if self.threads < 0:
             raise UserError(f"--threads must be >= 0 (0 = torch's default); got {self.threads}")
         if (self.samples is None) == (self.out_dir is None):

@@ -18,7 +18,7 @@ from .animate import check_trajectory_path, write_trajectory
 from .checkpoint import load_model
 from .config import PRESET_DIR, parse_overrides, read_config_file
 from .distributed import resolve_device
-from .errors import UserError
+from .errors import UserError, check_finite
 from .fileio import atomic_write, check_output_path
 from .generate import Generation, Prompt, SamplerOptions, generate, ignored_settings, sampling_configs
 from .live import LiveView
@@ -41,6 +41,7 @@ class SampleConfig:
     threads: int = 1  # torch CPU threads (1: quick on a busy machine, see README; 0 = torch's default, one per core)
 
     def __post_init__(self) -> None:
+        check_finite(self)  # nan/inf floats, seeds outside torch's range
         if self.trajectory is not None:
             check_trajectory_path(self.trajectory)
         if self.threads < 0:

@@ -34,7 +34,7 @@ import torch
 from .checkpoint import load_model
 from .config import load_config
 from .distributed import resolve_device
-from .errors import UserError
+from .errors import UserError, check_finite
 from .generate import Generation, Prompt, SamplerOptions, build_canvas, generate, sampling_configs
 from .sample import SampleConfig
 from .samplers import CAUSAL_SAMPLERS, DIFFUSION_SAMPLERS
@@ -65,6 +65,7 @@ class ServeConfig:
     threads: int = 1  # torch CPU threads (1: a busy machine stays responsive; 0 = torch's default, one per core)
 
     def __post_init__(self) -> None:
+        check_finite(self)  # nan/inf floats, seeds outside torch's range
         for key in ("limit_length", "limit_steps", "limit_samples", "limit_concurrent"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -305,3 +305,11 @@ def test_user_text_files_that_are_not_text(tiny_runs, tmp_path, capsys):
     run_error(capsys, [*judge, "--samples=/dev/null"], "samples file", "not a regular file")
     run_error(capsys, [*judge, f"--samples={tmp_path}"], "samples file", "directory")
     run_error(capsys, [*judge, f"--samples={latin}"], "samples file", "UTF-8")
+
+
+def test_seeds_outside_torchs_range_and_a_vanishing_top_p(tiny_runs, capsys):
+    base = ["sample", f"--out_dir={tiny_runs['gpt2']}", "--device=cpu", "--max_new_tokens=2", "--num_samples=1"]
+    for seed in ("-1", str(2**64 + 1)):
+        run_error(capsys, [*base, f"--seed={seed}"], "seed", "2**63")
+    run_error(capsys, ["eval", f"--out_dir={tiny_runs['gpt2']}", "--seed=-5"], "seed")
+    assert main([*base, "--top_p=1e-300"]) == 0  # 0 in float32: the most likely token is kept
