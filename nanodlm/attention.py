@@ -55,13 +55,20 @@ def tidar_train_mask(T: int, k: int, device: torch.device) -> torch.Tensor:
     return torch.cat((text_rows, mask_rows), dim=0)
 
 
-def tidar_pass_mask(start: int, c: int, m: int, device: torch.device) -> torch.Tensor:
-    """(c + m, start + c + m) bool for a TiDAR decoding pass: c text tokens after ``start`` cached ones (causal among
-    themselves, the whole cache before them), then m masks that see the cache, every text token and each other."""
-    text_rows = torch.ones(c, start + c + m, dtype=torch.bool, device=device)
-    text_rows[:, start:start + c] = text_rows[:, start:start + c].tril()
-    text_rows[:, start + c:] = False
-    return torch.cat((text_rows, torch.ones(m, start + c + m, dtype=torch.bool, device=device)), dim=0)
+def tidar_pass_mask(start: int, c: int, m: int, device: torch.device, blocks: int = 1) -> torch.Tensor:
+    """(c + blocks * m, start + c + blocks * m) bool for a TiDAR decoding pass: c text tokens after ``start`` cached
+    ones (causal among themselves, the whole cache before them), then ``blocks`` blocks of m masks; block b sees
+    the cache, the first c - blocks + 1 + b text tokens and itself (block b drafts for the case that b of the
+    last blocks - 1 text tokens, the drafts, are accepted; one block: every text token)."""
+    n = c + blocks * m
+    rows = torch.zeros(n, start + n, dtype=torch.bool, device=device)
+    rows[:, :start] = True
+    rows[:c, start:start + c] = torch.ones(c, c, dtype=torch.bool, device=device).tril()
+    for b in range(blocks):
+        lo = c + b * m
+        rows[lo:lo + m, start:start + c - blocks + 1 + b] = True
+        rows[lo:lo + m, start + lo:start + lo + m] = True
+    return rows
 
 
 def annealed_attention(T: int, ratio: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

@@ -14,6 +14,9 @@ drafter and the verifier in one model and one pass (Liu et al. 2025, TiDAR, arXi
   they draft for the case that every draft is accepted. Their first position is the bonus token's (drawn from
   p instead), so masks 2..k become the next pass's n = k - 1 drafts; after a rejection they were drafted for
   a text that did not happen, and the next pass drafts afresh (n = 0). A pass writes 1..k tokens.
+  ``predraft`` (TiDAR's own scheme): n + 1 blocks of masks, block b seeing the text and the first b drafts, so
+  whatever the verification accepts, the block drafted for that outcome gives the next k - 1 drafts (a pass of
+  1 + n + (n + 1) k tokens).
 - Only verified tokens enter the cache (``cache.advance``): the cache is exact, as a plain AR model's.
 - Past ``block_size`` the text slides as ``generate_ar``'s does: one token per pass over the last block_size
   tokens, no drafts, so the text still equals AR sampling of the same model.
@@ -70,10 +73,12 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: to
 
 def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int, temperature: float,
                     top_k: int | None, top_p: float | None, generator: torch.Generator | None,
-                    on_pass: Any = None) -> tuple[list[int], dict[str, Any]]:
+                    predraft: bool = False, on_pass: Any = None) -> tuple[list[int], dict[str, Any]]:
     """Append n_new tokens to ids (one sample, batch 1) -> (ids + new, stats): ``passes``, ``tokens_per_pass``
     (tokens written by each pass), ``drafts_per_pass`` / ``accepted_per_pass`` (drafts verified / accepted).
-    on_pass(text, n_accepted, rejected: bool) is called after every pass with the text so far."""
+    ``predraft``: every pass drafts for each number of drafts that may be accepted (n + 1 blocks of k masks,
+    TiDAR's), so the pass after a rejection verifies drafts too. on_pass(text, n_accepted, rejected: bool) is
+    called after every pass with the text so far."""
     k, bs = draft_len, model.config.block_size
     device = next(model.parameters()).device
     cache = model.new_kv_cache(1, device, cache_dtype(model, device))
@@ -97,10 +102,12 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
             q = q[:len(drafts)]
             pos, nd = cache.pos, len(drafts)
             clean = text[pos:] + drafts
-            m = min(k, bs - pos - len(clean))  # masks at positions before + nd ..; the first is the bonus's
+            room = bs - pos - len(clean)  # cache slots left for masks
+            blocks = nd + 1 if predraft and room // (nd + 1) >= 2 else 1  # predraft: one block per outcome
+            m = min(k, room // blocks)  # block b's masks sit at positions before + b ..; the first is the token's
             if m < 2 or before + nd + 1 >= target:
-                m = 0  # they would draft nothing the text still needs
-            ar, dr = draft_pass(model, torch.tensor([clean], device=device), m, cache)  # (1, c, V), (1, m, V)
+                m, blocks = 0, 1  # they would draft nothing the text still needs
+            ar, dr = draft_pass(model, torch.tensor([clean], device=device), m, cache, blocks)  # dr (1, blocks, m, V)
             p = probs(ar[0, len(clean) - nd - 1:])  # (nd + 1, V): positions before .. before + nd
             n_acc, nxt = verify(p, q, torch.tensor(drafts, dtype=torch.long, device=device), generator)
             rejected = n_acc < nd
@@ -108,8 +115,9 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
             cache.advance(before - pos + n_acc)  # the pending tokens and the accepted drafts: exact keys
             stats["drafts_per_pass"].append(nd)
             drafts = []
-            if not rejected and m >= 2:
-                q = probs(dr[0, 1:])  # (m - 1, V): positions before + nd + 1 .. for the next pass
+            block = n_acc if blocks > 1 else 0 if not rejected else None  # the block drafted for this outcome
+            if block is not None and m >= 2:
+                q = probs(dr[0, block, 1:])  # (m - 1, V): positions after the token just written
                 drafts = draw(q, generator).tolist()
         text.append(nxt)
         stats["passes"] += 1
@@ -164,13 +172,14 @@ def sample_ar(model: Model, canvas: torch.Tensor, *, mask_token_id: int, tempera
 def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int, temperature: float = 1.0,
                        top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
                        fixed: torch.Tensor | None = None, on_step: OnStep | None = None,
-                       draft_len: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                       draft_len: int | None = None, predraft: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """The ``speculative`` sampler: canvas (B, L) = a prompt, then [MASK] to the end -> tokens (B, L).
 
     Each row is written on its own (batch 1: rows accept different numbers of drafts, and the cache stays exact).
-    ``draft_len`` k: masks per pass (None = the model's). info: ``forward_passes`` (model calls, all rows),
-    ``passes_per_sample``, ``tokens_per_pass`` (mean per row), ``accepted_per_pass`` (accepted drafts, mean per
-    row), ``acceptance`` (accepted / drafted, per row), ``draft_len``. on_step(pass, tokens (B, L), revealed
+    ``draft_len`` k: masks per block (None = the model's); ``predraft``: see the module docstring. info:
+    ``forward_passes`` (model calls, all rows), ``passes_per_sample``, ``tokens_per_pass`` (mean per row),
+    ``accepted_per_pass`` (accepted drafts, mean per row), ``acceptance`` (accepted / drafted, per row),
+    ``draft_len``. on_step(pass, tokens (B, L), revealed
     (the tokens this pass wrote), remasked (the position of a rejected draft, now the corrected token)).
     """
     check_sampling_args(temperature, top_k, top_p)
@@ -205,7 +214,7 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
 
             _, stats = speculative_row(model, tokens[b, :P].tolist(), tokens.size(1) - P, draft_len=k,
                                        temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                                       on_pass=on_pass)
+                                       predraft=predraft, on_pass=on_pass)
             n = max(1, stats["passes"])
             info["forward_passes"] += stats["passes"]
             info["passes_per_sample"].append(stats["passes"])

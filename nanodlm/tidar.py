@@ -58,19 +58,27 @@ def tidar_loss(model: GPT, x: torch.Tensor, y: torch.Tensor | None, alpha: float
     return (alpha * l_ar + l_diff) / (1.0 + alpha)
 
 
-def draft_pass(model: GPT, clean: torch.Tensor, n_masks: int, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decoding pass: clean (B, c) at positions cache.pos .. + c - 1, then n_masks [MASK] after them.
+def draft_pass(model: GPT, clean: torch.Tensor, n_masks: int, cache: KVCache, blocks: int = 1
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding pass: clean (B, c) at positions cache.pos .. + c - 1, then ``blocks`` blocks of n_masks [MASK].
 
-    Returns (AR logits (B, c, V): clean token j predicts position cache.pos + j + 1; draft logits (B, n_masks, V):
-    mask j predicts position cache.pos + c + j). Keys and values of all c + n_masks positions are written after the
-    cache's kept positions but none is kept: the caller keeps the verified ones with ``cache.advance(n)``; the clean
-    ones are exactly what a plain AR pass computes (causal, the cache before them), the masks are overwritten later.
+    Block b sees the clean tokens up to c - blocks + b (``attention.tidar_pass_mask``) and sits right after them:
+    with the last blocks - 1 clean tokens being drafts, block b drafts for the case that the first b of them are
+    accepted (blocks = 1: after all of them). Returns (AR logits (B, c, V): clean token j predicts position
+    cache.pos + j + 1; draft logits (B, blocks, n_masks, V): mask j of block b predicts position
+    cache.pos + c - blocks + 1 + b + j). Keys and values of every position are written after the cache's kept ones
+    but none is kept: the caller keeps the verified ones with ``cache.advance(n)``; the clean ones are exactly
+    what a plain AR pass computes (causal, the cache before them), the masks are overwritten later.
     """
     B, c = clean.shape
-    start = cache.pos
-    model._check_length(start + c + n_masks)
-    masks = torch.full((B, n_masks), model.config.mask_token_id, dtype=clean.dtype, device=clean.device)
-    pos = torch.arange(start, start + c + n_masks, device=clean.device)
-    h = model._trunk(torch.cat((clean, masks), dim=1), pos, tidar_pass_mask(start, c, n_masks, clean.device), cache)
-    logits = model._head(h, True)  # (B, c + n_masks, V)
-    return logits[:, :c], logits[:, c:]
+    start, m = cache.pos, n_masks
+    model._check_length(start + c + blocks * m)  # positions stay within start + c + m; cache slots do not
+    masks = torch.full((B, blocks * m), model.config.mask_token_id, dtype=clean.dtype, device=clean.device)
+    first = start + c - blocks + 1  # the position of block 0's first mask
+    mask_pos = (first + torch.arange(blocks, device=clean.device)[:, None]
+                + torch.arange(m, device=clean.device)[None, :]).flatten()  # (blocks * m,)
+    pos = torch.cat((torch.arange(start, start + c, device=clean.device), mask_pos))
+    mask = tidar_pass_mask(start, c, m, clean.device, blocks)
+    h = model._trunk(torch.cat((clean, masks), dim=1), pos, mask, cache)
+    logits = model._head(h, True)  # (B, c + blocks * m, V)
+    return logits[:, :c], logits[:, c:].reshape(B, blocks, m, logits.size(-1))

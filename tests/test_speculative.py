@@ -52,10 +52,11 @@ def model() -> GPT:
     return tiny_tidar()
 
 
-def run(model: GPT, prompt: list[int], n: int, k: int, temperature: float = 0.0, seed: int = 0):
+def run(model: GPT, prompt: list[int], n: int, k: int, temperature: float = 0.0, seed: int = 0,
+        predraft: bool = False):
     with torch.no_grad():
         return speculative_row(model, prompt, n, draft_len=k, temperature=temperature, top_k=None, top_p=None,
-                               generator=torch.Generator().manual_seed(seed))
+                               generator=torch.Generator().manual_seed(seed), predraft=predraft)
 
 
 # --- the model's two streams -------------------------------------------------------------------------------
@@ -86,6 +87,14 @@ def test_masks_agree_between_training_and_a_decoding_pass(model):
         ar, dr = draft_pass(model, x[:, :8], 4, cache)
     assert torch.allclose(dr, train_drafts[:, 8:12], atol=1e-9)
     assert cache.pos == 0  # nothing kept until the caller verifies
+    # predrafting: block b of a 3-block pass drafts what a one-block pass over the first c - 2 + b tokens drafts
+    with torch.no_grad():
+        ar3, dr3 = draft_pass(model, x[:, :6], 3, cache, blocks=3)  # 6 + 3 x 3 = 15 slots of 16
+        for b in range(3):
+            _, one = draft_pass(model, x[:, :4 + b], 3, cache)
+            assert torch.allclose(dr3[:, b], one[:, 0], atol=1e-9)
+        plain, _ = draft_pass(model, x[:, :6], 0, cache)
+    assert torch.allclose(ar3, plain, atol=1e-9)
 
 
 def test_tidar_loss_trains_both_streams():
@@ -103,13 +112,13 @@ def test_tidar_loss_trains_both_streams():
 
 # --- exactness at temperature 0 ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("k", [1, 2, 4, 7])
-def test_greedy_equals_greedy_ar_across_the_block_size(model, k):
+@pytest.mark.parametrize("k,predraft", [(1, False), (2, False), (4, False), (7, False), (2, True), (4, True)])
+def test_greedy_equals_greedy_ar_across_the_block_size(model, k, predraft):
     accepted = 0
     for prompt in ([0], [2, 3, 0, 1], markov_text(15, 3).tolist(), markov_text(20, 4).tolist()):
         for n in (3, 12, 30):  # 30 new tokens run past block_size 16: the sliding window
             ref = generate_ar(model, torch.tensor([prompt]), n, temperature=0.0, generator=None)[0].tolist()
-            out, stats = run(model, prompt, n, k)
+            out, stats = run(model, prompt, n, k, predraft=predraft)
             assert out == ref, (k, prompt, n)
             assert sum(stats["tokens_per_pass"]) == n and len(stats["tokens_per_pass"]) == stats["passes"]
             accepted += sum(stats["accepted_per_pass"])
@@ -173,14 +182,14 @@ def exact_first_tokens(model: GPT, prompt: list[int], n: int) -> dict[tuple[int,
     return out
 
 
-def chi2_against_ar(model: GPT, prompt: list[int], n: int, k: int, samples: int) -> float:
+def chi2_against_ar(model: GPT, prompt: list[int], n: int, k: int, samples: int, predraft: bool = False) -> float:
     probs = exact_first_tokens(model, prompt, n)
     counts = dict.fromkeys(probs, 0)
     gen = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for _ in range(samples):
             out, _ = speculative_row(model, prompt, n, draft_len=k, temperature=1.0, top_k=None, top_p=None,
-                                     generator=gen)
+                                     generator=gen, predraft=predraft)
             counts[tuple(out[len(prompt):])] += 1
     big = [s for s in probs if probs[s] * samples >= 5]  # cells too rare for the test are pooled into one
     rest_p = 1.0 - sum(probs[s] for s in big)
@@ -190,8 +199,9 @@ def chi2_against_ar(model: GPT, prompt: list[int], n: int, k: int, samples: int)
     return chi2_sf(stat, len(cells) - 1)
 
 
-def test_temperature_one_matches_ar_sampling(model):
-    assert chi2_against_ar(model, [0, 1], n=3, k=4, samples=1500) > 1e-3
+@pytest.mark.parametrize("predraft", [False, True])
+def test_temperature_one_matches_ar_sampling(model, predraft):
+    assert chi2_against_ar(model, [0, 1], n=3, k=4, samples=1500, predraft=predraft) > 1e-3
 
 
 def test_accept_always_is_caught(model, monkeypatch):
