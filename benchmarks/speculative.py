@@ -59,8 +59,8 @@ def losses(tidar: Any, ar: Any, test: Any, batch: int) -> dict[str, Any]:
     return out
 
 
-def options(sampler: str, temperature: float, k: int | None = None) -> SamplerOptions:
-    return SamplerOptions(sampler=sampler, temperature=temperature, draft_len=k)
+def options(sampler: str, temperature: float, k: int | None = None, predraft: bool = False) -> SamplerOptions:
+    return SamplerOptions(sampler=sampler, temperature=temperature, draft_len=k, predraft=predraft)
 
 
 def quality(models: dict[str, tuple[Any, Any, SamplerOptions]], judge: tuple[Any, Any] | None, test: Any,
@@ -92,10 +92,10 @@ def quality(models: dict[str, tuple[Any, Any, SamplerOptions]], judge: tuple[Any
 
 
 def speed(ar: tuple[Any, Any], configs: dict[str, tuple[Any, Any, SamplerOptions]], reps: int, length: int,
-          temperature: float) -> dict[str, Any]:
+          temperature: float, start: str | None = None) -> dict[str, Any]:
     """Batch-1 chars/s: each configuration's generation right after a pure AR one (same seed and temperature),
-    ratios as medians over the pairs."""
-    prompt = Prompt(max_new_tokens=length)
+    ratios as medians over the pairs. ``start``: the prompt (default generate's "\\n")."""
+    prompt = Prompt(start=start, max_new_tokens=length)
     ar_opts = SamplerOptions(temperature=temperature)
     generate(ar[0], ar[1], ar_opts, prompt, seed=0)  # warm-up
     for model, tok, opts in configs.values():
@@ -116,7 +116,8 @@ def speed(ar: tuple[Any, Any], configs: dict[str, tuple[Any, Any, SamplerOptions
 
 
 @torch.no_grad()
-def pass_cost(model: Any, text: list[int], ks: list[int], reps: int, cached: int = 128) -> dict[str, Any]:
+def pass_cost(model: Any, text: list[int], ks: list[int], reps: int, cached: int = 128, predraft: bool = False
+              ) -> dict[str, Any]:
     """Median ms of one cached AR step and of one speculative pass (1 + (k - 1) + k tokens) at ``cached`` tokens."""
     model.eval()
     device = torch.device("cpu")
@@ -140,12 +141,16 @@ def pass_cost(model: Any, text: list[int], ks: list[int], reps: int, cached: int
         out["passes"][str(k)] = {"tokens": 2 * k, "ms": ms, "x_ar_step": ms / step,
                                  "tokens_per_pass_for_2x": 2 * ms / step, "tokens_per_pass_for_3x": 3 * ms / step}
         print(f"pass k={k}: {2 * k} tokens {ms:.2f} ms = {ms / step:.2f} AR steps ({step:.2f} ms)", flush=True)
+        if predraft and cached + k + k * k <= model.config.block_size:  # k blocks of k masks
+            ms = median_ms(lambda clean=clean, k=k: draft_pass(model, clean, k, cache, blocks=k))
+            out["passes"][f"{k}, predraft"] = {"tokens": k + k * k, "ms": ms, "x_ar_step": ms / step,
+                                               "tokens_per_pass_for_2x": 2 * ms / step}
     return out
 
 
-def greedy_check(model: Any, tok: Any, ks: list[int], length: int) -> dict[str, Any]:
+def greedy_check(model: Any, tok: Any, ks: list[int], length: int, start: str) -> dict[str, Any]:
     """Temperature 0: the speculative text equals the same model's greedy AR text, for each k."""
-    prompt = Prompt(max_new_tokens=length)
+    prompt = Prompt(start=start, max_new_tokens=length)
     ref = generate(model, tok, options("ar", 0.0), prompt, seed=0).texts[0]
     out = {}
     for k in ks:
@@ -168,6 +173,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="timed batch-1 pairs per configuration")
     ap.add_argument("--pass_reps", type=int, default=40)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--greedy_start", default="ROMEO:", help="the prompt at temperature 0 (from a newline the greedy "
+                    "text is newlines)")
+    ap.add_argument("--predraft", action="store_true", help="also measure predraft (a mask block per outcome)")
     ap.add_argument("--ckpt", default="last")
     ap.add_argument("--parts", default="losses,greedy,pass,speed,quality", help="comma-separated: what to measure")
     ap.add_argument("--json", default=None)
@@ -188,17 +196,20 @@ def main() -> None:
         result["losses"] = losses(tidar, ar, test, 12)
         print("losses", json.dumps(result["losses"]), flush=True)
     if "greedy" in parts:
-        result["greedy"] = greedy_check(tidar, tok, ks, a.length)
+        result["greedy"] = greedy_check(tidar, tok, ks, a.length, a.greedy_start)
     t = a.temperature
     configs = {f"tidar speculative k={k}": (tidar, tok, options("speculative", t, k)) for k in ks}
+    if a.predraft:
+        configs.update({f"tidar speculative k={k}, predraft": (tidar, tok, options("speculative", t, k, True))
+                        for k in ks})
     if "pass" in parts:
         cached = min(128, tidar.config.block_size - 2 * max(ks))
-        result["pass_cost"] = pass_cost(tidar, [int(i) for i in test[:256]], ks, a.pass_reps, cached)
+        result["pass_cost"] = pass_cost(tidar, [int(i) for i in test[:256]], ks, a.pass_reps, cached, a.predraft)
     if "speed" in parts:
         as_ar = {"tidar as AR (--sampler=ar)": (tidar, tok, options("ar", t))}
         result["speed"] = speed((ar, ar_tok), {**as_ar, **configs}, a.reps, a.length, t)
         greedy = {f"tidar speculative k={k}, greedy": (tidar, tok, options("speculative", 0.0, k)) for k in ks}
-        result["speed_greedy"] = speed((ar, ar_tok), greedy, a.reps, a.length, 0.0)  # against greedy pure AR
+        result["speed_greedy"] = speed((ar, ar_tok), greedy, a.reps, a.length, 0.0, a.greedy_start)  # vs greedy AR
     if "quality" in parts:
         judge = None
         if a.judge:
