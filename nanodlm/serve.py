@@ -395,7 +395,10 @@ def main(argv: list[str]) -> int:
     try:
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_keep_alive=5,
                     limit_concurrency=64)
-    except (OSError, SystemExit) as e:  # uvicorn logs "address already in use" and exits 1
-        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({getattr(e, 'strerror', None) or e}); choose "
+    except OSError as e:
+        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror or type(e).__name__}); choose "
                         "another --port or --host") from None
+    except SystemExit:  # uvicorn logged why (address in use, no such address) and exits: one line of ours after it
+        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} (uvicorn's reason is above); choose another --port "
+                        "or --host") from None
     return 0
