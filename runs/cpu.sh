@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job end to end on a CPU: install, prepare tiny-shakespeare, train the CPU recipes (about 9 minutes each
+# The main job end to end on a CPU: install, prepare tiny-shakespeare, train the CPU recipes (a few minutes each
 # on a busy 2-core machine, see the README), sample. The corpus is downloaded once (sha256-checked)
 # unless NANODLM_DATA_MIRROR names a folder holding tinyshakespeare.txt. Rerunning it retrains (--overwrite=True).
 set -euo pipefail
