@@ -129,6 +129,8 @@ def cases(w: dict[str, str], T: list[str], Case: type) -> list[Any]:
                                             f"--json={w['ar']}/metrics.jsonl"], must_say="--json"),
         # --- the rest of the CLI
         c("serve port=99999", ["serve", f"--out_dir={w['dm']}", "--port=99999"], must_say="port"),
+        c("prepare over a training run", ["prepare", "text", f"--input={root}/corpus.txt", "--name=gpt2",
+                                          f"--data_dir={root}"], must_say="not a dataset"),
         c("prepare input /dev/null", ["prepare", "text", "--input=/dev/null", "--name=x", f"--data_dir={data}"],
           must_say="regular file"),
         c("sample unknown preset", ["sample", "turbo", *ar], must_say="fast"),

@@ -18,6 +18,8 @@ from pathlib import Path
 from .errors import UserError
 from .fileio import current_umask
 
+DATASET_FILES = ("train.bin", "val.bin", "meta.json")  # what a prepared dataset folder holds (and may be replaced)
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -74,6 +76,10 @@ def write_dataset(folder: Path, files: dict[str, bytes]) -> None:
         recover_dataset(folder)
         if folder.exists() and not folder.is_dir():
             raise UserError(f"{folder} exists and is not a dataset folder; remove it or choose another --name")
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in DATASET_FILES) if folder.is_dir() else []
+        if foreign:  # the swap below would delete them: a training run, someone's notes, ...
+            raise UserError(f"{folder} holds files that are not a dataset's ({', '.join(foreign[:4])}); it is not "
+                            "replaced: choose another --name or --data_dir")
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-{os.getpid()}-", dir=parent))
     except OSError as e:
         raise UserError(f"cannot write to data_dir {parent} ({e.strerror or type(e).__name__}); choose a writable "

@@ -93,3 +93,14 @@ def test_png_over_png_is_fine_but_not_over_a_gif(tmp_path):
     check_output_path(png, "--png", (".png",), binary_ok=("a PNG image",))
     with pytest.raises(UserError):
         check_output_path(gif, "--png", (".png",), binary_ok=("a PNG image",))
+
+
+def test_prepare_never_replaces_a_folder_that_is_not_a_dataset(run_copy, tmp_path, capsys):
+    src = tmp_path / "text.txt"
+    src.write_text("hello world, a short text to prepare. " * 50)
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    assert main(["prepare", "text", f"--input={src}", f"--name={run_copy.name}", f"--data_dir={run_copy.parent}"]) == 1
+    assert "not a dataset's" in one_error(capsys)
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+    assert main(["prepare", "text", f"--input={src}", "--name=d", f"--data_dir={tmp_path}"]) == 0  # a dataset:
+    assert main(["prepare", "text", f"--input={src}", "--name=d", f"--data_dir={tmp_path}"]) == 0  # replaced
