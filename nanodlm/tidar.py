@@ -73,12 +73,11 @@ def draft_pass(model: GPT, clean: torch.Tensor, n_masks: int, cache: KVCache, bl
     B, c = clean.shape
     start, m = cache.pos, n_masks
     model._check_length(start + c + blocks * m)  # positions stay within start + c + m; cache slots do not
-    masks = torch.full((B, blocks * m), model.config.mask_token_id, dtype=clean.dtype, device=clean.device)
     first = start + c - blocks + 1  # the position of block 0's first mask
-    mask_pos = (first + torch.arange(blocks, device=clean.device)[:, None]
-                + torch.arange(m, device=clean.device)[None, :]).flatten()  # (blocks * m,)
-    pos = torch.cat((torch.arange(start, start + c, device=clean.device), mask_pos))
-    mask = tidar_pass_mask(start, c, m, clean.device, blocks)
-    h = model._trunk(torch.cat((clean, masks), dim=1), pos, mask, cache)
+    # one small tensor per pass (a decoding pass is short: its fixed costs count)
+    pos = torch.tensor([*range(start, start + c), *(first + b + j for b in range(blocks) for j in range(m))],
+                       device=clean.device)  # (c + blocks * m,)
+    idx = torch.cat((clean, clean.new_full((B, blocks * m), model.config.mask_token_id)), dim=1)
+    h = model._trunk(idx, pos, tidar_pass_mask(start, c, m, clean.device, blocks), cache)
     logits = model._head(h, True)  # (B, c + blocks * m, V)
     return logits[:, :c], logits[:, c:].reshape(B, blocks, m, logits.size(-1))
