@@ -39,7 +39,7 @@ from .generate import Generation, Prompt, SamplerOptions, build_canvas, generate
 from .sample import SampleConfig
 from .samplers import CAUSAL_SAMPLERS, DIFFUSION_SAMPLERS
 from .trajectory import Aborted, Recorder
-from .webguard import BodyError, Guard, allowed_hosts, is_json, read_body
+from .webguard import BodyError, Guard, allowed_hosts, header_timeout_protocol, is_json, read_body
 
 log = logging.getLogger("nanodlm.serve")
 STATIC = {"canvas.js": "text/javascript", "canvas.css": "text/css", "app.js": "text/javascript"}  # all it serves
@@ -358,6 +358,12 @@ def create_app(server: Server):
     return Guard(app, allowed_hosts(server.cfg.host, server.cfg.allowed_hosts.split(",")))
 
 
+def uvicorn_options() -> dict[str, Any]:
+    """How uvicorn serves the demo (the tests' server too): idle keep-alive connections closed after 5 s, at most
+    64 connections, a deadline for request headers (``webguard.header_timeout_protocol``)."""
+    return {"timeout_keep_alive": 5, "limit_concurrency": 64, "http": header_timeout_protocol()}
+
+
 def load_server(cfg: ServeConfig) -> Server:
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -393,8 +399,7 @@ def main(argv: list[str]) -> int:
         print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
     print(f"open http://{'localhost' if cfg.host in ('127.0.0.1', '0.0.0.0') else cfg.host}:{cfg.port}/", flush=True)
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_keep_alive=5,
-                    limit_concurrency=64)
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", **uvicorn_options())
     except OSError as e:
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror or type(e).__name__}); choose "
                         "another --port or --host") from None

@@ -8,7 +8,8 @@
 - JSON only: ``POST /api/generate`` needs ``Content-Type: application/json`` (415 otherwise). A ``text/plain`` or
   form post is a "simple request" that browsers send cross-site without a CORS preflight; JSON is not.
 - The body is read with a size cap (413), a time limit for slow clients (408) and a quiet end when the client goes
-  away mid-body (no traceback in the log).
+  away mid-body (no traceback in the log); a connection whose request line and headers have not all arrived
+  within ``HEADER_TIMEOUT_S`` is closed (``header_timeout_protocol``: uvicorn itself never times them out).
 
 Pure ASGI (no Starlette import here) so the checks run before any route, static file or body read.
 """
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+HEADER_TIMEOUT_S = 10.0  # seconds a new connection has to send its request line and headers
 WILDCARD = ("0.0.0.0", "::", "")  # bound to every interface: only the names given by --allowed_hosts are added
 
 
@@ -121,3 +123,24 @@ async def read_body(chunks: Callable[[], Any], max_bytes: int, timeout_s: float)
         raise BodyError(408, f"the request body took over {timeout_s:g} s to arrive") from None
     except ClientDisconnect:
         raise BodyError(400, "the client went away while sending the request") from None
+
+
+def header_timeout_protocol() -> type:
+    """uvicorn's h11 protocol with a deadline for the first request's headers (slow-header clients, "slowloris",
+    would otherwise hold a connection slot for ever); ``HEADER_TIMEOUT_S`` is read when a connection opens."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeout(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._header_deadline)
+
+        def _header_deadline(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():  # no complete request yet: close
+                self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._header_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeaderTimeout

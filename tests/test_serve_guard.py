@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from webtools import LiveServer, chrome, events, info, post  # noqa: E402
 
-from nanodlm import serve  # noqa: E402
+from nanodlm import serve, webguard  # noqa: E402
 from nanodlm.errors import UserError  # noqa: E402
 from nanodlm.serve import ServeConfig, load_server  # noqa: E402
 from nanodlm.webguard import allowed_hosts, refusal  # noqa: E402
@@ -150,6 +150,15 @@ def test_slow_client_times_out_with_408(live, monkeypatch):
         while "took over" not in reply and (chunk := s.recv(4096)):
             reply += chunk.decode()
     assert reply.startswith("HTTP/1.1 408") and "took over 0.5 s" in reply
+
+
+def test_slow_headers_are_cut_off(live, monkeypatch):
+    monkeypatch.setattr(webguard, "HEADER_TIMEOUT_S", 0.5)
+    with socket.create_connection(("127.0.0.1", live.port), timeout=20) as s:
+        s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and the rest never comes
+        assert s.recv(4096) == b""  # closed by the server (without the deadline: socket.timeout after 20 s)
+    status, _ = raw(live.port, "GET", "/api/info")  # a complete request on a new connection is served
+    assert status == 200
 
 
 def test_race_is_one_job_in_one_stream(live):

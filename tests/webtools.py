@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nanodlm.serve import create_app
+from nanodlm.serve import create_app, uvicorn_options
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -24,7 +24,8 @@ class LiveServer:
         import uvicorn
 
         self.server = server
-        self.uvicorn = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=0, log_level="error"))
+        self.uvicorn = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=0, log_level="error",
+                                                     **uvicorn_options()))
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
         self.thread.start()
         for _ in range(500):

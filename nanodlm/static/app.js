@@ -7,7 +7,7 @@
 const $ = (id) => document.getElementById(id);
 const NUMBERS = ["steps", "length", "temperature", "seed", "num_samples"];
 let info = null;
-let current = null;  // the running generation: {controller, timers}
+let current = null;  // the running generation: {controller}
 
 // The request body, or throws an Error naming an empty or invalid number field.
 function fields() {
@@ -117,7 +117,7 @@ async function generate(event) {
   panels.ar.reset(templated ? "the AR model writes left to right: it cannot keep a suffix or fill a template, " +
     "so it sits this one out" : "starting\u2026");
   body.race = race && !templated;
-  const job = { controller: new AbortController(), timers: [] };
+  const job = { controller: new AbortController() };
   current = job;
   $("generate").disabled = true;
   $("stop").disabled = false;
@@ -129,8 +129,9 @@ async function generate(event) {
     const response = await post(body, job, active);
     if (response) {
       // each event at its own time: pace x forward passes, or its measured elapsed seconds (pace 0); a model's
-      // done event after its last step; events that arrive late are drawn at once
-      const shown = [];
+      // done event after its last step; one lane per model draws its events strictly in order (timers of the
+      // same due time may fire in any order), and events that arrive late are drawn at once
+      const lanes = {};
       const seen = {};
       await readEvents(response, (name, data) => {
         const p = panels[data.model];
@@ -139,14 +140,13 @@ async function generate(event) {
         if (name === "step") seen[data.model] = data;
         const ref = name === "step" ? data : seen[data.model] || { forward_passes: 0, elapsed: 0 };
         const at = pace ? pace * (ref.forward_passes || 0) : 1000 * ref.elapsed;
-        shown.push(new Promise((resolve) => {
-          job.timers.push(setTimeout(() => {
-            if (!job.controller.signal.aborted) p[name](data);
-            resolve();
-          }, Math.max(0, t0 + at - performance.now())));
-        }));
+        lanes[data.model] = (lanes[data.model] || Promise.resolve()).then(async () => {
+          const wait = t0 + at - performance.now();
+          if (wait > 0) await sleep(wait, job.controller.signal);
+          if (!job.controller.signal.aborted) p[name](data);
+        });
       });
-      last = Promise.all(shown);
+      last = Promise.all(Object.values(lanes));
     }
   } catch (e) {
     if (e.name !== "AbortError") $("error").textContent = String(e);
@@ -164,8 +164,7 @@ function finish() {
 function stop() {
   const job = current;
   if (!job) return;
-  job.controller.abort();  // ends the stream: the server stops the generation at its next step
-  job.timers.forEach(clearTimeout);
+  job.controller.abort();  // ends the stream (the server stops the generation at its next step) and the replay
   for (const model of ["diffusion", "ar"]) {
     const s = $(model + "-status");
     if (!$(model + "-canvas").dataset.done && !s.textContent.endsWith("(stopped)")) s.textContent += " (stopped)";
