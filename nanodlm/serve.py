@@ -241,6 +241,8 @@ class Server:
         jobs = []
         for name in names:
             engine = self.engines[name]
+            if name == "ar" and jobs and prompt.length is None:  # a race: the AR model writes the canvas's length
+                prompt = replace(prompt, length=jobs[0][1].length)
             job = plan_job(engine, request, options, prompt)
             check_limits(job, self.cfg, self.engines["diffusion"].model.config.block_size)
             jobs.append((engine, job))

@@ -172,6 +172,8 @@ def test_race_is_one_job_in_one_stream(live):
     ar_steps = [d for name, d in evs if name == "step" and d["model"] == "ar"]
     assert [s["forward_passes"] for s in ar_steps] == list(range(8))  # the canvas, then one pass per new token
     assert all(len(d["texts"][0]) == 10 for d in dones)  # the same length, prompt included
+    status, body = post(live.url, {"race": True, "steps": 4, "num_samples": 1})  # no length: the canvas's, both
+    assert status == 200 and [len(d["texts"][0]) for n, d in events(body) if n == "done"] == [16, 16]
     status, body = post(live.url, {"race": True, "infill": "a__b"})
     assert status == 400 and "left to right" in json.loads(body)["error"]
 
