@@ -36,6 +36,7 @@ from nanodlm.evaluate import ar_cross_entropy, draft_cross_entropy, eval_windows
 from nanodlm.generate import Prompt, SamplerOptions, generate
 from nanodlm.judge import score_texts
 from nanodlm.protocol import dev_test, passages, seed_mean
+from nanodlm.speculative import speculative_row
 from nanodlm.tidar import draft_pass
 
 QUALITY = ("judge_ppl", "entropy_bits", "distinct_4")
@@ -148,6 +149,30 @@ def pass_cost(model: Any, text: list[int], ks: list[int], reps: int, cached: int
     return out
 
 
+@torch.no_grad()
+def acceptance_profile(model: Any, tok: Any, ks: list[int], seeds: list[int], length: int, temperature: float,
+                       predraft: bool) -> dict[str, Any]:
+    """For each k: P(draft j accepted | drafts before it accepted), j = 1.., over one text per seed; what limits a
+    pass's length. Also the share of passes with no draft to verify (the pass after a rejection)."""
+    out: dict[str, Any] = {}
+    for k in ks:
+        reached, accepted, empty, passes = [0] * k, [0] * k, 0, 0
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed)
+            _, st = speculative_row(model.eval(), tok.encode("\n"), length, draft_len=k, temperature=temperature,
+                                    top_k=None, top_p=None, generator=g, predraft=predraft)
+            for nd, na in zip(st["drafts_per_pass"], st["accepted_per_pass"]):
+                passes += 1
+                empty += nd == 0
+                for j in range(min(nd, na + 1)):  # drafts 0 .. na were verified; na + 1 .. were not reached
+                    reached[j] += 1
+                    accepted[j] += j < na
+        out[str(k)] = {"p_accept_given_reached": [a / r for a, r in zip(accepted, reached) if r],
+                       "passes_without_drafts": empty / max(1, passes)}
+    print("acceptance profile", json.dumps(out), flush=True)
+    return out
+
+
 def greedy_check(model: Any, tok: Any, ks: list[int], length: int, start: str) -> dict[str, Any]:
     """Temperature 0: the speculative text equals the same model's greedy AR text, for each k."""
     prompt = Prompt(start=start, max_new_tokens=length)
@@ -177,7 +202,7 @@ def main() -> None:
                     "text is newlines)")
     ap.add_argument("--predraft", action="store_true", help="also measure predraft (a mask block per outcome)")
     ap.add_argument("--ckpt", default="last")
-    ap.add_argument("--parts", default="losses,greedy,pass,speed,quality", help="comma-separated: what to measure")
+    ap.add_argument("--parts", default="losses,greedy,pass,profile,speed,quality", help="what to measure")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     parts = set(a.parts.split(","))
@@ -205,6 +230,10 @@ def main() -> None:
     if "pass" in parts:
         cached = min(128, tidar.config.block_size - 2 * max(ks))
         result["pass_cost"] = pass_cost(tidar, [int(i) for i in test[:256]], ks, a.pass_reps, cached, a.predraft)
+    if "profile" in parts:
+        result["acceptance_profile"] = acceptance_profile(tidar, tok, ks, seeds, a.length, t, False)
+        if a.predraft:
+            result["acceptance_profile_predraft"] = acceptance_profile(tidar, tok, ks, seeds, a.length, t, True)
     if "speed" in parts:
         as_ar = {"tidar as AR (--sampler=ar)": (tidar, tok, options("ar", t))}
         result["speed"] = speed((ar, ar_tok), {**as_ar, **configs}, a.reps, a.length, t)
