@@ -186,10 +186,48 @@ def greedy_check(model: Any, tok: Any, ks: list[int], length: int, start: str) -
     return out
 
 
+def markdown(r: dict[str, Any]) -> str:
+    """The BENCHMARKS.md tables of a result (``--table=JSON``): every figure read from the JSON."""
+    out = []
+    if "losses" in r:
+        lo = r["losses"]
+        out += [f"| model (test half of val, {lo['windows']} windows of {lo['tokens_per_window']}) | next-token CE "
+                "(nats/char) | draft CE |", "| --- | --- | --- |",
+            f"| pure AR | {lo['pure_ar']['loss']:.4f} ± {lo['pure_ar']['stderr']:.4f} | |",
+            f"| TiDAR, text stream | {lo['tidar_ar']['loss']:.4f} ± {lo['tidar_ar']['stderr']:.4f} "
+            f"({lo['ar_loss_ratio']:.3f} × AR) | {lo['tidar_draft']['loss']:.4f} ± {lo['tidar_draft']['stderr']:.4f} |",
+            ""]
+    speed_rows = {**r.get("speed", {}), **r.get("speed_greedy", {})}
+    if speed_rows:
+        costs = r.get("pass_cost", {}).get("passes", {})
+        out += ["| decoding (batch 1) | tokens / pass | pass cost (× AR step) | chars/s | × pure AR |",
+                "| --- | --- | --- | --- | --- |"]
+        for name, row in speed_rows.items():
+            key = name.split("k=")[-1].split(",")[0] + (", predraft" if "predraft" in name else "") if "k=" in name \
+                else None
+            cost = costs.get(key, {}).get("x_ar_step") if key else 1.0
+            out.append(f"| {name} | {row['tokens_per_pass']:.2f} | {'' if cost is None else f'{cost:.2f}'} | "
+                       f"{row['chars_per_s']:,.0f} (AR {row['ar_chars_per_s']:,.0f}) | {row['speedup']:.2f} |")
+        out.append("")
+    if "quality" in r:
+        out += ["| samples (T = 1, 3 seeds) | judge PPL | entropy (bits) | distinct-4 | tokens / pass | acceptance |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        def f(q: dict[str, Any], key: str) -> str:
+            if key not in q:
+                return ""
+            se = q.get(key + "_se")
+            return f"{q[key]:.3g}" + (f" ± {se:.2g}" if se is not None and se == se else "")
+
+        for name, q in r["quality"].items():
+            out.append(f"| {name} | {f(q, 'judge_ppl')} | {f(q, 'entropy_bits')} | {f(q, 'distinct_4')} | "
+                       f"{f(q, 'tokens_per_pass')} | {f(q, 'acceptance')} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tidar", required=True, help="the TiDAR run (objective=tidar)")
-    ap.add_argument("--ar", required=True, help="the pure AR run of the same size and budget")
+    ap.add_argument("--tidar", help="the TiDAR run (objective=tidar)")
+    ap.add_argument("--ar", help="the pure AR run of the same size and budget")
     ap.add_argument("--judge", default=None, help="an AR judge run (no judge: no quality section)")
     ap.add_argument("--ks", default="2,4,8,16")
     ap.add_argument("--seeds", default="1,2,3")
@@ -204,7 +242,14 @@ def main() -> None:
     ap.add_argument("--ckpt", default="last")
     ap.add_argument("--parts", default="losses,greedy,pass,profile,speed,quality", help="what to measure")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--table", default=None, help="print the markdown tables of this result JSON and exit")
     a = ap.parse_args()
+    if a.table:
+        with open(a.table) as f:
+            print(markdown(json.load(f)))
+        return
+    if not a.tidar or not a.ar:
+        ap.error("--tidar and --ar are required (or --table=JSON)")
     parts = set(a.parts.split(","))
     torch.set_num_threads(1)
     ks, seeds = [int(k) for k in a.ks.split(",")], [int(s) for s in a.seeds.split(",")]
