@@ -62,7 +62,7 @@ def adapt_state(src_args: dict[str, Any], state: dict[str, torch.Tensor], cfg: A
     args = dict(src_args)
     args.update(model_type=cfg.model_type, block_size=cfg.block_size, dropout=cfg.dropout,
                 diffusion_block=cfg.diffusion_block, vocab_size=V + int(diffusion),
-                mask_token_id=V if diffusion else None,
+                mask_token_id=V if diffusion else None, draft_len=0 if diffusion else cfg.draft_len,
                 shift=(cfg.shift is not False) if diffusion else None)  # None (auto) -> on when adapting
     if diffusion and args.get("pos_emb", "learned") == "learned" and cfg.pos_emb != "learned":  # learned: DiffuGPT
         args["pos_emb"] = "learned_rope"
@@ -73,8 +73,10 @@ def adapt_state(src_args: dict[str, Any], state: dict[str, torch.Tensor], cfg: A
     wte = state["transformer.wte.weight"]  # (padded V, C), tied to lm_head.weight
     table = torch.zeros(new.padded_vocab_size, wte.size(1), dtype=wte.dtype)
     table[:V] = wte[:V]
-    if diffusion:
+    if diffusion or (new.draft_len and not src_args.get("draft_len")):  # a new [MASK] row (TiDAR: never a logit)
         table[V] = wte[:V].mean(dim=0)  # [MASK]: the average token, so its logit starts neither high nor low
+    elif new.draft_len:
+        table[V] = wte[V]  # a TiDAR source's own [MASK]
     state["transformer.wte.weight"] = state["lm_head.weight"] = table
     return new.to_dict(), state
 

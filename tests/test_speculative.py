@@ -316,3 +316,21 @@ def test_serve_races_a_tidar_model_against_ar(tidar_run, tiny_runs):
         assert done["diffusion"]["forward_passes"] == steps[-1]["forward_passes"] <= 12  # 12 new tokens
     finally:
         server.close()
+
+
+def test_init_from_an_ar_model_keeps_its_text_stream(tiny_runs):
+    """objective=tidar from a trained AR run: the same AR logits before any step, plus a [MASK] row to draft with."""
+    from nanodlm.adapt import adapt_state, load_source
+    from nanodlm.checkpoint import build_model, load_model
+    from nanodlm.config import TrainConfig
+
+    ar, _, _ = load_model(tiny_runs["gpt2"], "last", torch.device("cpu"))
+    src_args, state, _ = load_source(tiny_runs["gpt2"])
+    cfg = TrainConfig(objective="tidar", draft_len=4, block_size=16, dataset="tiny", init_from=tiny_runs["gpt2"])
+    args, new_state = adapt_state(src_args, state, cfg, int(src_args["vocab_size"]))
+    model = build_model(args, new_state, "adapted").eval()
+    assert model.config.draft_len == 4 and model.config.mask_token_id == ar.config.vocab_size
+    x = torch.randint(0, ar.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        text, drafts = two_stream_logits(model, x)
+        assert torch.allclose(text, ar(x, all_logits=True)[0], atol=1e-5) and torch.isfinite(drafts).all()
