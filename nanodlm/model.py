@@ -11,6 +11,8 @@ One transformer serves both modes (``GPTConfig.model_type``):
   logit for position i is read from the hidden state at position i-1, as in the AR model it came from, so
   the pretrained next-token head keeps its meaning; position 0 reads its own. Every caller (samplers, NELBO,
   generation) sees logits aligned to positions as usual: the shift happens here, in ``_head``.
+- ``draft_len`` (gpt2; TiDAR, tidar.py): one more embedding row, [MASK] (``mask_token_id = vocab_size``, never a
+  logit); ``forward(x, drafts=True)`` also runs blocks of [MASK] that draft the text after the text before them.
 - ``attn_allow`` (training only): DiffuLLaMA's attention annealing, a causal mask opened at random towards full
   attention (``annealed_attention``), so an AR model becomes bidirectional gradually.
 

@@ -196,25 +196,28 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
     with inference_mode(model):
         for b in range(tokens.size(0)):
             P = int(n_prompt[b])
+            seen = [P]  # the row's length after the last pass
 
-            def on_pass(text: list[int], n_acc: int, rejected: bool, b: int = b) -> None:
-                written = len(text) - int((tokens[b] != mask_token_id).sum())
-                row = torch.tensor(text, device=tokens.device)
+            def on_pass(text: list[int], n_acc: int, rejected: bool, b: int = b, seen: list[int] = seen) -> None:
+                written = len(text) - seen[0]  # tokens this pass wrote
+                seen[0] = len(text)
+                info["steps_used"] += 1
+                info["committed_per_step"].append(written)
+                info["remasked_per_step"].append(int(rejected))
+                if on_step is None:  # nothing to show: the canvas is written once, after the row
+                    return
+                tokens[b, :len(text)] = torch.tensor(text, device=tokens.device)
                 revealed = torch.zeros_like(masked)
                 revealed[b, len(text) - written:len(text)] = True
                 remasked = torch.zeros_like(masked)
                 if rejected:
                     remasked[b, len(text) - written + n_acc] = True
-                tokens[b, :len(text)] = row
-                info["steps_used"] += 1
-                info["committed_per_step"].append(written)
-                info["remasked_per_step"].append(int(rejected))
-                if on_step is not None:
-                    on_step(info["steps_used"], tokens, revealed, remasked)
+                on_step(info["steps_used"], tokens, revealed, remasked)
 
-            _, stats = speculative_row(model, tokens[b, :P].tolist(), tokens.size(1) - P, draft_len=k,
+            out, stats = speculative_row(model, tokens[b, :P].tolist(), tokens.size(1) - P, draft_len=k,
                                        temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                                        predraft=predraft, on_pass=on_pass)
+            tokens[b] = torch.tensor(out, device=tokens.device)
             n = max(1, stats["passes"])
             info["forward_passes"] += stats["passes"]
             info["passes_per_sample"].append(stats["passes"])
