@@ -169,6 +169,8 @@ def plan_job(engine: Engine, request: GenerateRequest, options: SamplerOptions, 
     else:  # AR or TiDAR; in a race the AR model writes the same length (prompt included) as the main model
         if engine.drafts and options.sampler not in CAUSAL_SAMPLERS:
             options = replace(options, sampler="speculative")
+        if engine.drafts and prompt.length is None:  # the main panel's default, as a diffusion canvas: block_size
+            prompt = replace(prompt, length=model.config.block_size)
         if prompt.suffix is not None or prompt.infill is not None:
             raise UserError("the autoregressive model writes left to right: suffix and infill need the diffusion model")
         n_prompt = len(tok.encode(prompt.start) or [0]) if prompt.start is not None else 1  # generate's "\n"

@@ -314,6 +314,9 @@ def test_serve_races_a_tidar_model_against_ar(tidar_run, tiny_runs):
         assert set(done) == {"diffusion", "ar"} and len(done["diffusion"]["texts"][0]) == 14
         steps = [data for name, data in evs if name == "step" and data["model"] == "diffusion"]
         assert done["diffusion"]["forward_passes"] == steps[-1]["forward_passes"] <= 12  # 12 new tokens
+        status, body = post(server.url, {"start": "ab", "race": True, "num_samples": 1})  # no length: block_size
+        assert status == 200, body
+        assert [data["length"] for name, data in events(body) if name == "start"] == [16, 16]
     finally:
         server.close()
 
