@@ -2,7 +2,7 @@
 
     python benchmarks/tables.py quality benchmarks/quality-fair-cpu-2026-12-03.json [MORE.json ...]
     python benchmarks/tables.py parallel benchmarks/parallel-test-cpu-2026-12-03.json
-    python benchmarks/tables.py fast DEV.json TEST.json > configs/sample/fast.py   # bench parallel dev + test
+    python benchmarks/tables.py fast DEV.json TEST.json [...] > nanodlm/configs/sample/fast.py  # bench parallel
 
 Every figure printed is the JSON's, rounded only here; ratios are computed from the JSON's own numbers.
 """
@@ -87,40 +87,43 @@ def parallel(paths: list[str]) -> list[str]:
 
 
 def fast(paths: list[str]) -> list[str]:
-    """configs/sample/fast.py from a dev run and its test report: the curve whose dev choice is fastest at batch 1
-    within the quality bar (chosen on dev only), with its test figures; or, when no curve meets the bar on dev,
-    the one closest to it (lowest dev judge PPL ratio), said so."""
-    dev_path, test_path = paths
-    dev, test = json.loads(Path(dev_path).read_text()), json.loads(Path(test_path).read_text())
-    picks = test["chosen_on_dev"]
-    dev_points = {c["name"]: {p["tau"]: p for p in c["points"]} for c in dev["curves"]}
-    scored = [(pick, curve, dev_points[curve["name"]][pick["tau"]]) for pick, curve in zip(picks, test["curves"])]
+    """configs/sample/fast.py from bench parallel dev runs and their test reports (pairs DEV TEST ...): the curve
+    whose dev choice is fastest at batch 1 within the quality bar (chosen on dev only), with its test figures; or,
+    when no curve meets the bar on dev, the one closest to it (lowest dev judge PPL ratio), said so."""
+    scored = []
+    for dev_path, test_path in zip(paths[::2], paths[1::2]):
+        dev, test = json.loads(Path(dev_path).read_text()), json.loads(Path(test_path).read_text())
+        dev_points = {c["name"]: {p["tau"]: p for p in c["points"]} for c in dev["curves"]}
+        for pick, curve in zip(test["chosen_on_dev"], test["curves"]):
+            d = dev_points[curve["name"]][pick["tau"]]
+            scored.append((pick, curve, d, dev, test, dev_path, test_path))
     meeting = [s for s in scored if s[0]["meets_bar"]]
     if meeting:
-        pick, curve, d = max(meeting, key=lambda s: s[2]["speedup_b1"])
+        pick, curve, d, dev, test, dev_path, test_path = max(meeting, key=lambda s: s[2]["speedup_b1"])
         verdict = "the fastest configuration within the quality bar on dev"
     else:
-        pick, curve, d = min(scored, key=lambda s: s[2]["judge_ppl"] / dev["ar"]["judge_ppl"])
+        closest = min(scored, key=lambda s: s[2]["judge_ppl"] / s[3]["ar"]["judge_ppl"])
+        pick, curve, d, dev, test, dev_path, test_path = closest
         verdict = "NO configuration met the quality bar on dev; this one came closest (lowest judge PPL ratio)"
     t, ar, real = curve["points"][0], test["ar"], test.get("real") or test["ar"]
     keys = {"sampler": pick["sampler"], "steps": pick["steps"], "schedule": pick["schedule"],
             "parallel_threshold": pick["tau"], "prior_weight": test["options"]["prior_weight"]}
     if pick["semi_ar_block"]:
         keys.update(semi_ar_block=pick["semi_ar_block"], approx_cache=pick["approx_cache"])
-    lines = [f"# Sampling preset \"fast\": `nanodlm sample fast --out_dir={pick['run']}` ({curve['name']}).",
+    lines = [f"# Sampling preset \"fast\": `nanodlm sample fast --out_dir=RUN`, measured on {curve['name']}.",
              f"# MEASURED ({Path(dev_path).name} chose, {Path(test_path).name} reports): {verdict}.",
              "# Quality bar: judge PPL <= 1.5x cached AR and entropy within 3% of real text. Test, report seeds:",
              f"# judge PPL {t['judge_ppl']:.2f} ({t['judge_ppl'] / ar['judge_ppl']:.2f}x AR), entropy "
              f"{100 * (t['entropy_bits'] / real['entropy_bits'] - 1):+.1f}% vs real, {t['passes_per_256']:.0f} passes "
              f"per 256 chars, {t['speedup_b1']:.2f}x cached AR chars/s at batch 1, {t['speedup_bN']:.2f}x at batch "
              f"{test['args']['num_samples']}.",
-             "# Regenerate: python benchmarks/tables.py fast DEV.json TEST.json > configs/sample/fast.py"]
+             "# Regenerate: python benchmarks/tables.py fast DEV.json TEST.json [DEV.json TEST.json ...]"]
     return lines + [f"{k} = {v!r}" for k, v in keys.items()]
 
 
 def main(argv: list[str]) -> int:
     commands = {"quality": quality, "parallel": parallel, "fast": fast}
-    if len(argv) < 2 or argv[0] not in commands or (argv[0] == "fast" and len(argv) != 3):
+    if len(argv) < 2 or argv[0] not in commands or (argv[0] == "fast" and len(argv) % 2 == 0):
         print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
         return 2
     print("\n".join(commands[argv[0]](argv[1:])))
