@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -157,3 +158,20 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> dict[s
         runs[model_type] = out_dir
     torch.set_rng_state(rng)
     return runs
+
+
+@pytest.fixture(scope="session")
+def tidar_run(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> str:
+    """A TiDAR checkpoint (objective=tidar, draft_len 4) trained for 2 iterations on the ``tiny`` dataset."""
+    from nanodlm.config import TrainConfig, build_config
+    from nanodlm.train import train
+
+    rng = torch.get_rng_state()
+    out_dir = str(tmp_path_factory.mktemp("tidar-run") / "tidar")
+    summary = train(build_config(TrainConfig, dict(
+        out_dir=out_dir, data_dir=data_dir, dataset="tiny", device="cpu", dtype="float32", objective="tidar",
+        draft_len=4, pos_emb="rope", n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, max_iters=2,
+        eval_iters=1, eval_interval=1000, warmup_iters=0, progress=False, plot=False)))
+    torch.set_rng_state(rng)
+    assert math.isfinite(summary["val_loss"])
+    return out_dir

@@ -80,13 +80,31 @@ def test_report_measures_only_the_points_chosen_on_dev_and_refuses_a_test_choice
         bench.parallel.choose(d, [1, 9])
 
 
+def test_a_tidar_run_is_a_speculative_curve_per_draft_length(tiny_runs: dict[str, str], tidar_run: str,
+                                                             tmp_path: Path) -> None:
+    dev, test = tmp_path / "dev.json", tmp_path / "test.json"
+    common = [f"--runs={tidar_run}", f"--judge={tiny_runs['gpt2']}", f"--ar_out_dir={tiny_runs['gpt2']}",
+              "--draft_lens=2,0", "--num_samples=2", "--length=12", "--batch1_reps=1", "--device=cpu"]
+    assert bench.main(["parallel", *common, "--taus=0.5,0.9", "--seeds=1", f"--json={dev}"]) == 0
+    d = json.loads(dev.read_text())
+    assert [c["name"].rsplit(", ", 1)[1] for c in d["curves"]] == ["speculative k=2", "speculative k=4"]
+    for c in d["curves"]:
+        assert c["sampler"] == "speculative" and [p["tau"] for p in c["points"]] == [0.0]  # no threshold to sweep
+        p = c["points"][0]
+        assert 256 / 12 <= p["passes_per_256"] <= 256 and math.isfinite(p["speedup_b1"])  # 1..12 passes per text
+    assert bench.main(["parallel", *common, "--seeds=5,6,7", "--split=test", f"--choose_from={dev}",
+                       f"--json={test}"]) == 0
+    t = json.loads(test.read_text())
+    assert [p["draft_len"] for p in t["chosen_on_dev"]] == [2, None] and len(t["curves"]) == 2
+
+
 def test_parallel_bench_errors_are_one_line(tiny_runs: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["bench", "parallel", f"--runs={tiny_runs['diffusion']}"]) == 1
     assert "bench parallel needs" in capsys.readouterr().err
     argv = ["bench", "parallel", f"--runs={tiny_runs['gpt2']}", f"--judge={tiny_runs['gpt2']}",
             f"--ar_out_dir={tiny_runs['gpt2']}", "--device=cpu", "--num_samples=1", "--length=8", "--seeds=1"]
     assert cli_main(argv) == 1
-    assert "--runs takes diffusion runs" in capsys.readouterr().err
+    assert "--runs takes diffusion runs or TiDAR runs" in capsys.readouterr().err
     assert cli_main([*argv[:4], "--taus=0,x"]) == 1
     assert "--taus must be a comma-separated list of float" in capsys.readouterr().err
 

@@ -7,7 +7,6 @@ trained for a few seconds on a Markov chain so that drafts are often, not always
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -269,22 +268,6 @@ def test_generate_knows_the_speculative_and_ar_samplers(model):
 
 
 # --- a trained run: train, eval, serve ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tidar_run(tmp_path_factory, data_dir) -> str:
-    from nanodlm.config import TrainConfig, build_config
-    from nanodlm.train import train
-
-    rng = torch.get_rng_state()
-    out_dir = str(tmp_path_factory.mktemp("tidar-run") / "tidar")
-    summary = train(build_config(TrainConfig, dict(
-        out_dir=out_dir, data_dir=data_dir, dataset="tiny", device="cpu", dtype="float32", objective="tidar",
-        draft_len=4, pos_emb="rope", n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, max_iters=2,
-        eval_iters=1, eval_interval=1000, warmup_iters=0, progress=False, plot=False)))
-    torch.set_rng_state(rng)
-    assert math.isfinite(summary["val_loss"])
-    return out_dir
-
 
 def test_eval_reports_ar_and_draft_loss(tidar_run):
     from nanodlm.evaluate import EvalConfig, evaluate_checkpoint

@@ -37,7 +37,7 @@ QUALITY_KEYS = ("judge_ppl", "entropy_bits", "distinct_4")
 
 @dataclass
 class ParallelArgs:
-    runs: str | None = None  # comma-separated diffusion runs (out_dir), bidirectional or block diffusion
+    runs: str | None = None  # comma-separated runs (out_dir): bidirectional or block diffusion, or TiDAR (speculative)
     judge: str | None = None  # the AR judge's run (required)
     ar_out_dir: str | None = None  # the cached AR reference run (required)
     samplers: str = "confidence"  # comma-separated: confidence | remask (the samplers that take tau)
@@ -46,6 +46,7 @@ class ParallelArgs:
     taus: str = "0,0.5,0.7,0.9"  # comma-separated parallel_threshold values: the points of each curve
     semi_ar_blocks: str = "0"  # bidirectional runs: comma-separated semi-AR blocks (0 = the whole canvas)
     approx_caches: str = "none"  # with a semi-AR block: comma-separated none | prefix | dual
+    draft_lens: str = "0"  # TiDAR runs (sampler speculative): comma-separated draft lengths k (0 = the model's)
     seeds: str = "1,2,3"  # sampling seeds: each point's quality is the mean over them
     num_samples: int = 32  # texts per seed: the large batch
     length: int = 256  # characters (tokens) per text
@@ -66,7 +67,7 @@ class ParallelArgs:
         if self.split not in ("dev", "test"):
             raise UserError(f"--split must be dev or test; got {self.split!r}")
         for key, kind in (("samplers", str), ("steps", int), ("schedules", str), ("taus", float),
-                          ("semi_ar_blocks", int), ("approx_caches", str), ("seeds", int)):
+                          ("semi_ar_blocks", int), ("approx_caches", str), ("seeds", int), ("draft_lens", int)):
             parse_list(getattr(self, key), kind, key)  # a one-line error now, not after the models load
 
 
@@ -149,6 +150,9 @@ class _Point:
 def _configurations(args: ParallelArgs, m: _Model) -> list[dict[str, Any]]:
     """The (sampler, steps, schedule, semi_ar_block, approx_cache) of each curve for model m; block models decode
     in their own blocks (semi-AR blocks and approximate caches apply to bidirectional models only)."""
+    if m.model.config.model_type == "gpt2":  # a TiDAR model: draft and verify, one curve per draft length
+        return [dict(sampler="speculative", steps=args.length, schedule="cosine", semi_ar_block=0, approx_cache="none",
+                     draft_len=k or None) for k in parse_list(args.draft_lens, int, "draft_lens")]
     bidirectional = not m.model.config.diffusion_block
     out = []
     for sampler in parse_list(args.samplers, str, "samplers"):
@@ -182,12 +186,15 @@ def choose(dev: dict[str, Any], report_seeds: list[int]) -> list[dict[str, Any]]
         ok = [p for p in c["points"] if meets_bar(p, dev["ar"], dev.get("real"))]
         best = max(ok, key=lambda p: p["speedup_b1"]) if ok else min(c["points"], key=lambda p: p["judge_ppl"])
         keys = ("sampler", "steps", "schedule", "semi_ar_block", "approx_cache")
+        extra = {"draft_len": c.get("draft_len")} if c["sampler"] == "speculative" else {}
         chosen.append({"run": c["run"], **{k: c.get(k, "cosine" if k == "schedule" else None) for k in keys},
-                       "tau": best["tau"], "meets_bar": bool(ok)})
+                       **extra, "tau": best["tau"], "meets_bar": bool(ok)})
     return chosen
 
 
 def _curve_name(m: _Model, c: dict[str, Any]) -> str:
+    if c["sampler"] == "speculative":
+        return f"{m.name}, speculative k={c.get('draft_len') or m.model.config.draft_len}"
     name = f"{m.name}, {c['sampler']} {c['steps']} steps" + (f" {c['schedule']}" if c["schedule"] != "cosine" else "")
     if c["semi_ar_block"]:
         name += f", semi-AR {c['semi_ar_block']}" + (f" {c['approx_cache']} cache" if c["approx_cache"] != "none"
@@ -229,8 +236,9 @@ def bench_parallel(argv: list[str]) -> dict[str, Any]:
     curves = []
     for out_dir in parse_list(args.runs, str, "runs"):
         m = _load(out_dir, args.ckpt, device)
-        if m.model.config.model_type != "diffusion":
-            raise UserError(f"--runs takes diffusion runs; {out_dir} is {m.model.config.model_type}")
+        if m.model.config.model_type != "diffusion" and not getattr(m.model.config, "draft_len", 0):
+            raise UserError(f"--runs takes diffusion runs or TiDAR runs (objective=tidar); {out_dir} is a plain "
+                            f"{m.model.config.model_type} model")
         configs = [(c, taus) for c in _configurations(args, m)] if picks is None else [
             ({k: v for k, v in p.items() if k not in ("run", "tau", "meets_bar")}, [p["tau"]])
             for p in picks if Path(p["run"]) == Path(out_dir)]
@@ -238,6 +246,8 @@ def bench_parallel(argv: list[str]) -> dict[str, Any]:
             base = dataclasses.replace(options, **c, parallel_threshold=max(curve_taus) or 0.5)  # replaced per tau
             _run(m, dataclasses.replace(base, steps=1), args.length, args.num_samples, 0)  # warm-up
             points = []
+            if c["sampler"] == "speculative":
+                curve_taus = [0.0]  # no threshold: the verifier decides what is written
             for tau in curve_taus:
                 if tau == 0 and c["schedule"] == "threshold":
                     continue  # no threshold: the threshold schedule needs tau > 0
