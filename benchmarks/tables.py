@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nanodlm.bench.parallel import meets_bar
+
 
 def pm(v: float | None, se: float | None = None, fmt: str = ".2f") -> str:
     if v is None:
@@ -117,6 +119,8 @@ def fast(paths: list[str]) -> list[str]:
              f"{100 * (t['entropy_bits'] / real['entropy_bits'] - 1):+.1f}% vs real, {t['passes_per_256']:.0f} passes "
              f"per 256 chars, {t['speedup_b1']:.2f}x cached AR chars/s at batch 1, {t['speedup_bN']:.2f}x at batch "
              f"{test['args']['num_samples']}.",
+             f"# On test it {'meets' if meets_bar(t, ar, test.get('real')) else 'misses'} the bar; it is "
+             f"{'faster' if t['speedup_b1'] > 1 else 'SLOWER'} than cached AR at batch 1.",
              "# Regenerate: python benchmarks/tables.py fast DEV.json TEST.json [DEV.json TEST.json ...]"]
     return lines + [f"{k} = {v!r}" for k, v in keys.items()]
 
