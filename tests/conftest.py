@@ -175,3 +175,18 @@ def tidar_run(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> str:
     torch.set_rng_state(rng)
     assert math.isfinite(summary["val_loss"])
     return out_dir
+
+
+@pytest.fixture(scope="module")
+def live(tiny_runs):
+    """The web demo on a free localhost port, serving the tiny diffusion run with the tiny AR run beside it
+    (test_serve.py, test_serve_guard.py; both skip without the serve extra before asking for it)."""
+    from webtools import LiveServer
+
+    from nanodlm.serve import ServeConfig, load_server
+
+    cfg = ServeConfig(out_dir=tiny_runs["diffusion"], ar_out_dir=tiny_runs["gpt2"], device="cpu", limit_concurrent=2,
+                      limit_steps=64)
+    server = LiveServer(load_server(cfg))
+    yield server
+    server.close()

@@ -17,20 +17,11 @@ import pytest
 pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is not installed")
 
-from webtools import LiveServer, chrome, events, info, post  # noqa: E402
+from webtools import chrome, events, info, post  # noqa: E402
 
 from nanodlm import cli  # noqa: E402
-from nanodlm.serve import INSTALL_HINT, ServeConfig, load_server  # noqa: E402
+from nanodlm.serve import INSTALL_HINT  # noqa: E402
 from nanodlm.trajectory import MASK_TEXT  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def live(tiny_runs):
-    cfg = ServeConfig(out_dir=tiny_runs["diffusion"], ar_out_dir=tiny_runs["gpt2"], device="cpu", limit_concurrent=2,
-                      limit_steps=64)
-    server = LiveServer(load_server(cfg))
-    yield server
-    server.close()
 
 
 def test_stream_events_in_order_with_fixed_prompt(live):

@@ -19,21 +19,12 @@ pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is n
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from webtools import LiveServer, chrome, events, info, post  # noqa: E402
+from webtools import chrome, events, info, post  # noqa: E402
 
 from nanodlm import serve, webguard  # noqa: E402
 from nanodlm.errors import UserError  # noqa: E402
-from nanodlm.serve import ServeConfig, load_server  # noqa: E402
+from nanodlm.serve import ServeConfig  # noqa: E402
 from nanodlm.webguard import allowed_hosts, refusal  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def live(tiny_runs):
-    cfg = ServeConfig(out_dir=tiny_runs["diffusion"], ar_out_dir=tiny_runs["gpt2"], device="cpu", limit_concurrent=2,
-                      limit_steps=64)
-    server = LiveServer(load_server(cfg))
-    yield server
-    server.close()
 
 
 def raw(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None

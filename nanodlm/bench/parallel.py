@@ -14,7 +14,6 @@ Choose tau and friends with ``--split=dev`` and one set of seeds; report with ``
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from ..checkpoint import load_model
 from ..data import open_split
 from ..distributed import resolve_device
 from ..errors import UserError
+from ..fileio import parse_json, read_text_file
 from ..generate import Generation, Prompt, SamplerOptions, generate
 from ..judge import score_texts
 from ..protocol import dev_test, seed_mean
@@ -80,11 +80,8 @@ class _Model:
 
 
 def read_json(path: str) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--choose_from {path}: cannot read it as JSON ({type(e).__name__}); give a bench parallel "
-                        "--split=dev result") from None
+    return parse_json(read_text_file(Path(path), "--choose_from file"), f"--choose_from {path}", dict,
+                      "; give a bench parallel --split=dev result")
 
 
 def _load(out_dir: str, ckpt: str, device: str) -> _Model:

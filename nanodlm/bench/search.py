@@ -122,6 +122,16 @@ class Lanes:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def screen_budget(screen_iters: int) -> dict[str, int]:
+    """The keys a screen run overrides: its own short schedule."""
+    return {"max_iters": screen_iters, "lr_decay_iters": screen_iters, "eval_interval": screen_iters}
+
+
+def screened(n_candidates: int, screen_iters: int) -> bool:
+    """A side is screened when it has more than one candidate and the screen has a budget."""
+    return n_candidates > 1 and screen_iters > 0
+
+
 def search_all(searches: dict[str, dict[str, dict[str, list[Any]]]], base: dict[str, dict[str, Any]],
                screen_iters: int, plan: Callable[[str, dict[str, Any]], dict[str, Any]],
                dev_loss: Callable[[dict[str, Any]], dict[str, float]], lanes: Lanes,
@@ -132,7 +142,7 @@ def search_all(searches: dict[str, dict[str, dict[str, list[Any]]]], base: dict[
     finals: dict[str, list[dict]] = {role: [] for role in searches}
     screens: dict[str, list[dict]] = {role: [] for role in searches}
     n_screen = {role: len(candidates(s["screen"])) for role, s in searches.items()}
-    short = {"max_iters": screen_iters, "lr_decay_iters": screen_iters, "eval_interval": screen_iters}
+    short = screen_budget(screen_iters)
 
     def submit_finals(role: str, chosen: dict[str, Any]) -> None:
         for cand in candidates(searches[role]["final"]):
@@ -140,11 +150,11 @@ def search_all(searches: dict[str, dict[str, dict[str, list[Any]]]], base: dict[
             lanes.submit(Job(role, "final", settings, plan(role, {**base[role], **settings})))
 
     for role, s in searches.items():  # finals that need no screen first: the judge is the longest run
-        if n_screen[role] == 1 or not screen_iters:
+        if not screened(n_screen[role], screen_iters):
             for cand in candidates(s["screen"]):
                 submit_finals(role, cand)
     for role, s in searches.items():
-        if n_screen[role] > 1 and screen_iters:
+        if screened(n_screen[role], screen_iters):
             for cand in candidates(s["screen"]):
                 lanes.submit(Job(role, "screen", cand, plan(role, {**base[role], **cand, **short})))
     for job in lanes.completed():
@@ -171,10 +181,10 @@ def estimate(searches: dict[str, dict[str, dict[str, list[Any]]]], base: dict[st
     on ``lanes`` lanes. The finals are counted for the first screen candidate (the same sizes as the winner)."""
     costs: list[float] = []
     cached = total = 0
-    short = {"max_iters": screen_iters, "lr_decay_iters": screen_iters, "eval_interval": screen_iters}
+    short = screen_budget(screen_iters)
     for role, s in searches.items():
         screen = candidates(s["screen"])
-        no_screen = len(screen) == 1 or not screen_iters
+        no_screen = not screened(len(screen), screen_iters)
         todo = [] if no_screen else [{**base[role], **c, **short} for c in screen]
         todo += [{**base[role], **sc, **c} for sc in (screen if no_screen else screen[:1])
                  for c in candidates(s["final"])]
