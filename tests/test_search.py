@@ -98,3 +98,17 @@ def test_a_failed_training_lane_is_a_one_line_error(tmp_path: Path, monkeypatch:
     with pytest.raises(UserError, match="failed .exit 1.; its output is in"):
         list(lanes.completed())
     lanes.close()
+
+
+def test_a_launcher_does_not_inherit_the_thread_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # cpu-slot sizes its slots with nproc, which reads OMP_NUM_THREADS: an inherited 1 would serialise the lanes
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(search, "config_to_dict", lambda c: {"max_iters": 1})
+    monkeypatch.setattr(search, "finish_run", lambda plan: {"out_dir": plan["out_dir"]})
+    launcher = ["sh", "-c", 'echo "OMP=${OMP_NUM_THREADS-unset}"', "launcher"]
+    lanes = search.Lanes(2, launcher, tmp_path / "jobs")
+    lanes.submit(search.Job("ar", "final", {}, {"cfg": SimpleNamespace(), "out_dir": str(tmp_path / "ar-x"),
+                                                "done": False}))
+    assert len(list(lanes.completed())) == 1
+    lanes.close()
+    assert (tmp_path / "jobs" / "ar-x.log").read_text().strip() == "OMP=unset"

@@ -93,10 +93,11 @@ class Lanes:
         spec = self.log_dir / f"{out_dir.name}.json"
         log = self.log_dir / f"{out_dir.name}.log"
         spec.write_text(json.dumps({**config_to_dict(cfg), "threads": 1, "progress": False}))
-        # one thread: the spec says threads=1; the launcher sets OMP itself (cpu-slot counts cores with nproc, which
-        # reads OMP_NUM_THREADS: setting it here would make a launcher see one core)
-        one = {} if self.launcher else {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        env = {**os.environ, **one, "PYTHONUNBUFFERED": "1"}
+        # one thread: the spec says threads=1. A launcher sets OMP itself and must not inherit it: cpu-slot counts
+        # its slots with nproc, which reads OMP_NUM_THREADS, so an inherited 1 would run every lane in one slot
+        threads = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        env = {k: v for k, v in os.environ.items() if not (self.launcher and k in threads)}
+        env.update({} if self.launcher else dict.fromkeys(threads, "1"), PYTHONUNBUFFERED="1")
         with open(log, "w") as f:
             rc = subprocess.run([*self.launcher, sys.executable, "-m", "nanodlm", "train", str(spec)], env=env,
                                 stdout=f, stderr=subprocess.STDOUT).returncode
