@@ -1,5 +1,6 @@
-"""What attention sees, as pure functions of positions: rotary tables, block diffusion masks (BD3-LM), DiffuLLaMA's
-annealed mask, the shifted head's hidden states, and block diffusion training attention over [x_t ; x_0] in chunks.
+"""What attention sees: pure functions of positions (rotary tables, block diffusion masks (BD3-LM), DiffuLLaMA's
+annealed mask, the shifted head's hidden states, block diffusion training attention over [x_t ; x_0] in chunks), and
+the KV cache that incremental decoding writes.
 
 model.py builds the transformer from these; they import only torch.
 References: RoFormer (Su et al. 2021), BD3-LM (Arriola et al. 2025), DiffuLLaMA (Gong et al. 2024).
@@ -130,3 +131,46 @@ class TwoStreamAttention:
                 clean.append(F.scaled_dot_product_attention(q[:, :, T + s:T + e], k[:, :, T:T + e], v[:, :, T:T + e],
                                                             attn_mask=clean_mask, dropout_p=dropout_p))
         return torch.cat(noisy + clean, dim=2)
+
+
+class KVCache:
+    """Per-layer keys and values for incremental decoding, preallocated to block_size; it owns its position.
+
+    AR: a prefill, then one token at a time. Block diffusion: one block at a time; a block attends to the
+    cache and to itself, and is kept (``advance``) only once it is final, so the passes that denoise it
+    cost one block each instead of the whole prefix. See ``GPT.decode``.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        shape = (n_layer, batch, n_head, block_size, head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._pos = 0
+        self.hidden: torch.Tensor | None = None  # (B, block_size, C): final states, for a shifted head
+
+    @property
+    def pos(self) -> int:
+        """Positions kept so far, which is also the position of the next token."""
+        return self._pos
+
+    @property
+    def size(self) -> int:
+        return self.k.size(3)
+
+    def reset(self) -> None:
+        """Forget every position (the next pass is a prefill from position 0)."""
+        self._pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T, hs) after the kept positions; returns the keys and values up to them."""
+        end = self._pos + k.size(2)
+        self.k[layer, :, :, self._pos:end] = k
+        self.v[layer, :, :, self._pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Keep the ``n`` positions the last pass wrote (a pass that is not kept is overwritten by the next)."""
+        if self._pos + n > self.size:
+            raise ValueError(f"a KV cache of {self.size} positions cannot keep {self._pos + n}")
+        self._pos += n

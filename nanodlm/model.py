@@ -1,4 +1,4 @@
-"""The GPT model, top to bottom: config, KV cache, attention, MLP, block, GPT (masks and rotary: attention.py).
+"""The GPT model, top to bottom: config, attention, MLP, block, GPT (masks, rotary, KV cache: attention.py).
 
 One transformer serves both modes (``GPTConfig.model_type``):
 - ``gpt2``: causal attention; without targets the forward returns logits for the last position.
@@ -32,6 +32,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from .attention import (
+    KVCache,
     TwoStreamAttention,
     apply_rotary,
     block_diffusion_mask,
@@ -131,49 +132,6 @@ class GPTConfig(ModelArgs):
     def to_dict(self) -> dict[str, Any]:
         """The constructor's arguments (a checkpoint's ``model_args``): ``GPTConfig(**c.to_dict()) == c``."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-
-
-class KVCache:
-    """Per-layer keys and values for incremental decoding, preallocated to block_size; it owns its position.
-
-    AR: a prefill, then one token at a time. Block diffusion: one block at a time; a block attends to the
-    cache and to itself, and is kept (``advance``) only once it is final, so the passes that denoise it
-    cost one block each instead of the whole prefix. See ``GPT.decode``.
-    """
-
-    def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
-        shape = (n_layer, batch, n_head, block_size, head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self._pos = 0
-        self.hidden: torch.Tensor | None = None  # (B, block_size, C): final states, for a shifted head
-
-    @property
-    def pos(self) -> int:
-        """Positions kept so far, which is also the position of the next token."""
-        return self._pos
-
-    @property
-    def size(self) -> int:
-        return self.k.size(3)
-
-    def reset(self) -> None:
-        """Forget every position (the next pass is a prefill from position 0)."""
-        self._pos = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, nh, T, hs) after the kept positions; returns the keys and values up to them."""
-        end = self._pos + k.size(2)
-        self.k[layer, :, :, self._pos:end] = k
-        self.v[layer, :, :, self._pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def advance(self, n: int) -> None:
-        """Keep the ``n`` positions the last pass wrote (a pass that is not kept is overwritten by the next)."""
-        if self._pos + n > self.size:
-            raise ValueError(f"a KV cache of {self.size} positions cannot keep {self._pos + n}")
-        self._pos += n
 
 
 class SelfAttention(nn.Module):
