@@ -156,10 +156,10 @@ def load_hf_gpt2(name_or_dir: str) -> tuple[dict[str, Any], dict[str, torch.Tens
 
 
 def from_pretrained(name_or_dir: str, **overrides: Any) -> GPT:
-    """A GPT (eval mode, fp32, CPU) with GPT-2's weights; ``overrides`` may set ``dropout``."""
-    bad = set(overrides) - {"dropout"}
+    """A GPT (eval mode, fp32, CPU) with GPT-2's weights; ``overrides`` may set ``dropout`` and ``attn_dropout``."""
+    bad = set(overrides) - {"dropout", "attn_dropout"}
     if bad:
-        raise UserError(f"from_pretrained can only override dropout; got {', '.join(sorted(bad))}")
+        raise UserError(f"from_pretrained can only override dropout and attn_dropout; got {', '.join(sorted(bad))}")
     model_args, state = load_hf_gpt2(name_or_dir)
     model_args.update(overrides)
     model = GPT(GPTConfig(**model_args))

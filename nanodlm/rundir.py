@@ -28,9 +28,10 @@ from .model import ModelArgs
 CHECKPOINTS = ("ckpt.pt", "best.pt")
 PROBE_BYTES = 64 * 1024  # what the start-up write test writes (and removes)
 RUN_FILES = ("ckpt.pt", "ckpt.json", "best.pt", "best.json", "metrics.jsonl", "loss.png")
-# the model keys that fix the weights (all but dropout): on resume they come from the checkpoint, a contradicting
-# flag is an error
-SHAPE_KEYS = tuple(f.name for f in fields(ModelArgs) if f.name != "dropout")
+# the model keys that fix the weights (all but the dropouts): on resume they come from the checkpoint, a
+# contradicting flag is an error
+DROPOUT_KEYS = ("dropout", "attn_dropout")
+SHAPE_KEYS = tuple(f.name for f in fields(ModelArgs) if f.name not in DROPOUT_KEYS)
 
 
 class RunDir:

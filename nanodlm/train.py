@@ -170,7 +170,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if ckpt is not None:
         model_args = dict(ckpt["meta"]["model_args"])  # the checkpoint's architecture wins
         check_resume(cfg, model_args, ckpt["meta"], data_meta, out_dir)
-        model_args["dropout"] = cfg.dropout  # the one model key that may change on resume: no weights depend on it
+        model_args.update(dropout=cfg.dropout, attn_dropout=cfg.attn_dropout)  # may change on resume: no weights
     elif cfg.init_from != "scratch":  # trained weights: fine-tune, or adapt AR -> diffusion (adapt.py)
         model_args, init_state, init_note = init_from_source(cfg, int(data_meta["vocab_size"]))
         # the source's architecture wins: the saved config says what was built, so a resume agrees with it

@@ -171,3 +171,36 @@ def test_kv_cache_owns_its_position() -> None:
         cache.advance(13)  # 4 + 13 > block_size 16
     with pytest.raises(AttributeError):
         cache.pos = 0  # read-only: only the cache moves its position
+
+
+@pytest.mark.parametrize(("attn_dropout", "expected"), [(None, 0.1), (0.0, 0.0), (0.05, 0.05)])
+def test_attn_dropout_sets_the_attention_kernels_dropout_alone(
+        monkeypatch: pytest.MonkeyPatch, attn_dropout: float | None, expected: float) -> None:
+    # None follows dropout (nanoGPT); 0 keeps the fused CPU kernel, which has no dropout, while the residual
+    # stream still drops at `dropout`
+    import nanodlm.model as model_module
+
+    seen: list[float] = []
+    sdpa = model_module.F.scaled_dot_product_attention
+
+    def spy(*args, dropout_p: float = 0.0, **kw):
+        seen.append(dropout_p)
+        return sdpa(*args, dropout_p=dropout_p, **kw)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    cfg = GPTConfig(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, dropout=0.1,
+                    attn_dropout=attn_dropout)
+    model = GPT(cfg).train()
+    x = tokens()
+    model(x, x)
+    assert seen == [expected, expected]
+    out = [model.transformer.h[0].attn(model.transformer.wte(x), None, None, 0) for _ in range(2)]
+    assert not torch.equal(out[0], out[1])  # the residual dropout still draws
+    seen.clear()
+    model.eval()(x, x)
+    assert seen == [0.0, 0.0]
+
+
+def test_attn_dropout_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="'attn_dropout' must be in"):
+        GPTConfig(vocab_size=VOCAB, attn_dropout=1.0)

@@ -62,11 +62,20 @@ def test_run_hash_ignores_location_and_display_but_not_the_model() -> None:
     assert config_hash(cfg) != config_hash(build_config(TrainConfig, {"n_layer": 3, "out_dir": "a"}))
 
 
+def test_attn_dropout_changes_the_run_hash_only_when_it_changes_training() -> None:
+    def run_hash(**kw) -> str:
+        return config_hash(build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", **kw}))
+
+    assert run_hash(dropout=0.0, attn_dropout=0.0) == run_hash(dropout=0.0)  # no dropout either way: reused
+    assert run_hash(dropout=0.1, attn_dropout=0.1) == run_hash(dropout=0.1)
+    assert run_hash(dropout=0.1, attn_dropout=0.0) != run_hash(dropout=0.1)
+
+
 def test_run_hash_of_older_runs_survives_new_keys() -> None:
     """Runs hashed before diffusion_block and mdlm_t_max existed keep their folder (and are reused) while
     those keys sit at their defaults."""
     cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion"})
-    late = ("diffusion_block", "mdlm_t_max", "shift", "attn_anneal_iters", "draft_len", "tidar_alpha")
+    late = ("diffusion_block", "mdlm_t_max", "shift", "attn_anneal_iters", "draft_len", "tidar_alpha", "attn_dropout")
     values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED and k not in late}
     old = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     assert config_hash(cfg) == old
@@ -155,6 +164,7 @@ def test_smoke_on_any_prepared_text_writes_every_key_chooses_on_dev_reports_on_t
     p = r["protocol"]
     assert p["selection_split"].startswith("dev") and p["report_split"].startswith("test")
     assert set(p["seeds"]["selection"]).isdisjoint(p["seeds"]["report"]) and len(p["seeds"]["report"]) >= 3
+    assert p["threads"] == {"training": 1, "sampling": 1}  # one lane: sampling takes that lane's one core
     assert _finite(r["real"]["judge_ppl"]) and _finite(r["real"]["entropy_bits"])
     for side, main_key in (("ar", "val_loss"), ("diffusion", "nelbo")):
         s = r[side]
@@ -194,6 +204,7 @@ def test_smoke_on_any_prepared_text_writes_every_key_chooses_on_dev_reports_on_t
     (["--report_seeds=5,6"], "at least 3 seeds"),
     (["--sampler=ancestral"], "does not take --prior_weight"),
     (["--knob=top_k"], "--knob must be one of"),
+    (["--sampling_threads=-1"], "must be >= 0"),
     (["--diffusion_learning_rate=fast"], "comma-separated list of float"),
 ])
 def test_bad_protocol_settings_fail_before_any_training(tmp_path: Path, flags: list[str], message: str) -> None:

@@ -63,7 +63,9 @@ class QualityArgs:
     screen_iters: int | None = None  # the screen's budget (default: the preset's; 0 = no screen)
     diffusion_run: str | None = None  # judge this trained diffusion run (e.g. an adapted model) instead of searching
     train_only: bool = False  # train (or reuse) every run, print the chosen ones and stop: no sampling, no JSON
-    threads: int = 1  # torch CPU threads of this process (sampling, judging, dev losses); 0 = torch's default
+    threads: int = 1  # torch CPU threads of this process while runs train (dev losses); 0 = torch's default
+    # threads once every run is trained (sampling, judging): default one per lane, whose cores are idle then
+    sampling_threads: int | None = None
     objective: str = BENCH_DEFAULTS["objective"]  # the diffusion model's training objective
     pos_emb: str = BENCH_DEFAULTS["pos_emb"]  # the diffusion model's positions
     ar_pos_emb: str | None = None  # AR search, comma lists (default: the preset's), e.g. learned,rope
@@ -86,6 +88,8 @@ class QualityArgs:
             raise UserError(f"--preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
         if self.lanes < 1:
             raise UserError(f"--lanes must be >= 1; got {self.lanes}")
+        if self.threads < 0 or (self.sampling_threads is not None and self.sampling_threads < 0):
+            raise UserError("--threads and --sampling_threads must be >= 0 (0: torch's default)")
         if self.screen_iters is not None and self.screen_iters < 0:
             raise UserError(f"--screen_iters must be >= 0 (0: no screen); got {self.screen_iters}")
         for key in ("steps", "num_samples", "length"):
@@ -195,6 +199,9 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
     if args.diffusion_run:
         runs["diffusion"], screens["diffusion"] = [external_run(args.diffusion_run)], []
     train_s = time.perf_counter() - started
+    sampling_threads = args.lanes * args.threads if args.sampling_threads is None else args.sampling_threads
+    if sampling_threads:  # both sides sample with the same threads: their chars/s stay comparable
+        torch.set_num_threads(sampling_threads)
 
     print(f"choosing on {SELECTION_SPLIT}")
     models, toks, tests, chosen = {}, {}, {}, {}
@@ -287,6 +294,7 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
             **{role: describe(chosen[role], models[role]) for role in ROLES},
             "fixed_a_priori": FIXED_A_PRIORI if args.preset == "cpu" else {},
             "screen_iters": screen_iters, "lanes": args.lanes, "launcher": args.launcher,
+            "threads": {"training": args.threads, "sampling": sampling_threads or torch.get_num_threads()},
             "estimate": est, "train_wall_s": train_s, "wall_s": time.perf_counter() - started,
             "load": {"start": list(load_start), "end": list(os.getloadavg())},
             "runs_trained": sum(not r["reused"] for rs in (*runs.values(), *screens.values()) for r in rs),

@@ -46,6 +46,8 @@ def config_hash(cfg: TrainConfig) -> str:
     skip = NOT_HASHED + (DIFFUSION_ONLY if cfg.model_type == "gpt2" else ())
     values = {k: v for k, v in config_to_dict(cfg).items()
               if k not in skip and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])}
+    if values.get("attn_dropout") in (None, cfg.dropout):  # the same training as before attn_dropout existed
+        values.pop("attn_dropout", None)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 

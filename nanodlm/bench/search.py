@@ -31,8 +31,9 @@ from ..protocol import argmin
 from .runs import candidates, finish_run, train_planned
 
 # ms per (parameter x token) of one training iteration at one thread, measured on this project's 2-core machine
-# (4 layers x 128 wide, 12 x 256 tokens: 175 ms/iter with both cores busy, 2026-12-03); only the estimate reads it
-MS_PER_PARAM_TOKEN = 7.3e-8
+# (4 layers x 128 wide, 12 x 256 tokens: 265 ms/iter with both cores training, the protocol alone, 2026-12-03);
+# only the estimate reads it
+MS_PER_PARAM_TOKEN = 1.1e-7
 
 
 @dataclass
