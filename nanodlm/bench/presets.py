@@ -40,7 +40,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "noise": [0.5, 1.0, 2.0, 4.0, 16.0]},  # the diffusion sampler's frontier, by --knob
         "selection_seeds": [1, 2], "report_seeds": [1337, 1338, 1339],
         "num_samples": 32, "length": 256, "steps": 64, "eval_windows": 200, "eval_batch_size": 32,
-        "sampling_minutes": 15,  # sampling and judging both frontiers, for the estimate (measured, section 9)
+        # choosing, sampling and judging both frontiers, for the estimate: measured 5.3 min with one thread per lane
+        # on 2 lanes, 10.5 with one thread (BENCHMARKS.md section 9, "Wall time")
+        "sampling_minutes": 6,
     },
     "smoke": {  # the same protocol, small enough for a test: seconds on 2 cores
         "model": {**_SMOKE_MODEL, "plot": False},
