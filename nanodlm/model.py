@@ -59,9 +59,9 @@ class ModelArgs:
     n_head: int = 12  # attention heads (must divide n_embd)
     n_embd: int = 768  # model width
     dropout: float = 0.0  # dropout rate in [0, 1) (it and attn_dropout are the model keys a resume may change)
-    # dropout on the attention weights; None = dropout, as nanoGPT. 0 keeps PyTorch's fused attention on CPU, which
-    # has no dropout: with it, attention runs unfused (1.7x slower per iteration at 4 x 128, dropout 0.1)
-    attn_dropout: float | None = None
+    # PyTorch's fused CPU attention takes no dropout: with it, attention runs unfused (1.7x slower per iteration at
+    # 4 layers x 128, dropout 0.1)
+    attn_dropout: float | None = None  # dropout on attention weights; None = dropout (nanoGPT); 0 keeps CPU fused
     bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2's weights have them)
     pos_emb: str = "auto"  # learned (GPT-2 weights load) | rope (rotary, relative order) | auto (see POS_EMBS)
     qk_norm: bool = False  # RMS-normalise queries and keys per head (stabilises higher learning rates)

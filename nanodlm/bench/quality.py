@@ -64,8 +64,7 @@ class QualityArgs:
     diffusion_run: str | None = None  # judge this trained diffusion run (e.g. an adapted model) instead of searching
     train_only: bool = False  # train (or reuse) every run, print the chosen ones and stop: no sampling, no JSON
     threads: int = 1  # torch CPU threads of this process while runs train (dev losses); 0 = torch's default
-    # threads once every run is trained (sampling, judging): default one per lane, whose cores are idle then
-    sampling_threads: int | None = None
+    sampling_threads: int | None = None  # threads once every run is trained (sampling, judging); default: one per lane
     objective: str = BENCH_DEFAULTS["objective"]  # the diffusion model's training objective
     pos_emb: str = BENCH_DEFAULTS["pos_emb"]  # the diffusion model's positions
     ar_pos_emb: str | None = None  # AR search, comma lists (default: the preset's), e.g. learned,rope
