@@ -197,8 +197,10 @@ def truncate_metrics(metrics_path: Path, iter_num: int) -> None:
 
 
 def check_resume(cfg: Any, model_args: dict[str, Any], ckpt_meta: dict[str, Any], data_meta: dict[str, Any],
-                 out_dir: Path) -> None:
-    """A resumed run must have the checkpoint's architecture and vocabulary; one-line errors naming both values."""
+                 out_dir: Path) -> dict[str, Any]:
+    """A resumed run must have the checkpoint's architecture and vocabulary; one-line errors naming both values.
+    Returns the model to build: the checkpoint's ``model_args`` with the keys a resume may change (DROPOUT_KEYS:
+    no weights depend on them) taken from ``cfg``."""
     configured = ckpt_meta.get("config") or {}
     for key in SHAPE_KEYS:
         if key not in model_args:  # load_checkpoint fills the keys older checkpoints lack
@@ -221,6 +223,7 @@ def check_resume(cfg: Any, model_args: dict[str, Any], ckpt_meta: dict[str, Any]
         raise UserError(f"dataset '{cfg.dataset}' has a different vocabulary (vocab_size {data_meta['vocab_size']}) "
                         f"than the checkpoint in {out_dir} (trained on '{was}', vocab_size {saved_vocab}); resume "
                         f"with the dataset it was trained on (--dataset={was})")
+    return {**model_args, **{k: getattr(cfg, k) for k in DROPOUT_KEYS}}
 
 
 def nothing_to_resume(cfg: Any, done: int, master: bool) -> dict[str, Any]:

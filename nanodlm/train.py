@@ -168,9 +168,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if ckpt is not None and not cfg.eval_only and ckpt["meta"]["iter_num"] >= cfg.max_iters:
         return nothing_to_resume(cfg, ckpt["meta"]["iter_num"], master)
     if ckpt is not None:
-        model_args = dict(ckpt["meta"]["model_args"])  # the checkpoint's architecture wins
-        check_resume(cfg, model_args, ckpt["meta"], data_meta, out_dir)
-        model_args.update(dropout=cfg.dropout, attn_dropout=cfg.attn_dropout)  # may change on resume: no weights
+        # the checkpoint's architecture wins, its dropouts excepted
+        model_args = check_resume(cfg, ckpt["meta"]["model_args"], ckpt["meta"], data_meta, out_dir)
     elif cfg.init_from != "scratch":  # trained weights: fine-tune, or adapt AR -> diffusion (adapt.py)
         model_args, init_state, init_note = init_from_source(cfg, int(data_meta["vocab_size"]))
         # the source's architecture wins: the saved config says what was built, so a resume agrees with it
