@@ -1,7 +1,7 @@
 """AR -> diffusion adaptation curve: NELBO (and optionally judge perplexity) against iterations of adaptation.
 
 Takes a trained AR run (``--ar_dir``; its ``ckpt.pt`` must be finished) and adapts it to a diffusion model with
-``init_from=<ar_dir>`` (nanodlm/adapt.py: [MASK] row, shifted head, attention annealed from causal to full over
+``init_from=<ar_dir>`` (nanodlm/training/adapt.py: [MASK] row, shifted head, attention annealed from causal to full over
 ``--attn_anneal_iters``), training in stages that end at each of ``--evals`` (250,500,1250 by default). The
 stages are one run: each resumes the last bit for bit and the learning-rate schedule spans the whole run
 (``lr_decay_iters`` = the last eval), so the curve is that of an uninterrupted run. After each stage (and once
@@ -29,17 +29,17 @@ from typing import Any
 
 import torch
 
-from nanodlm.adapt import init_from_source
 from nanodlm.bench.common import BENCH_DEFAULTS, machine_info, now, write_json
 from nanodlm.bench.frontier import Judge, point
-from nanodlm.checkpoint import load_checkpoint, load_model
-from nanodlm.config import TrainConfig, build_config, config_to_dict, parse_overrides
-from nanodlm.data import open_split
-from nanodlm.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
-from nanodlm.generate import Prompt, SamplerOptions
-from nanodlm.model import GPT, GPTConfig
-from nanodlm.protocol import dev_test
-from nanodlm.train import load_train_config, train
+from nanodlm.data.dataset import open_split
+from nanodlm.evaluation.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
+from nanodlm.evaluation.protocol import dev_test
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.runs.checkpoint import load_checkpoint, load_model
+from nanodlm.sampling.generate import Prompt, SamplerOptions
+from nanodlm.training.adapt import init_from_source
+from nanodlm.training.config import TrainConfig, build_config, config_to_dict, parse_overrides
+from nanodlm.training.train import load_train_config, train
 
 SEEDS = {"dev": 1, "test": 1337}  # the mask draws of each half: bench quality's first seed of each split
 # keys of the AR run that describe where and how it ran, not what the adapted model trains with
@@ -137,7 +137,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         "train_config": {k: v for k, v in config_to_dict(cfg0).items()
                          if k not in ("out_dir", "device", "progress", "plot", "init_from", "max_iters")},
         "eval": {"windows": {s: int(w.size(0)) for s, w in windows.items()}, "tokens_per_window": T, "n_draws": 4,
-                 "mask_seeds": SEEDS, "splits": "dev/test halves of val.bin (nanodlm.protocol.dev_test)"},
+                 "mask_seeds": SEEDS, "splits": "dev/test halves of val.bin (nanodlm.evaluation.protocol.dev_test)"},
         "ar": measure(ar, windows, args, args.device), "compare": {}, "rows": [],
     }
     del ar

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nanodlm.rundir import sync_sidecars
+from nanodlm.runs.rundir import sync_sidecars
 
 
 def build(root: Path, w: dict[str, str]) -> dict[str, str]:

@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bad_input_classes  # noqa: E402
 import torch  # noqa: E402
 
-from nanodlm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from nanodlm.cli import main as cli_main  # noqa: E402
-from nanodlm.config import TrainConfig, build_config  # noqa: E402
-from nanodlm.data import prepare  # noqa: E402
-from nanodlm.train import train  # noqa: E402
+from nanodlm.data.dataset import prepare  # noqa: E402
+from nanodlm.runs.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from nanodlm.training.config import TrainConfig, build_config  # noqa: E402
+from nanodlm.training.train import train  # noqa: E402
 
 PROTECTED = (".bin", ".pt", ".json", ".jsonl")  # dataset and checkpoint files a failing command must not touch
 TINY = dict(dataset="tiny", device="cpu", dtype="float32", n_layer=1, n_head=2, n_embd=32, block_size=16,

@@ -11,9 +11,9 @@ import sys
 
 import torch
 
-from nanodlm.checkpoint import load_model
-from nanodlm.data import open_split
-from nanodlm.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
+from nanodlm.data.dataset import open_split
+from nanodlm.evaluation.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
+from nanodlm.runs.checkpoint import load_model
 
 
 def main(runs: list[str]) -> dict:

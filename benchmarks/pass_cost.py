@@ -18,8 +18,8 @@ import statistics
 
 import torch
 
-from nanodlm.generate import Prompt, SamplerOptions, generate
-from nanodlm.model import GPT, GPTConfig
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.sampling.generate import Prompt, SamplerOptions, generate
 
 VOCAB, T = 65, 256
 

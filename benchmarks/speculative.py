@@ -28,16 +28,16 @@ from typing import Any
 
 import torch
 
-from nanodlm.ar_sampling import cache_dtype
 from nanodlm.bench.common import machine_info, now
-from nanodlm.checkpoint import load_model
-from nanodlm.data import open_split
-from nanodlm.evaluate import ar_cross_entropy, draft_cross_entropy, eval_windows
-from nanodlm.generate import Prompt, SamplerOptions, generate
-from nanodlm.judge import score_texts
-from nanodlm.protocol import dev_test, passages, seed_mean
-from nanodlm.speculative import speculative_row
-from nanodlm.tidar import draft_pass
+from nanodlm.data.dataset import open_split
+from nanodlm.diffusion.tidar import draft_pass
+from nanodlm.evaluation.evaluate import ar_cross_entropy, draft_cross_entropy, eval_windows
+from nanodlm.evaluation.judge import score_texts
+from nanodlm.evaluation.protocol import dev_test, passages, seed_mean
+from nanodlm.runs.checkpoint import load_model
+from nanodlm.sampling.ar_sampling import cache_dtype
+from nanodlm.sampling.generate import Prompt, SamplerOptions, generate
+from nanodlm.sampling.speculative import speculative_row
 
 QUALITY = ("judge_ppl", "entropy_bits", "distinct_4")
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from nanodlm.model import GPT, GPTConfig
+from nanodlm.model.model import GPT, GPTConfig
 
 B, T, V = 12, 256, 65
 

@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .errors import UserError
+from .core.errors import UserError
 
 USAGE = """usage: nanodlm COMMAND [ARGS]
 
@@ -47,7 +47,7 @@ class PrepareConfig:
 
 
 def cmd_prepare(argv: list[str]) -> int:
-    from .config import build_config, parse_overrides, print_keys
+    from .training.config import build_config, parse_overrides, print_keys
 
     if argv and argv[0] in ("-h", "--help"):
         print(f"usage: nanodlm prepare KIND [--key=value ...]   (KIND: {', '.join(PREPARE_KINDS)})")
@@ -59,7 +59,7 @@ def cmd_prepare(argv: list[str]) -> int:
         raise UserError(f"prepare needs a KIND first, one of {', '.join(PREPARE_KINDS)}; got {kind!r}")
     a = build_config(PrepareConfig, values)
     if kind in ("hf", "openwebtext"):
-        from .data_hf import OPENWEBTEXT, prepare_hf
+        from .data.hf import OPENWEBTEXT, prepare_hf
 
         if kind == "hf" and not a.name:
             raise UserError("prepare hf needs --name=DATASET (a hub name, or json/parquet/csv with --data_files)")
@@ -70,7 +70,7 @@ def cmd_prepare(argv: list[str]) -> int:
         meta = prepare_hf(**spec, config=a.config, data_files=a.data_files, data_dir=a.data_dir,
                           out_name=a.out_name, num_proc=a.num_proc)
     else:
-        from .data import prepare
+        from .data.dataset import prepare
 
         meta = prepare(kind, input_path=a.input, data_dir=a.data_dir, out_name=a.name, tokenizer=a.tokenizer,
                        val_fraction=0.1 if a.val_fraction is None else a.val_fraction)
@@ -80,14 +80,14 @@ def cmd_prepare(argv: list[str]) -> int:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .config import TrainConfig, list_presets, print_keys
+    from .training.config import TrainConfig, list_presets, print_keys
 
     if argv and argv[0] in ("-h", "--help"):
         print("usage: nanodlm train [CONFIG_FILE|PRESET] [--key=value ...]")
         print(f"presets: {', '.join(list_presets())}")
         print_keys(TrainConfig, "keys (defaults):")
         return 0
-    from .train import load_train_config, train
+    from .training.train import load_train_config, train
 
     summary = train(load_train_config(argv))
     if summary.get("interrupted"):
@@ -96,8 +96,8 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
-    from .generate import print_sampling_keys
     from .sample import SampleConfig, list_sample_presets, load_sample_args, sample
+    from .sampling.generate import print_sampling_keys
 
     if argv and argv[0] in ("-h", "--help"):
         print("usage: nanodlm sample [PRESET|CONFIG_FILE] --out_dir=DIR [--key=value ...]")
@@ -109,13 +109,13 @@ def cmd_sample(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from .evaluate import main as eval_main
+    from .evaluation.evaluate import main as eval_main
 
     return eval_main(argv)
 
 
 def cmd_judge(argv: list[str]) -> int:
-    from .judge import main as judge_main
+    from .evaluation.judge import main as judge_main
 
     return judge_main(argv)
 
@@ -127,9 +127,9 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    from .config import print_keys
-    from .serve import ServeConfig
-    from .serve import main as serve_main
+    from .training.config import print_keys
+    from .web.serve import ServeConfig
+    from .web.serve import main as serve_main
 
     if argv and argv[0] in ("-h", "--help"):
         print("usage: nanodlm serve --out_dir=DIR [--ar_out_dir=DIR] [--host=127.0.0.1] [--port=8000]")

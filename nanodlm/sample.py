@@ -14,15 +14,24 @@ from typing import Any
 
 import torch
 
-from .animate import check_trajectory_path, write_trajectory
-from .checkpoint import load_model
-from .config import PRESET_DIR, parse_overrides, read_config_file
-from .distributed import resolve_device
-from .errors import UserError, check_finite
-from .fileio import atomic_write, check_output_path
-from .generate import Generation, Prompt, SamplerOptions, generate, ignored_settings, sampling_configs
-from .live import LiveView
-from .trajectory import Recorder
+from .core.errors import UserError, check_finite
+from .core.fileio import atomic_write, check_output_path
+from .runs.checkpoint import load_model
+from .sampling.generate import (
+    NUM_SAMPLES,
+    SEED,
+    Generation,
+    Prompt,
+    SamplerOptions,
+    generate,
+    ignored_settings,
+    sampling_configs,
+)
+from .sampling.trajectory import Recorder
+from .training.config import PRESET_DIR, parse_overrides, read_config_file
+from .training.distributed import resolve_device
+from .web.animate import check_trajectory_path, write_trajectory
+from .web.live import LiveView
 
 OUTPUT_SUFFIXES = (".jsonl", ".json", ".txt", "")  # --output: one JSON string per line
 
@@ -31,8 +40,8 @@ OUTPUT_SUFFIXES = (".jsonl", ".json", ".txt", "")  # --output: one JSON string p
 class SampleConfig:
     out_dir: str = "out"  # the training run to sample from
     ckpt: str = "best"  # best | last
-    num_samples: int = 3  # samples, generated as one batch
-    seed: int = 1337  # the same seed gives the same samples
+    num_samples: int = NUM_SAMPLES  # samples, generated as one batch
+    seed: int = SEED  # the same seed gives the same samples
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     show: bool = False  # live view of the canvas (needs a terminal)
     verbose: bool = False  # per-step commit counts and steps used, on stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanodlm.data import prepare
+from nanodlm.data.dataset import prepare
 
 # one intra-op thread: tiny models gain nothing from more, and on a shared 2-core machine OpenMP threads that
 # wait for each other turn a 2 ms step into a 700 ms one
@@ -143,8 +143,8 @@ def restore_global_state():
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> dict[str, str]:
     """Two checkpoints trained for 2 iterations on the ``tiny`` dataset: {"gpt2": dir, "diffusion": dir (mdlm)}."""
-    from nanodlm.config import TrainConfig, build_config
-    from nanodlm.train import train
+    from nanodlm.training.config import TrainConfig, build_config
+    from nanodlm.training.train import train
 
     rng = torch.get_rng_state()
     root = tmp_path_factory.mktemp("tiny-runs")
@@ -163,8 +163,8 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> dict[s
 @pytest.fixture(scope="session")
 def tidar_run(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> str:
     """A TiDAR checkpoint (objective=tidar, draft_len 4) trained for 2 iterations on the ``tiny`` dataset."""
-    from nanodlm.config import TrainConfig, build_config
-    from nanodlm.train import train
+    from nanodlm.training.config import TrainConfig, build_config
+    from nanodlm.training.train import train
 
     rng = torch.get_rng_state()
     out_dir = str(tmp_path_factory.mktemp("tidar-run") / "tidar")
@@ -183,7 +183,7 @@ def live(tiny_runs):
     (test_serve.py, test_serve_guard.py; both skip without the serve extra before asking for it)."""
     from webtools import LiveServer
 
-    from nanodlm.serve import ServeConfig, load_server
+    from nanodlm.web.serve import ServeConfig, load_server
 
     cfg = ServeConfig(out_dir=tiny_runs["diffusion"], ar_out_dir=tiny_runs["gpt2"], device="cpu", limit_concurrent=2,
                       limit_steps=64)

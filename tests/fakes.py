@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanodlm.model import GPT, GPTConfig
+from nanodlm.model.model import GPT, GPTConfig
 
 V = 11  # vocab size of every fake; the last id is [MASK]
 MASK = V - 1

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanodlm.adapt import init_from_source
-from nanodlm.attention import annealed_attention
-from nanodlm.blockwise import generate_blocks
-from nanodlm.checkpoint import load_checkpoint, load_model
 from nanodlm.cli import main
-from nanodlm.config import TrainConfig, build_config
-from nanodlm.errors import UserError
-from nanodlm.evaluate import diffusion_nelbo
-from nanodlm.model import GPT, GPTConfig
-from nanodlm.train import anneal_ratio, annealed, load_train_config, train
+from nanodlm.core.errors import UserError
+from nanodlm.evaluation.evaluate import diffusion_nelbo
+from nanodlm.model.attention import annealed_attention
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.runs.checkpoint import load_checkpoint, load_model
+from nanodlm.sampling.blockwise import generate_blocks
+from nanodlm.training.adapt import init_from_source
+from nanodlm.training.config import TrainConfig, build_config
+from nanodlm.training.train import anneal_ratio, annealed, load_train_config, train
 
 V = 20  # data vocabulary; [MASK] = V
 
@@ -227,7 +227,7 @@ def test_adapt_from_hf_dir(tmp_path: Path, tiny_values, data_dir) -> None:
     transformers = pytest.importorskip("transformers")
     from test_pretrained import save_tiny_hf_gpt2
 
-    from nanodlm.data import load_meta
+    from nanodlm.data.dataset import load_meta
 
     vocab = int(load_meta(data_dir, "tiny")["vocab_size"])
     hf_dir = tmp_path / "hf"
@@ -246,7 +246,7 @@ def test_adapt_from_hf_dir(tmp_path: Path, tiny_values, data_dir) -> None:
 
 def test_cpu_presets_train_the_protocol_ar_then_adapt_it() -> None:
     from nanodlm.bench.runs import config_hash
-    from nanodlm.config import load_config
+    from nanodlm.training.config import load_config
 
     ar, adapt = load_config(TrainConfig, ["cpu_ar"]), load_config(TrainConfig, ["cpu_adapt"])
     assert config_hash(ar) == "5db8f2be"  # the quality protocol's AR run (bench quality --preset=cpu)

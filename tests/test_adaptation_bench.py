@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nanodlm.config import TrainConfig, build_config
-from nanodlm.train import train
+from nanodlm.training.config import TrainConfig, build_config
+from nanodlm.training.train import train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptation.py"
 

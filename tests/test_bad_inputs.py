@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from nanodlm.cli import main
-from nanodlm.diagnostics import meaning
-from nanodlm.judge import low_entropy_note
+from nanodlm.diffusion.diagnostics import meaning
+from nanodlm.evaluation.judge import low_entropy_note
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bad_inputs.py"
 
@@ -112,7 +112,7 @@ def test_bench_quality_uses_prepared_data_and_names_the_right_command(tmp_path: 
     import urllib.request
 
     from nanodlm.bench.runs import ensure_dataset
-    from nanodlm.errors import UserError
+    from nanodlm.core.errors import UserError
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(Path(data_dir) / "tiny", tmp_path / "data" / "tiny")  # prepared before, in ./data

@@ -13,9 +13,9 @@ from conftest import MIRROR_DIR, TINY
 from nanodlm import bench
 from nanodlm.bench import speed as bench_speed
 from nanodlm.cli import main as cli_main
-from nanodlm.config import TrainConfig, build_config
-from nanodlm.generate import SamplerOptions
-from nanodlm.train import train
+from nanodlm.sampling.generate import SamplerOptions
+from nanodlm.training.config import TrainConfig, build_config
+from nanodlm.training.train import train
 
 MIRROR = MIRROR_DIR
 needs_mirror = pytest.mark.skipif(not (MIRROR / "tinyshakespeare.txt").is_file(),

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nanodlm import diffusion as D
-from nanodlm.attention import block_diffusion_mask
-from nanodlm.blockwise import generate_blocks, generate_long
-from nanodlm.config import TrainConfig
-from nanodlm.diagnostics import diagnostics
-from nanodlm.errors import UserError
-from nanodlm.model import GPT, GPTConfig
+from nanodlm.core.errors import UserError
+from nanodlm.diffusion import diffusion as D
+from nanodlm.diffusion.diagnostics import diagnostics
+from nanodlm.model.attention import block_diffusion_mask
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.sampling.blockwise import generate_blocks, generate_long
+from nanodlm.training.config import TrainConfig
 
 V = 11
 M = V - 1

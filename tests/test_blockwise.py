@@ -9,8 +9,8 @@ import pytest
 import torch
 from fakes import MASK, Fake, V, gen, one_hot_logits, tiny_gpt
 
-from nanodlm.blockwise import generate_long
-from nanodlm.samplers import get_sampler
+from nanodlm.sampling.blockwise import generate_long
+from nanodlm.sampling.samplers import get_sampler
 
 # --- long generation ----------------------------------------------------------------------------------------
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from nanodlm import rundir
-from nanodlm.checkpoint import load_checkpoint, save_checkpoint
 from nanodlm.cli import main
-from nanodlm.config import TrainConfig, build_config, load_config
-from nanodlm.errors import UserError
-from nanodlm.generate import Prompt, SamplerOptions, ignored_settings
+from nanodlm.core.errors import UserError
+from nanodlm.runs import rundir
+from nanodlm.runs.checkpoint import load_checkpoint, save_checkpoint
+from nanodlm.sampling.generate import Prompt, SamplerOptions, ignored_settings
+from nanodlm.training.config import TrainConfig, build_config, load_config
 
 
 def error_line(capsys) -> str:

@@ -10,10 +10,11 @@ import pytest
 from conftest import TINY, _corpus
 
 from nanodlm.cli import main
-from nanodlm.config import TrainConfig, build_config
-from nanodlm.data import GPT2Tokenizer, prepare
-from nanodlm.errors import UserError
-from nanodlm.train import train
+from nanodlm.core.errors import UserError
+from nanodlm.data.dataset import prepare
+from nanodlm.data.tokenizers import GPT2Tokenizer
+from nanodlm.training.config import TrainConfig, build_config
+from nanodlm.training.train import train
 
 
 @pytest.fixture(scope="module")

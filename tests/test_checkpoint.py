@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanodlm.checkpoint import (
+from nanodlm.core.errors import UserError
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.runs.checkpoint import (
     FORMAT_VERSION,
     clean_state_dict,
     find_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from nanodlm.errors import UserError
-from nanodlm.model import GPT, GPTConfig
 
 
 def strict_json(text: str):
@@ -137,7 +137,7 @@ def test_find_checkpoint(tmp_path: Path) -> None:
 
 SAVER = """
 import sys, torch
-from nanodlm.checkpoint import save_checkpoint
+from nanodlm.runs.checkpoint import save_checkpoint
 path = sys.argv[1]
 w = torch.empty(5_000_000)  # ~20 MB
 print("ready", flush=True)

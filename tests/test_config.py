@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from nanodlm.cli import main
-from nanodlm.config import PRESET_DIR, TrainConfig, build_config, load_config, parse_overrides, read_config_file
-from nanodlm.errors import UserError
+from nanodlm.core.errors import UserError
+from nanodlm.training.config import (
+    PRESET_DIR,
+    TrainConfig,
+    build_config,
+    load_config,
+    parse_overrides,
+    read_config_file,
+)
 
 
 @dataclass
@@ -192,7 +199,7 @@ def test_model_keys_have_one_home() -> None:
     # TrainConfig's model keys are ModelArgs' fields: one default, one check, and GPTConfig agrees
     from dataclasses import fields
 
-    from nanodlm.model import GPTConfig, ModelArgs
+    from nanodlm.model.model import GPTConfig, ModelArgs
 
     for f in fields(ModelArgs):
         assert getattr(TrainConfig(), f.name) == f.default

@@ -13,17 +13,10 @@ import pytest
 import torch
 from conftest import SHAKESPEARE, TIKTOKEN_CACHE
 
-from nanodlm import data
-from nanodlm.data import (
-    SHAKESPEARE_SHA256,
-    dtype_for,
-    get_batch,
-    load_meta,
-    load_tokenizer,
-    open_split,
-    prepare,
-)
-from nanodlm.errors import UserError
+from nanodlm.core.errors import UserError
+from nanodlm.data import dataset
+from nanodlm.data.dataset import SHAKESPEARE_SHA256, dtype_for, get_batch, load_meta, open_split, prepare
+from nanodlm.data.tokenizers import load_tokenizer
 
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} absent")
 needs_tiktoken = pytest.mark.skipif(not TIKTOKEN_CACHE.is_dir(), reason=f"{TIKTOKEN_CACHE} absent")
@@ -150,14 +143,14 @@ def test_download_is_verified_then_cached(tmp_path: Path, monkeypatch: pytest.Mo
         return FakeResponse(SHAKESPEARE.read_bytes())
 
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    raw, source = data.fetch_shakespeare()
-    assert calls == [data.SHAKESPEARE_URL] and source == data.SHAKESPEARE_URL
+    raw, source = dataset.fetch_shakespeare()
+    assert calls == [dataset.SHAKESPEARE_URL] and source == dataset.SHAKESPEARE_URL
     cached = tmp_path / "cache" / "tinyshakespeare.txt"
     assert cached.read_bytes() == raw
-    raw2, source2 = data.fetch_shakespeare()  # second time from the cache, no download
+    raw2, source2 = dataset.fetch_shakespeare()  # second time from the cache, no download
     assert raw2 == raw and source2 == str(cached) and len(calls) == 1
     cached.write_bytes(b"corrupt")  # a corrupt cache is downloaded again
-    assert data.fetch_shakespeare()[0] == raw and len(calls) == 2
+    assert dataset.fetch_shakespeare()[0] == raw and len(calls) == 2
 
 
 # --- prepare text ----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from nanodlm.cli import main
-from nanodlm.data import GPT2Tokenizer, load_meta, open_split
-from nanodlm.errors import UserError
+from nanodlm.core.errors import UserError
+from nanodlm.data.dataset import load_meta, open_split
+from nanodlm.data.tokenizers import GPT2Tokenizer
 
 datasets = pytest.importorskip("datasets")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from fakes import MASK, P4, CopyInput, FixedLogits, V, entropy, gen, marginal_model, tiny_gpt
 
-from nanodlm.diagnostics import diagnostics
-from nanodlm.textstats import unigram_entropy
+from nanodlm.diffusion.diagnostics import diagnostics
+from nanodlm.evaluation.textstats import unigram_entropy
 
 M = MASK
 

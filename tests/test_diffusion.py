@@ -1,4 +1,4 @@
-"""Tests for nanodlm.diffusion: corruption counts and rates, hand-computed losses, the NELBO on sources
+"""Tests for nanodlm.diffusion.diffusion: corruption counts and rates, hand-computed losses, the NELBO on sources
 with known entropy, the repair objective. Fake models return logits we control (diagnostics: test_diagnostics.py)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from fakes import MASK, P4, FixedLogits, V, entropy, gen, marginal_model
 from fakes import tiny_gpt as fake_gpt
 
-from nanodlm import diffusion as D
-from nanodlm.model import GPT
+from nanodlm.diffusion import diffusion as D
+from nanodlm.model.model import GPT
 
 M = MASK  # 10 real tokens + [MASK]
 

@@ -14,10 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nanodlm.checkpoint import load_checkpoint
-from nanodlm.distributed import DistInfo, init_distributed, resolve_device
-from nanodlm.errors import UserError
-from nanodlm.model import GPT, GPTConfig
+from nanodlm.core.errors import UserError
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.runs.checkpoint import load_checkpoint
+from nanodlm.training.distributed import DistInfo, init_distributed, resolve_device
 
 TIMEOUT = 120
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from nanodlm.cli import main as cli_main
-from nanodlm.evaluate import EvalConfig, ar_cross_entropy, diffusion_nelbo, eval_windows, evaluate_checkpoint
-from nanodlm.evaluate import main as eval_main
+from nanodlm.evaluation.evaluate import EvalConfig, ar_cross_entropy, diffusion_nelbo, eval_windows, evaluate_checkpoint
+from nanodlm.evaluation.evaluate import main as eval_main
 
 T = 32  # block size of the fake models
 
@@ -117,7 +117,7 @@ def test_eval_windows_even_and_deterministic() -> None:
     assert torch.equal(w, eval_windows(data, 9, 5))
     starts = w[:, 0]
     assert (starts[1:] - starts[:-1]).min() >= 10  # disjoint
-    from nanodlm.errors import UserError
+    from nanodlm.core.errors import UserError
 
     with pytest.raises(UserError, match="block_size"):
         eval_windows(data[:5], 9, 1)
@@ -222,7 +222,7 @@ def test_eval_cli_missing_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 def test_eval_config_validation() -> None:
-    from nanodlm.errors import UserError
+    from nanodlm.core.errors import UserError
 
     with pytest.raises(UserError, match="split"):
         EvalConfig(split="test")
@@ -231,8 +231,8 @@ def test_eval_config_validation() -> None:
 
 
 def test_eval_rejects_other_vocabulary(tiny_runs: dict[str, str], tmp_path: Path) -> None:
-    from nanodlm.data import prepare
-    from nanodlm.errors import UserError
+    from nanodlm.core.errors import UserError
+    from nanodlm.data.dataset import prepare
 
     src = tmp_path / "other.txt"
     src.write_text("xyz" * 2000, encoding="utf-8")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from nanodlm.cli import main
-from nanodlm.config import PRESET_DIR, list_presets
 from nanodlm.sample import list_sample_presets
+from nanodlm.training.config import PRESET_DIR, list_presets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,8 +37,8 @@ def test_presets_survive_a_non_editable_install(tmp_path, subprocess_env):
                     "--quiet", f"--target={target}", str(src)], check=True, env=subprocess_env,
                    cwd=tmp_path, capture_output=True)
     env = {**subprocess_env, "PYTHONPATH": str(target)}  # the installed copy only, not the checkout
-    code = ("import nanodlm.config as c, nanodlm.sample as s; print(c.PRESET_DIR); print(','.join(c.list_presets()));"
-            "print(','.join(s.list_sample_presets()))")
+    code = ("import nanodlm.training.config as c, nanodlm.sample as s; print(c.PRESET_DIR); "
+            "print(','.join(c.list_presets())); print(','.join(s.list_sample_presets()))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out[0].startswith(str(target))

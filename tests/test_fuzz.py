@@ -11,10 +11,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nanodlm.config import TrainConfig, build_config, load_config, parse_overrides, read_config_file
-from nanodlm.errors import UserError
-from nanodlm.generate import Prompt, SamplerOptions, build_canvas, sampling_configs
+from nanodlm.core.errors import UserError
 from nanodlm.sample import SampleConfig
+from nanodlm.sampling.generate import Prompt, SamplerOptions, build_canvas, sampling_configs
+from nanodlm.training.config import TrainConfig, build_config, load_config, parse_overrides, read_config_file
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 KEYS = [f.name for cls in (SampleConfig, SamplerOptions, Prompt) for f in dataclasses.fields(cls)] + [

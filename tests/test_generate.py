@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanodlm import samplers
-from nanodlm.ar_sampling import generate_ar
-from nanodlm.blockwise import generate_blocks
-from nanodlm.data import CharTokenizer
-from nanodlm.errors import UserError
-from nanodlm.generate import Prompt, SamplerOptions, build_canvas, generate, sampling_configs
-from nanodlm.model import GPT, GPTConfig
+from nanodlm.core.errors import UserError
+from nanodlm.data.tokenizers import CharTokenizer
+from nanodlm.model.model import GPT, GPTConfig
 from nanodlm.sample import SampleConfig
-from nanodlm.samplers import DIFFUSION_SAMPLERS, SAMPLERS, get_sampler, sampler_keys
+from nanodlm.sampling import samplers
+from nanodlm.sampling.ar_sampling import generate_ar
+from nanodlm.sampling.blockwise import generate_blocks
+from nanodlm.sampling.generate import Prompt, SamplerOptions, build_canvas, generate, sampling_configs
+from nanodlm.sampling.samplers import DIFFUSION_SAMPLERS, SAMPLERS, get_sampler, sampler_keys
 
 TOK = CharTokenizer(list("abcdefgh _"))  # 10 characters; a diffusion model's [MASK] is id 10
 MASK = TOK.mask_id

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from nanodlm.cli import main as cli_main
-from nanodlm.data import CharTokenizer, load_meta, load_tokenizer, open_split
-from nanodlm.errors import UserError
-from nanodlm.judge import load_samples, reference_texts, score_texts
+from nanodlm.core.errors import UserError
+from nanodlm.data.dataset import load_meta, open_split
+from nanodlm.data.tokenizers import CharTokenizer, load_tokenizer
+from nanodlm.evaluation.judge import load_samples, reference_texts, score_texts
 
 # a bigram judge over {a, b}: after "a" P(a) = 0.75, P(b) = 0.25; after "b" both 0.5
 P_NEXT = torch.tensor([[0.75, 0.25], [0.5, 0.5]])
@@ -136,8 +137,8 @@ def test_cli_judge_errors(tiny_runs: dict[str, str], capsys: pytest.CaptureFixtu
 
 
 def test_generate_texts_gpt2_drops_prompt(tiny_runs: dict[str, str]) -> None:
-    from nanodlm.generate import SamplerOptions
-    from nanodlm.judge import generate_texts
+    from nanodlm.evaluation.judge import generate_texts
+    from nanodlm.sampling.generate import SamplerOptions
 
     kwargs = dict(options=SamplerOptions(steps=1), num_samples=2, length=20, seed=5, device="cpu")
     texts, info = generate_texts(tiny_runs["gpt2"], **kwargs)

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from nanodlm.checkpoint import load_checkpoint
-from nanodlm.config import TrainConfig, build_config
-from nanodlm.data import load_meta, load_tokenizer, open_split, prepare
-from nanodlm.plotting import read_metrics
-from nanodlm.train import load_train_config, train
+from nanodlm.core.plotting import read_metrics
+from nanodlm.data.dataset import load_meta, open_split, prepare
+from nanodlm.data.tokenizers import load_tokenizer
+from nanodlm.runs.checkpoint import load_checkpoint
+from nanodlm.training.config import TrainConfig, build_config
+from nanodlm.training.train import load_train_config, train
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def make_cfg(tiny_values):
 
 PREPARER = """
 import sys
-from nanodlm.data import prepare
+from nanodlm.data.dataset import prepare
 src, data_dir = sys.argv[1:]
 print("ready", flush=True)
 i = 0
@@ -70,7 +71,7 @@ def test_kill_9_during_prepare_leaves_the_old_or_the_new_dataset(tmp_path: Path,
 # and says so, and the test kills the process there
 STALLING_TRAINER = """
 import sys, time
-import nanodlm.checkpoint as ck
+import nanodlm.runs.checkpoint as ck
 target, real, saves = int(sys.argv[1]), ck.atomic_write, [0]
 
 def stalling(path, data):

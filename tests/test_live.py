@@ -7,7 +7,7 @@ import io
 import torch
 from fakes import MASK, V
 
-from nanodlm.live import LiveView
+from nanodlm.web.live import LiveView
 
 # --- live view ----------------------------------------------------------------------------------------------
 

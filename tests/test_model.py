@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nanodlm.model import GPT, GPTConfig
+from nanodlm.model.model import GPT, GPTConfig
 
 VOCAB = 65  # a char vocabulary
 
@@ -178,7 +178,7 @@ def test_attn_dropout_sets_the_attention_kernels_dropout_alone(
         monkeypatch: pytest.MonkeyPatch, attn_dropout: float | None, expected: float) -> None:
     # None follows dropout (nanoGPT); 0 keeps the fused CPU kernel, which has no dropout, while the residual
     # stream still drops at `dropout`
-    import nanodlm.model as model_module
+    import nanodlm.model.model as model_module
 
     seen: list[float] = []
     sdpa = model_module.F.scaled_dot_product_attention

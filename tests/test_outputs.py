@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from nanodlm.cli import main
-from nanodlm.errors import UserError
-from nanodlm.fileio import check_output_path
+from nanodlm.core.errors import UserError
+from nanodlm.core.fileio import check_output_path
 
 
 def one_error(capsys) -> str:

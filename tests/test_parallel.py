@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 from fakes import MASK, Fake, V
 
-from nanodlm.blockwise import generate_blocks
-from nanodlm.samplers import SAMPLERS
+from nanodlm.sampling.blockwise import generate_blocks
+from nanodlm.sampling.samplers import SAMPLERS
 
 PARALLEL = ("confidence", "remask")
 MASKGIT = dict(schedule="linear", noise=0.0, prior_weight=0.0)  # greedy reveal order: each rule checked alone

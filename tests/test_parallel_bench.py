@@ -11,14 +11,14 @@ import torch
 
 from nanodlm import bench
 from nanodlm.cli import main as cli_main
-from nanodlm.errors import UserError
+from nanodlm.core.errors import UserError
 from nanodlm.sample import list_sample_presets, load_sample_args
 
 
 @pytest.fixture(scope="module")
 def block_run(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> str:
-    from nanodlm.config import TrainConfig, build_config
-    from nanodlm.train import train
+    from nanodlm.training.config import TrainConfig, build_config
+    from nanodlm.training.train import train
 
     rng = torch.get_rng_state()
     out_dir = str(tmp_path_factory.mktemp("parallel") / "block")

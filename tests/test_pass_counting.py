@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nanodlm.data import CharTokenizer
-from nanodlm.generate import Prompt, SamplerOptions, generate
-from nanodlm.model import GPT, GPTConfig
-from nanodlm.samplers import DIFFUSION_SAMPLERS, sample_confidence, sample_remask
+from nanodlm.data.tokenizers import CharTokenizer
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.sampling.generate import Prompt, SamplerOptions, generate
+from nanodlm.sampling.samplers import DIFFUSION_SAMPLERS, sample_confidence, sample_remask
 
 TOK = CharTokenizer(list("abcdefgh _"))
 MASK = TOK.mask_id

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nanodlm.errors import UserError
-from nanodlm.pretrained import from_pretrained
+from nanodlm.core.errors import UserError
+from nanodlm.runs.pretrained import from_pretrained
 
 transformers = pytest.importorskip("transformers")
 

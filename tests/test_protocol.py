@@ -1,4 +1,4 @@
-"""The fair ruler's arithmetic (nanodlm/protocol.py): splits, choices, seed means, the frontier."""
+"""The fair ruler's arithmetic (nanodlm/evaluation/protocol.py): splits, choices, seed means, the frontier."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nanodlm.errors import UserError
-from nanodlm.protocol import (
+from nanodlm.core.errors import UserError
+from nanodlm.evaluation.protocol import (
     argmin,
     closest,
     dev_test,

@@ -22,9 +22,9 @@ from nanodlm.bench.runs import (
     route_overrides,
     train_or_reuse,
 )
-from nanodlm.config import TrainConfig, build_config, config_to_dict, read_config_file
-from nanodlm.data import prepare
-from nanodlm.errors import UserError
+from nanodlm.core.errors import UserError
+from nanodlm.data.dataset import prepare
+from nanodlm.training.config import TrainConfig, build_config, config_to_dict, read_config_file
 
 
 def _finite(value) -> bool:

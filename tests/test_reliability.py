@@ -15,17 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import nanodlm.train as train_mod
-from nanodlm import datadir
+import nanodlm.training.train as train_mod
 from nanodlm.bench.runs import config_hash
-from nanodlm.checkpoint import load_checkpoint, save_checkpoint
 from nanodlm.cli import main
-from nanodlm.config import TrainConfig, build_config
-from nanodlm.data import load_meta, load_tokenizer, open_split, prepare
-from nanodlm.errors import UserError
-from nanodlm.plotting import read_metrics
-from nanodlm.rundir import open_run_dir, sync_sidecars
-from nanodlm.train import TrainingDiverged, load_train_config, train
+from nanodlm.core.errors import UserError
+from nanodlm.core.plotting import read_metrics
+from nanodlm.data import datadir
+from nanodlm.data.dataset import load_meta, open_split, prepare
+from nanodlm.data.tokenizers import load_tokenizer
+from nanodlm.runs.checkpoint import load_checkpoint, save_checkpoint
+from nanodlm.runs.rundir import open_run_dir, sync_sidecars
+from nanodlm.training.config import TrainConfig, build_config
+from nanodlm.training.train import TrainingDiverged, load_train_config, train
 
 
 @pytest.fixture
@@ -148,7 +149,7 @@ def test_out_dir_lock(tmp_path: Path, make_cfg, subprocess_env: dict[str, str]) 
             train(make_cfg(tmp_path, max_iters=1))
     assert not (tmp_path / "ckpt.pt").exists()
     # a holder killed with -9 leaves the lock file (with its pid) behind, but not the lock
-    code = "import sys, time; from nanodlm.rundir import open_run_dir; d = open_run_dir(sys.argv[1], 'scratch', " \
+    code = "import sys, time; from nanodlm.runs.rundir import open_run_dir; d = open_run_dir(sys.argv[1], 'scratch', " \
            "False); print('locked', flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=subprocess_env, stdout=subprocess.PIPE,
                             text=True)

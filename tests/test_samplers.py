@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 from fakes import MASK, Fake, V, gen, one_hot_logits, tiny_gpt
 
-from nanodlm.ar_sampling import generate_ar, sample_logits
-from nanodlm.samplers import CAUSAL_SAMPLERS, SAMPLERS, get_sampler
+from nanodlm.sampling.ar_sampling import generate_ar, sample_logits
+from nanodlm.sampling.samplers import CAUSAL_SAMPLERS, SAMPLERS, get_sampler
 
 NEG = -30.0  # a logit that is never sampled in practice (p ~ 1e-13) but keeps softmax finite
 MASKGIT = dict(schedule="linear", noise=0.0, prior_weight=0.0)  # greedy reveal order: each rule checked alone

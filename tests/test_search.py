@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from nanodlm.bench import search
-from nanodlm.errors import UserError
-from nanodlm.protocol import choose_on
+from nanodlm.core.errors import UserError
+from nanodlm.evaluation.protocol import choose_on
 
 
 class FakeLanes:

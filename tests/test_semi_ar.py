@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nanodlm.blockwise import _Bidirectional, generate_blocks
-from nanodlm.model import GPT, GPTConfig
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.sampling.blockwise import _Bidirectional, generate_blocks
 
 V = 11
 M = V - 1

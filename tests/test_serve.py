@@ -20,8 +20,8 @@ pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is n
 from webtools import chrome, events, info, post  # noqa: E402
 
 from nanodlm import cli  # noqa: E402
-from nanodlm.serve import INSTALL_HINT  # noqa: E402
-from nanodlm.trajectory import MASK_TEXT  # noqa: E402
+from nanodlm.sampling.trajectory import MASK_TEXT  # noqa: E402
+from nanodlm.web.serve import INSTALL_HINT  # noqa: E402
 
 
 def test_stream_events_in_order_with_fixed_prompt(live):

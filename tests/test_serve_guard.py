@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from webtools import chrome, events, info, post  # noqa: E402
 
-from nanodlm import serve, webguard  # noqa: E402
-from nanodlm.errors import UserError  # noqa: E402
-from nanodlm.serve import ServeConfig  # noqa: E402
-from nanodlm.webguard import allowed_hosts, refusal  # noqa: E402
+from nanodlm.core.errors import UserError  # noqa: E402
+from nanodlm.web import serve, webguard  # noqa: E402
+from nanodlm.web.serve import ServeConfig  # noqa: E402
+from nanodlm.web.webguard import allowed_hosts, refusal  # noqa: E402
 
 
 def raw(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
@@ -116,7 +116,7 @@ def test_client_gone_mid_body_logs_no_traceback(live):
     # uvicorn logs "Exception in ASGI application" with the traceback on its own logger, which does not propagate
     # to pytest's caplog: listen there directly
     handler = Records()
-    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "uvicorn", "nanodlm.serve")]
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "uvicorn", "nanodlm.web.serve")]
     for logger in loggers:
         logger.addHandler(handler)
     try:
@@ -194,7 +194,7 @@ def test_a_race_takes_one_slot_of_two(live):
 
 
 def test_export_escapes_every_angle_bracket(tiny_runs, tmp_path):
-    from nanodlm.animate import write_html
+    from nanodlm.web.animate import write_html
 
     token = "<!--<script>"
     events_ = [{"step": 0, "forward_passes": 0, "elapsed": 0.0,

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanodlm.samplers import sample_seed
+from nanodlm.sampling.samplers import sample_seed
 
 V, MASK = 12, 11
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nanodlm import speculative
-from nanodlm.ar_sampling import generate_ar
-from nanodlm.attention import tidar_pass_mask, tidar_train_mask
-from nanodlm.model import GPT, GPTConfig
-from nanodlm.speculative import sample_speculative, speculative_row, verify
-from nanodlm.tidar import draft_pass, tidar_loss, two_stream_logits
+from nanodlm.diffusion.tidar import draft_pass, tidar_loss, two_stream_logits
+from nanodlm.model.attention import tidar_pass_mask, tidar_train_mask
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.sampling import speculative
+from nanodlm.sampling.ar_sampling import generate_ar
+from nanodlm.sampling.speculative import sample_speculative, speculative_row, verify
 
 V = 4  # a tiny vocabulary; [MASK] is id V
 
@@ -141,7 +141,7 @@ def test_reported_passes_are_forward_calls(model):
 
 
 def test_registry_ar_sampler_is_generate_ar(model):
-    from nanodlm.samplers import SAMPLERS
+    from nanodlm.sampling.samplers import SAMPLERS
 
     canvas = torch.tensor([[1, 2] + [V] * 10, [3] + [V] * 11])
     steps = []
@@ -228,8 +228,8 @@ def test_verify_writes_p_whatever_q():
 
 
 def test_objective_tidar_config():
-    from nanodlm.config import TrainConfig
-    from nanodlm.errors import UserError
+    from nanodlm.core.errors import UserError
+    from nanodlm.training.config import TrainConfig
 
     assert TrainConfig(objective="tidar").draft_len == 8 and TrainConfig(objective="tidar", draft_len=3).draft_len == 3
     with pytest.raises(UserError, match="model_type=gpt2"):
@@ -243,9 +243,9 @@ def test_objective_tidar_config():
 # --- the generation library ---------------------------------------------------------------------------------
 
 def test_generate_knows_the_speculative_and_ar_samplers(model):
-    from nanodlm.data import CharTokenizer
-    from nanodlm.errors import UserError
-    from nanodlm.generate import Prompt, SamplerOptions, generate, ignored_settings
+    from nanodlm.core.errors import UserError
+    from nanodlm.data.tokenizers import CharTokenizer
+    from nanodlm.sampling.generate import Prompt, SamplerOptions, generate, ignored_settings
 
     tok = CharTokenizer(list("abcd"))  # V = 4 ids, as the model's vocabulary
     prompt = Prompt(start="ab", max_new_tokens=20)
@@ -270,7 +270,7 @@ def test_generate_knows_the_speculative_and_ar_samplers(model):
 # --- a trained run: train, eval, serve ----------------------------------------------------------------------
 
 def test_eval_reports_ar_and_draft_loss(tidar_run):
-    from nanodlm.evaluate import EvalConfig, evaluate_checkpoint
+    from nanodlm.evaluation.evaluate import EvalConfig, evaluate_checkpoint
 
     r = evaluate_checkpoint(EvalConfig(out_dir=tidar_run, ckpt="last", num_batches=1, device="cpu"))
     assert r["model_type"] == "gpt2" and r["objective"] == "tidar" and r["draft_len"] == 4
@@ -282,7 +282,7 @@ def test_serve_races_a_tidar_model_against_ar(tidar_run, tiny_runs):
     pytest.importorskip("uvicorn")
     from webtools import LiveServer, events, info, post
 
-    from nanodlm.serve import ServeConfig, load_server
+    from nanodlm.web.serve import ServeConfig, load_server
 
     server = LiveServer(load_server(ServeConfig(out_dir=tidar_run, ar_out_dir=tiny_runs["gpt2"], device="cpu")))
     try:
@@ -306,9 +306,9 @@ def test_serve_races_a_tidar_model_against_ar(tidar_run, tiny_runs):
 
 def test_init_from_an_ar_model_keeps_its_text_stream(tiny_runs):
     """objective=tidar from a trained AR run: the same AR logits before any step, plus a [MASK] row to draft with."""
-    from nanodlm.adapt import adapt_state, load_source
-    from nanodlm.checkpoint import build_model, load_model
-    from nanodlm.config import TrainConfig
+    from nanodlm.runs.checkpoint import build_model, load_model
+    from nanodlm.training.adapt import adapt_state, load_source
+    from nanodlm.training.config import TrainConfig
 
     ar, _, _ = load_model(tiny_runs["gpt2"], "last", torch.device("cpu"))
     src_args, state, _ = load_source(tiny_runs["gpt2"])

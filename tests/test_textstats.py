@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nanodlm.errors import UserError
-from nanodlm.textstats import (
+from nanodlm.core.errors import UserError
+from nanodlm.evaluation.textstats import (
     distinct_n,
     judge_nll,
     longest_repeated_substring,

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import nanodlm.train as train_mod
-from nanodlm.checkpoint import load_checkpoint
+import nanodlm.training.train as train_mod
 from nanodlm.cli import main
-from nanodlm.config import TrainConfig, build_config
-from nanodlm.data import prepare
-from nanodlm.errors import UserError
-from nanodlm.plotting import read_metrics
-from nanodlm.train import TrainingDiverged, load_train_config, train
+from nanodlm.core.errors import UserError
+from nanodlm.core.plotting import read_metrics
+from nanodlm.data.dataset import prepare
+from nanodlm.runs.checkpoint import load_checkpoint
+from nanodlm.training.config import TrainConfig, build_config
+from nanodlm.training.train import TrainingDiverged, load_train_config, train
 
 try:
     import matplotlib  # noqa: F401

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from nanodlm import cli
-from nanodlm.animate import write_html
-from nanodlm.trajectory import MASK_TEXT, Aborted, Recorder, count_forward_passes
+from nanodlm.sampling.trajectory import MASK_TEXT, Aborted, Recorder, count_forward_passes
+from nanodlm.web.animate import write_html
 
 M = 9  # the mask id of the fake vocabulary "abcdefgh" + [MASK]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanodlm.attention import TwoStreamAttention, block_diffusion_mask
-from nanodlm.model import GPT, GPTConfig
+from nanodlm.model.attention import TwoStreamAttention, block_diffusion_mask
+from nanodlm.model.model import GPT, GPTConfig
 
 V = 11
 

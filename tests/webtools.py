@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nanodlm.serve import create_app, uvicorn_options
+from nanodlm.web.serve import create_app, uvicorn_options
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..config import print_keys
-from ..errors import UserError
-from ..generate import print_sampling_keys
+from ..core.errors import UserError
+from ..sampling.generate import print_sampling_keys
+from ..training.config import print_keys
 from .parallel import ParallelArgs, bench_parallel
 from .quality import QualityArgs, bench_quality
 from .speed import SampleBenchArgs, TrainBenchArgs, bench_sample, bench_train

@@ -13,15 +13,15 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..config import build_config, parse_overrides
-from ..errors import UserError
-from ..generate import ALIASES, SamplerOptions
-from ..judge import generate_texts
+from ..core.errors import UserError
 
 # The diffusion configuration the benchmarks default to, chosen by the sweep in BENCHMARKS.md ("Making diffusion
 # write"): repair objective (fills and flags), rotary positions, learning rate 2e-3; the sampler options are
 # SamplerOptions' defaults (`nanodlm sample`'s: remask, noise 1, prior_weight 0.7)
-from ..report import fmt, print_table, write_json  # noqa: F401 (the benchmarks' output, re-exported)
+from ..core.report import fmt, print_table, write_json  # noqa: F401 (the benchmarks' output, re-exported)
+from ..evaluation.judge import generate_texts
+from ..sampling.generate import ALIASES, SamplerOptions
+from ..training.config import build_config, parse_overrides
 
 BENCH_DEFAULTS: dict[str, Any] = {"objective": "repair", "pos_emb": "rope", "learning_rate": 2e-3, "copy_weight": 0.1}
 RANDOM_VOCAB = 65  # shakespeare_char's vocabulary: `bench train` uses random tokens of it without prepared data

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..generate import Prompt, SamplerOptions, generate
-from ..judge import score_texts
-from ..protocol import closest, frontier_at, passages, seed_mean
+from ..evaluation.judge import score_texts
+from ..evaluation.protocol import closest, frontier_at, passages, seed_mean
+from ..sampling.generate import Prompt, SamplerOptions, generate
 
 # what a curve point averages over seeds (each with a standard error)
 STATS = ("judge_ppl", "entropy_bits", "distinct_4", "chars_per_s")

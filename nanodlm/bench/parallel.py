@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_model
-from ..data import open_split
-from ..distributed import resolve_device
-from ..errors import UserError
-from ..fileio import parse_json, read_text_file
-from ..generate import Generation, Prompt, SamplerOptions, generate
-from ..judge import score_texts
-from ..protocol import dev_test, seed_mean
-from ..report import save_figure
+from ..core.errors import UserError
+from ..core.fileio import parse_json, read_text_file
+from ..core.report import save_figure
+from ..data.dataset import open_split
+from ..evaluation.judge import score_texts
+from ..evaluation.protocol import dev_test, seed_mean
+from ..runs.checkpoint import load_model
+from ..sampling.generate import Generation, Prompt, SamplerOptions, generate
+from ..training.distributed import resolve_device
 from .common import machine_info, now, parse_list, parse_sampling_args, print_table, write_json
 from .frontier import Judge, real_text
 

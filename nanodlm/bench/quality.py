@@ -31,15 +31,16 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load_model
-from ..config import TrainConfig, build_config, read_config_file
-from ..data import load_tokenizer, open_split
-from ..distributed import resolve_device
-from ..errors import UserError
-from ..evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
-from ..generate import Prompt, SamplerOptions, generate
-from ..protocol import REPORT_SPLIT, SELECTION_SPLIT, choose_on, dev_test, plot_frontier
-from ..samplers import DIFFUSION_SAMPLERS, sampler_keys
+from ..core.errors import UserError
+from ..data.dataset import open_split
+from ..data.tokenizers import load_tokenizer
+from ..evaluation.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
+from ..evaluation.protocol import REPORT_SPLIT, SELECTION_SPLIT, choose_on, dev_test, plot_frontier
+from ..runs.checkpoint import load_model
+from ..sampling.generate import Prompt, SamplerOptions, generate
+from ..sampling.samplers import DIFFUSION_SAMPLERS, sampler_keys
+from ..training.config import TrainConfig, build_config, read_config_file
+from ..training.distributed import resolve_device
 from .common import BENCH_DEFAULTS, machine_info, now, parse_list, parse_sampling_args, print_table, write_json
 from .frontier import Judge, operating_point, point, real_text, sweep
 from .presets import FIXED_A_PRIORI, PRESETS

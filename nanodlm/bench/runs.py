@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, build_config, config_to_dict
+from ..core.errors import UserError
+from ..core.plotting import read_metrics
 
 # keys that cannot change the trained weights (or are the run's location): left out of the run hash
-from ..data import load_meta, prepare
-from ..errors import UserError
-from ..plotting import read_metrics
-from ..train import train
+from ..data.dataset import load_meta, prepare
+from ..training.config import TrainConfig, build_config, config_to_dict
+from ..training.train import train
 
 NOT_HASHED = ("out_dir", "data_dir", "init_from", "eval_only", "progress", "plot", "log_interval", "wandb_log",
               "wandb_project", "wandb_run_name", "always_save_checkpoint", "device", "backend", "compile",

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import config_to_dict
-from ..errors import UserError
-from ..protocol import argmin
+from ..core.errors import UserError
+from ..evaluation.protocol import argmin
+from ..training.config import config_to_dict
 from .runs import candidates, finish_run, train_planned
 
 # ms per (parameter x token) of one training iteration at one thread, measured on this project's 2-core machine

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import build_model, load_model
-from ..config import TrainConfig, build_config, config_to_dict, read_config_file
-from ..data import get_batch, load_meta, open_split
-from ..distributed import resolve_device
-from ..errors import UserError
-from ..generate import Generation, Prompt, SamplerOptions, generate
-from ..model import GPTConfig
-from ..step import Stepper
-from ..train import lr_at, make_loss_fn, step_seed
+from ..core.errors import UserError
+from ..data.dataset import get_batch, load_meta, open_split
+from ..model.model import GPTConfig
+from ..runs.checkpoint import build_model, load_model
+from ..sampling.generate import Generation, Prompt, SamplerOptions, generate
+from ..training.config import TrainConfig, build_config, config_to_dict, read_config_file
+from ..training.distributed import resolve_device
+from ..training.step import Stepper
+from ..training.train import lr_at, make_loss_fn, step_seed
 from .common import (
     RANDOM_VOCAB,
     machine_info,

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import find_checkpoint, load_checkpoint, load_model
-from ..distributed import resolve_device
-from ..errors import UserError
-from ..judge import generate_texts, reference_texts, score_texts
-from ..report import save_figure
+from ..core.errors import UserError
+from ..core.report import save_figure
+from ..evaluation.judge import generate_texts, reference_texts, score_texts
+from ..runs.checkpoint import find_checkpoint, load_checkpoint, load_model
+from ..training.distributed import resolve_device
 from .common import machine_info, now, parse_sampling_args, parse_steps, print_table, warm_up_sampling, write_json
 from .runs import CKPT
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .attention import KVCache, tidar_pass_mask
-from .model import GPT
+from ..model.attention import KVCache, tidar_pass_mask
+from ..model.model import GPT
 
 
 def check_tidar(model: GPT) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from ..core.errors import UserError
 
 BACKENDS = ("auto", "nccl", "gloo")  # auto: nccl on CUDA, gloo on CPU
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: bf16 on capable CUDA, fp16 on older CUDA, fp32 elsewhere

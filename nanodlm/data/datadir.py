@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import UserError
-from .fileio import current_umask
+from ..core.errors import UserError
+from ..core.fileio import current_umask
 
 DATASET_FILES = ("train.bin", "val.bin", "meta.json")  # what a prepared dataset folder holds (and may be replaced)
 

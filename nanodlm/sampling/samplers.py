@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from ..core.errors import UserError, check_finite
 from .ar_sampling import Model, filter_logits, inference_mode
-from .errors import UserError, check_finite
 from .reveal import (
     ORDERS,
     SCHEDULES,

@@ -23,20 +23,20 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..core.errors import UserError
+from ..core.plotting import plot_loss_curves
+from ..data.dataset import get_batch, load_meta, open_split
+from ..diffusion.diagnostics import diagnostics
+from ..diffusion.diffusion import DiffusionOptions, get_objective
+from ..diffusion.tidar import tidar_loss
+from ..model.attention import annealed_attention
+from ..model.model import GPTConfig
+from ..runs.checkpoint import build_model, load_checkpoint, save_checkpoint
+from ..runs.rundir import SHAPE_KEYS, check_resume, load_optimizer, nothing_to_resume, open_run_dir, truncate_metrics
 from .adapt import init_from_source
-from .attention import annealed_attention
-from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
-from .data import get_batch, load_meta, open_split
-from .diagnostics import diagnostics
-from .diffusion import DiffusionOptions, get_objective
 from .distributed import destroy_distributed, init_distributed
-from .errors import UserError
-from .model import GPTConfig
-from .plotting import plot_loss_curves
-from .rundir import SHAPE_KEYS, check_resume, load_optimizer, nothing_to_resume, open_run_dir, truncate_metrics
 from .step import Stepper
-from .tidar import tidar_loss
 
 # a val loss above DIVERGED_FACTOR x the best so far is a diverged model, even when finite (a loss of 4e11 was
 # once saved): training stops and ckpt.pt keeps the last model that passed this test

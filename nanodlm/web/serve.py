@@ -5,7 +5,7 @@ sampler, its accepted drafts shown as revealed and the position of a rejected dr
 
 The page (``nanodlm/static/``) posts its form to ``POST /api/generate``, which streams the trajectory as
 server-sent events (README, "Web demo"): ``start``, then one ``step`` per canvas update (the event format of
-``nanodlm.trajectory``), then ``done`` (or ``error``). ``GET /api/info`` describes the models and the limits.
+``nanodlm.sampling.trajectory``), then ``done`` (or ``error``). ``GET /api/info`` describes the models and the limits.
 Starlette and uvicorn are an optional extra (``pip install -e ".[serve]"``), imported only here.
 
 Safe by default: binds 127.0.0.1 and answers only requests whose Host and Origin are this server
@@ -25,27 +25,26 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
 import torch
 
-from .checkpoint import load_model
-from .config import load_config
-from .distributed import resolve_device
-from .errors import UserError, check_finite
-from .generate import Generation, Prompt, SamplerOptions, build_canvas, generate, sampling_configs
-from .sample import SampleConfig
-from .samplers import CAUSAL_SAMPLERS, DIFFUSION_SAMPLERS
-from .trajectory import Aborted, Recorder
+from ..core.errors import UserError, check_finite
+from ..runs.checkpoint import load_model
+from ..sampling.generate import Generation, Prompt, SamplerOptions, build_canvas, generate
+from ..sampling.samplers import CAUSAL_SAMPLERS, DIFFUSION_SAMPLERS
+from ..sampling.trajectory import Aborted, Recorder
+from ..training.config import load_config
+from ..training.distributed import resolve_device
+from .request import GenerateRequest, parse_request, request_keys
 from .webguard import BodyError, Guard, allowed_hosts, header_timeout_protocol, is_json, read_body
 
-log = logging.getLogger("nanodlm.serve")
+log = logging.getLogger("nanodlm.web.serve")
 STATIC = {"canvas.js": "text/javascript", "canvas.css": "text/css", "app.js": "text/javascript"}  # all it serves
 MAX_BODY = 64 * 1024  # bytes of JSON in a request
 BODY_TIMEOUT_S = 10.0  # a client that takes longer to send its body gets 408 (slow or stalled clients)
-MODELS = ("diffusion", "ar")
 INSTALL_HINT = "nanodlm serve needs Starlette and uvicorn: pip install -e '.[serve]' (or pip install starlette uvicorn)"
 
 
@@ -112,51 +111,6 @@ class Job:
     steps: int
     num_samples: int
     run: Callable[[Callable[..., None]], Generation]
-
-
-@dataclass
-class GenerateRequest:
-    """A request's own keys beside the sampler options and the prompt (defaults: ``nanodlm sample``'s)."""
-
-    model: str = "diffusion"  # diffusion | ar (the --ar_out_dir model)
-    num_samples: int = SampleConfig.num_samples
-    seed: int = SampleConfig.seed
-    race: bool = False  # diffusion, then the AR model on the same prompt and length: one job, one stream
-
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise UserError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
-        if self.race and self.model != "diffusion":
-            raise UserError("race runs the diffusion model, then the AR model: leave model at diffusion")
-        if self.num_samples < 1:
-            raise UserError(f"num_samples must be >= 1; got {self.num_samples}")
-        if not 0 <= self.seed < 2**63:
-            raise UserError(f"seed must be in [0, 2**63); got {self.seed}")
-
-
-def request_keys() -> list[str]:
-    """Every key a request may set: its own, then the sampler options and the prompt, as ``nanodlm sample``."""
-    return [f.name for cls in (GenerateRequest, SamplerOptions, Prompt) for f in fields(cls) if f.init]
-
-
-def parse_request(body: bytes) -> tuple[GenerateRequest, SamplerOptions, Prompt]:
-    """JSON object -> the three configs, built and validated as the CLI builds them (UserError otherwise)."""
-    def no_constants(name: str) -> None:
-        raise ValueError(f"{name} is not a number")
-
-    try:
-        values = json.loads(body.decode("utf-8"), parse_constant=no_constants)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"the request body is not valid JSON ({str(e).splitlines()[0][:120]})") from None
-    except RecursionError:  # [[[[...: nested deeper than the parser goes
-        raise UserError("the request body is nested too deeply; send one flat object of sampling keys") from None
-    if not isinstance(values, dict):
-        raise UserError("the request body must be a JSON object of sampling keys, e.g. {\"steps\": 32}")
-    for key, value in values.items():
-        if isinstance(value, str) and value.startswith("FILE:"):
-            raise UserError(f"'{key}' starts with FILE:, which reads a file on the command line; send the text itself")
-    request, options, prompt = sampling_configs(values, GenerateRequest)
-    return request, options, prompt
 
 
 def plan_job(engine: Engine, request: GenerateRequest, options: SamplerOptions, prompt: Prompt) -> Job:
@@ -299,7 +253,7 @@ def create_app(server: Server):
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    static = resources.files("nanodlm") / "static"
+    static = resources.files("nanodlm.web") / "static"
 
     async def index(request: Request) -> Response:
         return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))

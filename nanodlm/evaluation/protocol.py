@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .diffusion import mean_and_stderr
-from .errors import UserError
-from .report import save_figure
+from ..core.errors import UserError
+from ..core.report import save_figure
+from ..diffusion.diffusion import mean_and_stderr
 
 SELECTION_SPLIT = "dev: the first half of val.bin (tokens [0, len(val) // 2))"
 REPORT_SPLIT = "test: the second half of val.bin (tokens [len(val) // 2, len(val)))"

@@ -5,7 +5,7 @@ KV cache); a diffusion model fills a canvas of [MASK] with the sampler the optio
 block diffusion (``blockwise.generate_blocks``) and window by window for text longer than ``block_size``
 (``blockwise.generate_long``). ``nanodlm sample``, ``judge``, ``bench`` and the web demo are thin callers.
 
-    from nanodlm.generate import Prompt, SamplerOptions, generate
+    from nanodlm.sampling.generate import Prompt, SamplerOptions, generate
     out = generate(model, tok, SamplerOptions(steps=32), Prompt(start="ROMEO:"), num_samples=2, seed=0)
     out.texts, out.tokens, out.info["forward_passes"]
 
@@ -23,18 +23,19 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..core.errors import UserError
+from ..core.fileio import read_text_file
+from ..runs.checkpoint import check_generation_size
+from ..training.config import build_configs, print_keys
 from .ar_sampling import generate_ar
 from .blockwise import generate_blocks, generate_long
-from .checkpoint import check_generation_size
-from .config import build_configs, print_keys
-from .errors import UserError
-from .fileio import read_text_file
 from .samplers import CAUSAL_SAMPLERS, SAMPLERS, OnStep, SamplerOptions, get_sampler, sampler_keys
 
 __all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "generate", "ignored_settings",
            "print_sampling_keys", "read_text", "sampling_configs"]
 
 T = TypeVar("T")
+NUM_SAMPLES, SEED = 3, 1337  # the defaults of `nanodlm sample` and of a web demo request
 ALIASES = {"max_steps": "steps"}  # the specification calls the number of denoising steps max_steps
 
 

@@ -22,15 +22,16 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_model
-from .config import parse_overrides, read_config_file
-from .data import load_meta, load_tokenizer, open_split
-from .distributed import resolve_device
-from .errors import UserError, check_finite
-from .fileio import check_output_path, parse_json, read_text_file
-from .generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
+from ..core.errors import UserError, check_finite
+from ..core.fileio import check_output_path, parse_json, read_text_file
+from ..core.report import print_table, write_json
+from ..data.dataset import load_meta, open_split
+from ..data.tokenizers import load_tokenizer
+from ..runs.checkpoint import load_model
+from ..sampling.generate import Prompt, SamplerOptions, generate, print_sampling_keys, sampling_configs
+from ..training.config import parse_overrides, read_config_file
+from ..training.distributed import resolve_device
 from .protocol import passages
-from .report import print_table, write_json
 from .textstats import distinct_n, judge_nll, longest_repeated_substring, unigram_entropy
 
 SEPARATOR = "---------------"  # nanoGPT's sample.py prints this line after every sample

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .ar_sampling import inference_mode, model_device
-from .errors import UserError
+from ..core.errors import UserError
+from ..sampling.ar_sampling import inference_mode, model_device
 
 
 def unigram_entropy(items: str | Sequence | np.ndarray | torch.Tensor, bits: bool = False,

@@ -1,6 +1,6 @@
 """Watch a diffusion sampler work: the canvas redrawn in the terminal after every step.
 
-``LiveView`` is an ``on_step`` callback for the samplers in ``nanodlm.samplers``. Masks are drawn dim,
+``LiveView`` is an ``on_step`` callback for the samplers in ``nanodlm.sampling.samplers``. Masks are drawn dim,
 tokens revealed in the latest step highlighted, tokens re-masked in the latest step shown red and struck
 through (their old text). When the console is not a terminal (piped stdout, CI logs) it draws nothing,
 and the caller prints only the result. rich is imported lazily, on first use.

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from ..diffusion.tidar import check_tidar, draft_pass
 from .ar_sampling import Model, cache_dtype, check_sampling_args, filter_logits, generate_ar, inference_mode
 from .reveal import OnStep
-from .tidar import check_tidar, draft_pass
 
 
 def distribution(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:

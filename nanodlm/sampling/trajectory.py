@@ -1,7 +1,7 @@
 """Record how a canvas fills in: one frame per canvas update, for the web demo and the HTML / GIF exports.
 
 A ``Recorder`` is an ``on_step(step, tokens (B, L), revealed (B, L) bool, remasked (B, L) bool)`` callback
-(the samplers' contract, see ``nanodlm.samplers``). Before the first update it adds a step-0 frame: the
+(the samplers' contract, see ``nanodlm.sampling.samplers``). Before the first update it adds a step-0 frame: the
 canvas as given (the first update's revealed positions still masked). Each frame turns into a JSON-able
 event (``frame_event``), the format of the ``/api/generate`` stream (README, "Web demo"):
 

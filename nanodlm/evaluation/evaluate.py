@@ -25,18 +25,18 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .ar_sampling import inference_mode, model_device
-from .checkpoint import load_model
-from .config import load_config, print_keys
-from .data import SPLITS, load_meta, open_split
-from .diagnostics import diagnostics, meaning
-from .diffusion import mean_and_stderr, nelbo
-from .distributed import resolve_device
-from .errors import UserError, check_finite
-from .fileio import check_output_path
-from .report import print_table, write_json
+from ..core.errors import UserError, check_finite
+from ..core.fileio import check_output_path
+from ..core.report import print_table, write_json
+from ..data.dataset import SPLITS, load_meta, open_split
+from ..diffusion.diagnostics import diagnostics, meaning
+from ..diffusion.diffusion import mean_and_stderr, nelbo
+from ..diffusion.tidar import two_stream_logits
+from ..runs.checkpoint import load_model
+from ..sampling.ar_sampling import inference_mode, model_device
+from ..training.config import load_config, print_keys
+from ..training.distributed import resolve_device
 from .textstats import unigram_entropy
-from .tidar import two_stream_logits
 
 LN2 = math.log(2.0)
 

@@ -19,14 +19,14 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .diffusion import MODEL_OBJECTIVES
+from ..core.errors import UserError, check_finite
+from ..core.fileio import parse_json
+from ..diffusion.diffusion import MODEL_OBJECTIVES
+from ..model.model import ModelArgs
 from .distributed import BACKENDS, DTYPES
-from .errors import UserError, check_finite
-from .fileio import parse_json
-from .model import ModelArgs
 
 T = TypeVar("T")
-PRESET_DIR = Path(__file__).resolve().parent / "configs"  # package data (configs/ in the repo links here)
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"  # package data (configs/ in the repo links here)
 MAX_LITERAL = 1000  # characters of a --key=value value parsed as a Python literal
 
 
@@ -55,7 +55,7 @@ class TrainConfig(ModelArgs):
     dataset: str = "shakespeare_char"  # a folder in data_dir made by `nanodlm prepare`
     gradient_accumulation_steps: int = 1  # global value; divided by the number of DDP processes
     batch_size: int = 12  # sequences per micro-step
-    # diffusion objective (see nanodlm/diffusion.py)
+    # diffusion objective (see nanodlm/diffusion/diffusion.py)
     objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the spec's) | tidar (gpt2, tidar.py)
     tidar_alpha: float = 1.0  # objective=tidar: loss (alpha * L_AR + L_draft) / (1 + alpha)
     penalty_keep_mask: float = 0.25  # seed objective: weight of the loss at positions that stay [MASK]

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
+from ..core.errors import UserError
+from ..core.fileio import parse_json
+from ..model.model import GPT, GPTConfig
 from .checkpoint import check_model_size
-from .errors import UserError
-from .fileio import parse_json
-from .model import GPT, GPTConfig
 
 # nanoGPT's names -> (n_layer, n_head, n_embd); all have block_size 1024 and vocab 50,257
 GPT2_SIZES = {

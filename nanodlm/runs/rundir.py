@@ -20,10 +20,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import UserError
+from ..core.fileio import atomic_write
+from ..model.model import ModelArgs
 from .checkpoint import load_checkpoint
-from .errors import UserError
-from .fileio import atomic_write
-from .model import ModelArgs
 
 CHECKPOINTS = ("ckpt.pt", "best.pt")
 PROBE_BYTES = 64 * 1024  # what the start-up write test writes (and removes)

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .data import load_tokenizer
-from .errors import UserError
-from .fileio import atomic_write
-from .model import GPT, GPTConfig
+from ..core.errors import UserError
+from ..core.fileio import atomic_write
+from ..data.tokenizers import load_tokenizer
+from ..model.model import GPT, GPTConfig
 
 FORMAT_VERSION = 1
 _PREFIXES = ("_orig_mod.", "module.")  # added by torch.compile and DDP

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from ..model.attention import KVCache
 from .ar_sampling import Model, cache_dtype
-from .attention import KVCache
 from .samplers import APPROX_CACHES, OnStep, SamplerFn, SamplerOptions, get_sampler, new_info
 
 __all__ = ["APPROX_CACHES", "generate_blocks", "generate_long"]

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint import find_checkpoint, load_checkpoint
-from .errors import UserError
-from .model import GPTConfig
-from .pretrained import GPT2_SIZES, is_init_source, is_pretrained_source, load_hf_gpt2
+from ..core.errors import UserError
+from ..model.model import GPTConfig
+from ..runs.checkpoint import find_checkpoint, load_checkpoint
+from ..runs.pretrained import GPT2_SIZES, is_init_source, is_pretrained_source, load_hf_gpt2
 
 
 def load_source(init_from: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:

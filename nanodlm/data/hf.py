@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .fileio import atomic_write
+from ..core.errors import UserError
+from ..core.fileio import atomic_write
 
 EOT = 50256  # GPT-2's <|endoftext|>, the document separator
 OPENWEBTEXT = dict(name="openwebtext", split="train", text_field="text", val_fraction=0.0005, seed=2357)

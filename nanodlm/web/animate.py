@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .fileio import check_output_path
-from .trajectory import Frame, Recorder
+from ..core.errors import UserError
+from ..core.fileio import check_output_path
+from ..sampling.trajectory import Frame, Recorder
 
 FRAME_MS = 120  # each step on screen
 HOLD_MS = 2500  # the final text, before the animation loops
@@ -43,7 +43,7 @@ h1 {{ font-size: 18px; }} .nd-controls {{ display: flex; gap: 10px; align-items:
 
 
 def _static(name: str) -> str:
-    return (resources.files("nanodlm") / "static" / name).read_text(encoding="utf-8")
+    return (resources.files("nanodlm.web") / "static" / name).read_text(encoding="utf-8")
 
 
 def check_trajectory_path(path: str) -> None:

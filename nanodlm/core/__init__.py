@@ -1,0 +1,1 @@
+"""Plumbing that imports nothing else of nanodlm: one-line errors, atomic file writes, JSON reports, plots."""

@@ -1,0 +1,1 @@
+"""Data: corpora -> token files (prepare), tokenizers, the prepared dataset folder, batches; HF corpora (hf.py)."""

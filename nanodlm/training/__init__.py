@@ -1,0 +1,1 @@
+"""Training: the config (TrainConfig, --key=value parsing, presets), the loop, one step, AR adaptation, torchrun."""
