@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 import shutil
 from pathlib import Path
 
@@ -200,3 +201,13 @@ def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
     (copy / "model" / "worse.py").write_text("import nanodlm.web.serve\n\nfrom . import model\n")
     assert upward_imports(copy) == ["core.bad (core) imports training.config (training)",
                                     "model.worse (model) imports web.serve (web)"]
+
+
+def test_readme_layout_names_every_layer_in_order() -> None:
+    """README's "Layout" tree: one line a folder of the package, bottom layer first, as LAYERS (+ the presets)."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    tree = readme.split("\n## Layout\n", 1)[1].split("```\n", 2)[1]
+    listed = [m.group(1) for m in re.finditer(r"^  (\w+)/ ", tree, re.M)]
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert sorted(listed) == folders, "README's layout tree and nanodlm/'s folders differ"
+    assert [name for name in listed if name in LAYERS] == list(LAYERS), "README lists the layers out of order"
