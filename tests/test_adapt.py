@@ -16,7 +16,8 @@ from nanodlm.runs.checkpoint import load_checkpoint, load_model
 from nanodlm.sampling.blockwise import generate_blocks
 from nanodlm.training.adapt import init_from_source
 from nanodlm.training.config import TrainConfig, build_config
-from nanodlm.training.train import anneal_ratio, annealed, load_train_config, train
+from nanodlm.training.step import anneal_ratio, annealed
+from nanodlm.training.train import load_train_config, train
 
 V = 20  # data vocabulary; [MASK] = V
 

@@ -25,8 +25,7 @@ from ..runs.checkpoint import build_model, load_model
 from ..sampling.generate import Generation, Prompt, SamplerOptions, generate
 from ..training.config import TrainConfig, build_config, config_to_dict, read_config_file
 from ..training.distributed import resolve_device
-from ..training.step import Stepper
-from ..training.train import lr_at, make_loss_fn, step_seed
+from ..training.step import Stepper, lr_at, make_loss_fn, step_seed
 from .common import (
     RANDOM_VOCAB,
     machine_info,

@@ -304,7 +304,7 @@ def repair_objective(
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Generator, DiffusionOptions], torch.Tensor]
 OBJECTIVES: dict[str, Objective] = {"seed": seed_objective, "mdlm": mdlm_objective, "repair": repair_objective}
-# objective=tidar trains a gpt2 model with a draft stream (tidar.py; train.make_loss_fn), not a diffusion model
+# objective=tidar trains a gpt2 model with a draft stream (tidar.py; training/step.py make_loss_fn), not diffusion
 MODEL_OBJECTIVES = (*OBJECTIVES, "tidar")
 
 

@@ -1,13 +1,20 @@
-"""One training step: what train() runs each iteration and ``bench train`` times."""
+"""One training step: what train() runs each iteration and ``bench train`` times, with what it draws on: the
+step-keyed seeds, the learning rate schedule, the loss function and the annealed attention mask."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
+from ..diffusion.diffusion import DiffusionOptions, get_objective
+from ..diffusion.tidar import tidar_loss
+from ..model.attention import annealed_attention
+from ..model.model import GPTConfig
 from .config import TrainConfig
 from .distributed import resolve_dtype
 
@@ -15,9 +22,63 @@ from .distributed import resolve_dtype
 LossFn = Callable[[Any, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
+def step_seed(seed: int, rank: int, step: int, stream: str) -> int:
+    """A 63-bit seed that is a pure function of (seed, rank, step, stream)."""
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def lr_at(it: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None):
+    """(model, x, y, generator) -> scalar loss, picked once by model_type and objective."""
+    if cfg.objective == "tidar":  # a gpt2 model with a draft stream (tidar.py)
+        return lambda model, x, y, gen: tidar_loss(model, x, y, cfg.tidar_alpha)
+    if cfg.model_type == "gpt2":
+        return lambda model, x, y, gen: model(x, y)[1]
+    objective = get_objective(cfg.objective)
+    opts = DiffusionOptions(
+        mask_token_id=mask_token_id, penalty_keep_mask=cfg.penalty_keep_mask,
+        penalty_mask_correct=cfg.penalty_mask_correct, eps=cfg.mdlm_eps, t_max=cfg.mdlm_t_max,
+        repair_rate_max=cfg.repair_rate_max, copy_weight=cfg.copy_weight,
+    )
+    return lambda model, x, y, gen: objective(model, x, gen, opts)
+
+
+def anneal_ratio(it: int, anneal_iters: int) -> float:
+    """Share of the future keys a query may attend at iteration ``it``: 0 (causal) at 0, 1 from anneal_iters on."""
+    return 1.0 if anneal_iters <= 0 else min(1.0, it / anneal_iters)
+
+
+class AnnealedModel:
+    """The model as one training step calls it: with DiffuLLaMA's annealed attention mask (model.annealed_attention)
+    of that step, drawn once and shared by the batch and its micro-steps. Objectives see the usual interface."""
+
+    def __init__(self, model: torch.nn.Module, allow: torch.Tensor, config: GPTConfig) -> None:
+        self.model, self.allow, self.config = model, allow, config
+
+    def __call__(self, idx: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model(idx, *args, attn_allow=self.allow, **kwargs)
+
+
+def annealed(model: torch.nn.Module, config: GPTConfig, ratio: float, generator: torch.Generator) -> AnnealedModel:
+    """``model`` with a fresh annealed mask at ``ratio`` (0 = causal, 1 = full), drawn from ``generator``."""
+    return AnnealedModel(model, annealed_attention(config.block_size, ratio, generator, generator.device), config)
+
+
 class Stepper:
     """The training step, for train() and for ``bench train`` (which times this, not a copy): the autocast
-    context, grad scaler, optimizer and loss (``train.make_loss_fn``) of one model, and ``step`` = forward and
+    context, grad scaler, optimizer and loss (``make_loss_fn``) of one model, and ``step`` = forward and
     backward of each micro-batch, unscale, clip, optimizer step. The learning rate is the caller's."""
 
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, device: str, loss_fn: LossFn) -> None:
