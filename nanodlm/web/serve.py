@@ -3,7 +3,7 @@
 The main model (``--out_dir``) may also be a TiDAR model (objective=tidar): it writes with the speculative
 sampler, its accepted drafts shown as revealed and the position of a rejected draft as re-masked.
 
-The page (``nanodlm/static/``) posts its form to ``POST /api/generate``, which streams the trajectory as
+The page (``nanodlm/web/static/``) posts its form to ``POST /api/generate``, which streams the trajectory as
 server-sent events (README, "Web demo"): ``start``, then one ``step`` per canvas update (the event format of
 ``nanodlm.sampling.trajectory``), then ``done`` (or ``error``). ``GET /api/info`` describes the models and the limits.
 Starlette and uvicorn are an optional extra (``pip install -e ".[serve]"``), imported only here.
