@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nanodlm.bench.parallel import meets_bar
+from nanodlm.evaluation.protocol import choose_on
 
 
 def pm(v: float | None, se: float | None = None, fmt: str = ".2f") -> str:
@@ -99,19 +100,24 @@ def fast(paths: list[str]) -> list[str]:
         for pick, curve in zip(test["chosen_on_dev"], test["curves"]):
             d = dev_points[curve["name"]][pick["tau"]]
             scored.append((pick, curve, d, dev, test, dev_path, test_path))
-    meeting = [s for s in scored if s[0]["meets_bar"]]
+    # the choice across curves, through choose_on: each curve's dev point, stamped with its dev file's split
+    rows = [{"split": s[3]["args"].get("split"), **s[2], "ratio": s[2]["judge_ppl"] / s[3]["ar"]["judge_ppl"]}
+            for s in scored]
+    meeting = [i for i, s in enumerate(scored) if s[0]["meets_bar"]]
     if meeting:
-        pick, curve, d, dev, test, dev_path, test_path = max(meeting, key=lambda s: s[2]["speedup_b1"])
+        i = meeting[choose_on([rows[i] for i in meeting], lambda r: -r["speedup_b1"])]
         verdict = "the fastest configuration within the quality bar on dev"
     else:
-        closest = min(scored, key=lambda s: s[2]["judge_ppl"] / s[3]["ar"]["judge_ppl"])
-        pick, curve, d, dev, test, dev_path, test_path = closest
+        i = choose_on(rows, lambda r: r["ratio"])
         verdict = "NO configuration met the quality bar on dev; this one came closest (lowest judge PPL ratio)"
+    pick, curve, d, dev, test, dev_path, test_path = scored[i]
     t, ar, real = curve["points"][0], test["ar"], test.get("real") or test["ar"]
     keys = {"sampler": pick["sampler"], "steps": pick["steps"], "schedule": pick["schedule"],
             "parallel_threshold": pick["tau"], "prior_weight": test["options"]["prior_weight"]}
     if pick["semi_ar_block"]:
         keys.update(semi_ar_block=pick["semi_ar_block"], approx_cache=pick["approx_cache"])
+    if pick["sampler"] == "speculative" and pick.get("draft_len"):  # None: the model's own draft length
+        keys["draft_len"] = pick["draft_len"]
     lines = [f"# Sampling preset \"fast\": `nanodlm sample fast --out_dir=RUN`, measured on {curve['name']}.",
              f"# MEASURED ({Path(dev_path).name} chose, {Path(test_path).name} reports): {verdict}.",
              "# Quality bar: judge PPL <= 1.5x cached AR and entropy within 3% of real text. Test, report seeds:",

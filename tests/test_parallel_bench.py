@@ -74,14 +74,18 @@ def test_report_measures_only_the_points_chosen_on_dev_and_refuses_a_test_choice
         assert curve["points"][0]["tau"] == pick["tau"] and curve["schedule"] == pick["schedule"]
         dev_curve = next(c for c in d["curves"] if c["name"] == curve["name"])
         assert pick["tau"] in [p["tau"] for p in dev_curve["points"]]
-    with pytest.raises(UserError, match="--split=dev"):
+    assert all(p["split"] == "test" for c in t["curves"] for p in c["points"])  # each point says where it was measured
+    with pytest.raises(UserError, match="chooses on dev only"):
         bench.parallel.choose(t, [9])
+    with pytest.raises(UserError, match="chooses on dev only"):  # an older file: the run's --split decides
+        bench.parallel.choose({**t, "curves": [{**c, "points": [{k: v for k, v in p.items() if k != "split"}
+                                                                for p in c["points"]]} for c in t["curves"]]}, [9])
     with pytest.raises(UserError, match="chose on dev"):
         bench.parallel.choose(d, [1, 9])
 
 
 def test_a_tidar_run_is_a_speculative_curve_per_draft_length(tiny_runs: dict[str, str], tidar_run: str,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dev, test = tmp_path / "dev.json", tmp_path / "test.json"
     common = [f"--runs={tidar_run}", f"--judge={tiny_runs['gpt2']}", f"--ar_out_dir={tiny_runs['gpt2']}",
               "--draft_lens=2,0", "--num_samples=2", "--length=12", "--batch1_reps=1", "--device=cpu"]
@@ -96,6 +100,11 @@ def test_a_tidar_run_is_a_speculative_curve_per_draft_length(tiny_runs: dict[str
                        f"--json={test}"]) == 0
     t = json.loads(test.read_text())
     assert [p["draft_len"] for p in t["chosen_on_dev"]] == [2, None] and len(t["curves"]) == 2
+    # a dev file of other runs fails at once, before any model loads (it used to end in "no rows to average")
+    monkeypatch.setattr(bench.parallel, "load_model", lambda *a: pytest.fail("a model loaded"))
+    other = [f"--runs={tiny_runs['diffusion']}", *common[1:]]
+    with pytest.raises(UserError, match="has no curves for .*give the dev result of the same --runs"):
+        bench.parallel.bench_parallel([*other, "--seeds=5", "--split=test", f"--choose_from={dev}"])
 
 
 def test_parallel_bench_errors_are_one_line(tiny_runs: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from nanodlm.core.errors import UserError
 from nanodlm.evaluation.protocol import (
     argmin,
-    closest,
+    choose_on,
     dev_test,
     frontier_at,
     passages,
@@ -43,13 +43,24 @@ def test_passages_stay_inside_their_text_and_follow_the_seed() -> None:
         passages(data[:5], decode, 1, 10, seed=0)
 
 
-def test_argmin_and_closest_skip_non_finite_and_take_the_first_tie() -> None:
+def test_argmin_skips_non_finite_and_takes_the_first_tie() -> None:
     assert argmin([2.0, float("nan"), 1.0, 1.0]) == 2
     assert argmin([None, 3.0]) == 1
     with pytest.raises(UserError, match="finite"):
         argmin([float("nan"), float("inf")])
-    assert closest([4.1, 4.7, 4.9, float("nan")], 4.8) == 1  # |4.7-4.8| ties |4.9-4.8| up to rounding: first
-    assert closest([4.0, 5.0], 4.6) == 1
+
+
+def test_choose_on_reads_only_dev_measurements() -> None:
+    dev = [{"loss": 3.0, "split": "dev"}, {"loss": 1.0, "split": "dev"}, {"loss": 1.0, "split": "dev"}]
+    assert choose_on(dev, lambda r: r["loss"]) == 1  # the first of a tie
+    target = {"entropy_bits": 4.8, "split": "dev"}
+    curve = [{"entropy_bits": e, "split": "dev"} for e in (4.1, 4.7, 4.95)]
+    assert choose_on(curve, lambda p: abs(p["entropy_bits"] - target["entropy_bits"]), uses=[target]) == 1
+    for rows, uses in (([*dev[:2], {"loss": 0.5, "split": "test"}], []),  # one row measured on test
+                       ([{"loss": 0.5}], []),  # a row that does not say where it was measured
+                       (curve, [{"entropy_bits": 4.8, "split": "test"}])):  # the target measured on test
+        with pytest.raises(UserError, match="chooses on dev only"):
+            choose_on(rows, lambda r: r.get("loss", 0.0), uses=uses)
 
 
 def test_seed_mean_gives_mean_and_standard_error() -> None:

@@ -199,6 +199,15 @@ def test_smoke_on_any_prepared_text_writes_every_key_chooses_on_dev_reports_on_t
     assert Path(out.with_suffix(".png")).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_run_choice_reads_the_split_each_loss_was_measured_on(capsys: pytest.CaptureFixture) -> None:
+    runs = {"ar": [{"search": {"lr": 1}, "out_dir": "a"}, {"search": {"lr": 2}, "out_dir": "b"}]}
+    losses = {"a": 2.0, "b": 1.0}
+    chosen = quality.choose_runs(runs, lambda run: {"loss": losses[run["out_dir"]], "stderr": 0.0, "split": "dev"})
+    assert chosen["ar"]["out_dir"] == "b"
+    with pytest.raises(UserError, match="chooses on dev only"):  # a dev_loss that measured on test
+        quality.choose_runs(runs, lambda run: {"loss": losses[run["out_dir"]], "stderr": 0.0, "split": "test"})
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--selection_seeds=1,2", "--report_seeds=2,3,4"], "cannot both choose and report"),
     (["--report_seeds=5,6"], "at least 3 seeds"),

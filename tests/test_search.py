@@ -10,7 +10,6 @@ import pytest
 
 from nanodlm.bench import search
 from nanodlm.core.errors import UserError
-from nanodlm.evaluation.protocol import choose_on
 
 
 class FakeLanes:
@@ -49,7 +48,7 @@ def test_the_screen_winner_alone_trains_the_final_grid_at_full_budget() -> None:
 
     def dev_loss(run: dict[str, Any]) -> dict[str, float]:
         lr = float(run["out_dir"].split("learning_rate=")[1].split("-")[0])
-        return {"loss": dev[lr], "stderr": 0.0}
+        return {"loss": dev[lr], "stderr": 0.0, "split": "dev"}
 
     lanes = FakeLanes()
     finals, screens = search.search_all(searches, base, 10, _plan, dev_loss, lanes, on_event=lambda _: None)
@@ -83,10 +82,12 @@ def test_estimate_packs_runs_on_lanes_and_skips_cached_ones() -> None:
     assert search.estimate(searches, {"ar": {"max_iters": 100}}, 10, cached, 2)["train_wall_s"] == 0.0
 
 
-def test_the_protocol_refuses_a_choice_made_on_test() -> None:
-    assert choose_on("dev", [3.0, 1.0, 2.0]) == 1
+def test_the_screen_refuses_a_choice_made_on_test() -> None:
+    searches = {"ar": {"screen": {"learning_rate": [1e-3, 2e-3]}, "final": {}}}
     with pytest.raises(UserError, match="chooses on dev only"):
-        choose_on("test", [3.0, 1.0, 2.0])
+        search.search_all(searches, {"ar": {"max_iters": 100}}, 10, _plan,
+                          lambda run: {"loss": 1.0, "stderr": 0.0, "split": "test"}, FakeLanes(),
+                          on_event=lambda _: None)
 
 
 def test_a_failed_training_lane_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..evaluation.judge import score_texts
-from ..evaluation.protocol import closest, frontier_at, passages, seed_mean
+from ..evaluation.protocol import choose_on, frontier_at, passages, seed_mean
 from ..sampling.generate import Prompt, SamplerOptions, generate
 
 # what a curve point averages over seeds (each with a standard error)
@@ -75,7 +75,8 @@ def sweep(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Pro
     for value in values:
         opts = dataclasses.replace(options, **{knob: value})
         for split, split_seeds in seeds.items():
-            curves[split].append(point(model, tok, opts, prompt, judge, num_samples, split_seeds, value=value))
+            curves[split].append(point(model, tok, opts, prompt, judge, num_samples, split_seeds, value=value,
+                                       split=split))
         shown = [f"{split} PPL {c[-1]['judge_ppl']:.3f} entropy {c[-1]['entropy_bits']:.3f}"
                  for split, c in curves.items()]
         print(f"  {knob}={value:g}: " + " | ".join(shown))
@@ -85,6 +86,7 @@ def sweep(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Pro
 def operating_point(curves: dict[str, list[dict]], real: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Choose on dev, report on test: the knob value whose dev entropy is nearest real dev text's, its test
     point, and the test curve's PPL at real test text's entropy (``protocol.frontier_at``)."""
-    i = closest([p["entropy_bits"] for p in curves["dev"]], real["dev"]["entropy_bits"])
+    target = real["dev"]
+    i = choose_on(curves["dev"], lambda p: abs(p["entropy_bits"] - target["entropy_bits"]), uses=[target])
     report = curves["test"][i]
     return {"chosen": report["value"], "point": report, **frontier_at(curves["test"], real["test"]["entropy_bits"])}

@@ -25,7 +25,7 @@ from ..core.fileio import parse_json, read_text_file
 from ..core.report import save_figure
 from ..data.dataset import open_split
 from ..evaluation.judge import score_texts
-from ..evaluation.protocol import dev_test, seed_mean
+from ..evaluation.protocol import choose_on, dev_test, seed_mean
 from ..runs.checkpoint import load_model
 from ..sampling.generate import Generation, Prompt, SamplerOptions, generate
 from ..training.distributed import resolve_device
@@ -126,7 +126,7 @@ class _Point:
             seed = 10_000 + rep
             self._pair("b1", _run(self.ar, self.ar_options, a.length, 1, seed), _run(m, options, a.length, 1, seed),
                        speed, ratios)
-        row = seed_mean(per_seed, (*QUALITY_KEYS, "passes_per_256"))
+        row = {**seed_mean(per_seed, (*QUALITY_KEYS, "passes_per_256")), "split": a.split}
         for b in ("b1", "bN"):
             row[f"chars_per_s_{b}"] = statistics.median(speed[b])
             row[f"speedup_{b}"] = statistics.median(ratios[b])  # median over pairs of diffusion / AR chars/s
@@ -169,24 +169,42 @@ def meets_bar(p: dict[str, Any], ar: dict[str, Any], real: dict[str, Any] | None
 
 
 def choose(dev: dict[str, Any], report_seeds: list[int]) -> list[dict[str, Any]]:
-    """Each curve's point chosen on a dev run: the fastest at batch 1 within the quality bar (``meets_bar``), or,
-    when none meets it, the one with the lowest judge PPL (marked ``meets_bar: false``). Refuses a run that was
-    measured on test or with any of the report seeds."""
-    if dev.get("args", {}).get("split") != "dev":
-        split = dev.get("args", {}).get("split")
-        raise UserError(f"--choose_from must be a bench parallel run with --split=dev; it was measured on {split!r}")
-    used = set(parse_list(dev["args"]["seeds"], int, "seeds"))
+    """Each curve's point chosen on a dev run, through ``choose_on``: the fastest at batch 1 within the quality bar
+    (``meets_bar``), or, when none meets it, the one with the lowest judge PPL (marked ``meets_bar: false``).
+    Refuses a run measured on test (each point carries its split; older files, the run's ``--split``) or with any
+    of the report seeds."""
+    used = set(parse_list(dev.get("args", {}).get("seeds", ""), int, "seeds"))
     if used & set(report_seeds):
         raise UserError(f"seeds {sorted(used & set(report_seeds))} chose on dev; report with other --seeds")
     chosen = []
     for c in dev["curves"]:
-        ok = [p for p in c["points"] if meets_bar(p, dev["ar"], dev.get("real"))]
-        best = max(ok, key=lambda p: p["speedup_b1"]) if ok else min(c["points"], key=lambda p: p["judge_ppl"])
+        points = [{"split": dev.get("args", {}).get("split"), **p} for p in c["points"]]
+        ok = [p for p in points if meets_bar(p, dev["ar"], dev.get("real"))]
+        if ok:  # the fastest within the bar; else the lowest judge PPL
+            best = ok[choose_on(ok, lambda p: -p["speedup_b1"])]
+        else:
+            best = points[choose_on(points, lambda p: p["judge_ppl"])]
         keys = ("sampler", "steps", "schedule", "semi_ar_block", "approx_cache")
         extra = {"draft_len": c.get("draft_len")} if c["sampler"] == "speculative" else {}
         chosen.append({"run": c["run"], **{k: c.get(k, "cosine" if k == "schedule" else None) for k in keys},
                        **extra, "tau": best["tau"], "meets_bar": bool(ok)})
     return chosen
+
+
+def read_choices(path: str, runs: list[str], report_seeds: list[int]) -> list[dict[str, Any]]:
+    """``choose`` on the dev JSON at ``path``, checked before any model loads: every run of ``--runs`` must have
+    curves there (a dev file of other runs would leave nothing to measure)."""
+    dev = read_json(path)
+    for key in ("args", "curves", "ar"):
+        if key not in dev:
+            raise UserError(f"--choose_from {path} has no {key!r}; give a bench parallel --split=dev result")
+    picks = choose(dev, report_seeds)
+    missing = [r for r in runs if not any(Path(p["run"]) == Path(r) for p in picks)]
+    if missing:
+        raise UserError(f"--choose_from {path} has no curves for {', '.join(missing)} (it measured "
+                        f"{', '.join(sorted({p['run'] for p in picks})) or 'nothing'}); give the dev result of "
+                        "the same --runs")
+    return picks
 
 
 def _curve_name(m: _Model, c: dict[str, Any]) -> str:
@@ -217,6 +235,9 @@ def bench_parallel(argv: list[str]) -> dict[str, Any]:
     args, options, _ = parse_sampling_args("parallel", ParallelArgs, argv)
     if not args.runs or not args.judge or not args.ar_out_dir:
         raise UserError("bench parallel needs --runs=DIFFUSION_DIR[,DIR...] --judge=JUDGE_DIR --ar_out_dir=AR_DIR")
+    picks = None
+    if args.choose_from:  # before any model loads
+        picks = read_choices(args.choose_from, parse_list(args.runs, str, "runs"), parse_list(args.seeds, int, "seeds"))
     device = resolve_device(args.device)
     ar, judge_m = _load(args.ar_out_dir, args.ckpt, device), _load(args.judge, args.ckpt, device)
     for m, role in ((ar, "--ar_out_dir"), (judge_m, "--judge")):
@@ -226,9 +247,6 @@ def bench_parallel(argv: list[str]) -> dict[str, Any]:
     ar_options = SamplerOptions(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
     point = _Point(args, ar, ar_options, judge)
     taus = parse_list(args.taus, float, "taus")
-    picks = None
-    if args.choose_from:
-        picks = choose(read_json(args.choose_from), parse_list(args.seeds, int, "seeds"))
     _run(ar, ar_options, args.length, args.num_samples, 0)  # warm-up: library start-up, first-seen shapes
     curves = []
     for out_dir in parse_list(args.runs, str, "runs"):

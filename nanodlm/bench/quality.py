@@ -25,6 +25,7 @@ import math
 import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,19 @@ def _seeds(args: QualityArgs, preset: dict[str, Any]) -> dict[str, list[int]]:
 
 # --- bench quality --------------------------------------------------------------------------------------------
 
+def choose_runs(runs: dict[str, list[dict[str, Any]]],
+                dev_loss: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each role's run with the lowest dev loss, through ``choose_on``: ``dev_loss(run)`` (stored as
+    ``run["dev"]``) carries the split its windows came from, so a loss measured on test is refused."""
+    chosen = {}
+    for role, role_runs in runs.items():
+        for run in role_runs:
+            run["dev"] = dev_loss(run)
+            print(f"  {role} {run['search'] or ''}: dev loss {run['dev']['loss']:.4f} ({run['out_dir']})")
+        chosen[role] = role_runs[choose_on([run["dev"] for run in role_runs], lambda m: m["loss"])]
+    return chosen
+
+
 def bench_quality(argv: list[str]) -> dict[str, Any]:
     """The whole protocol (see the module docstring) -> the result dict, also written as JSON (and a PNG)."""
     args, options, rest = parse_sampling_args("quality", QualityArgs, argv, strict=False)
@@ -168,19 +182,19 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
     eval_bs = preset["eval_batch_size"]
     windows: dict[tuple[str, int], torch.Tensor] = {}
 
-    def loss(model: torch.nn.Module, split: str) -> dict[str, float]:
+    def loss(model: torch.nn.Module, split: str) -> dict[str, Any]:  # stamped with its split: choose_on reads it
         T = model.config.block_size  # (N, T+1) windows of that split, shared by every model of that T
         if (split, T) not in windows:
             n = min(preset["eval_windows"], max(1, len(splits[split]) // (T + 1)))
             windows[split, T] = eval_windows(splits[split], T, n)
         if model.config.model_type == "gpt2":
             out = ar_cross_entropy(model, windows[split, T], eval_bs)
-            return {"loss": out["loss"], "stderr": out["stderr"], "tokens": out["tokens"]}
+            return {"loss": out["loss"], "stderr": out["stderr"], "tokens": out["tokens"], "split": split}
         gen = torch.Generator(device=device).manual_seed(seeds[split][0])  # the masks: a seed of that split
         out = diffusion_nelbo(model, windows[split, T], eval_bs, gen, n_draws=4)
-        return {"loss": out["nelbo"], "stderr": out["stderr"], "tokens": out["tokens"]}
+        return {"loss": out["nelbo"], "stderr": out["stderr"], "tokens": out["tokens"], "split": split}
 
-    def dev_loss(run: dict[str, Any]) -> dict[str, float]:
+    def dev_loss(run: dict[str, Any]) -> dict[str, Any]:
         model, _, _ = load_model(run["out_dir"], CKPT, device)
         return loss(model, "dev")
 
@@ -204,12 +218,9 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
         torch.set_num_threads(sampling_threads)
 
     print(f"choosing on {SELECTION_SPLIT}")
-    models, toks, tests, chosen = {}, {}, {}, {}
-    for role, role_runs in runs.items():
-        for run in role_runs:
-            run["dev"] = dev_loss(run)
-            print(f"  {role} {run['search'] or ''}: dev loss {run['dev']['loss']:.4f} ({run['out_dir']})")
-        chosen[role] = role_runs[choose_on("dev", [run["dev"]["loss"] for run in role_runs])]
+    models, toks, tests = {}, {}, {}
+    chosen = choose_runs(runs, dev_loss)
+    for role in runs:
         if args.train_only:
             print(f"  {role}: chosen {chosen[role]['search'] or ''} {chosen[role]['out_dir']}")
             continue

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
-from ..evaluation.protocol import argmin
+from ..evaluation.protocol import choose_on
 from ..training.config import config_to_dict
 from .runs import candidates, finish_run, train_planned
 
@@ -136,7 +136,7 @@ def screened(n_candidates: int, screen_iters: int) -> bool:
 
 def search_all(searches: dict[str, dict[str, dict[str, list[Any]]]], base: dict[str, dict[str, Any]],
                screen_iters: int, plan: Callable[[str, dict[str, Any]], dict[str, Any]],
-               dev_loss: Callable[[dict[str, Any]], dict[str, float]], lanes: Lanes,
+               dev_loss: Callable[[dict[str, Any]], dict[str, Any]], lanes: Lanes,
                on_event: Callable[[str], None] = print) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     """Screen then finals for every role (see the module docstring) -> (final runs, screen runs) per role, each
     run with its ``search`` settings, ``stage``, ``seconds`` and (screens) its ``dev`` loss. ``plan(role,
@@ -170,7 +170,7 @@ def search_all(searches: dict[str, dict[str, dict[str, list[Any]]]], base: dict[
         run["dev"] = dev_loss(run)
         screens[job.role].append(run)
         if len(screens[job.role]) == n_screen[job.role]:
-            best = screens[job.role][argmin([r["dev"]["loss"] for r in screens[job.role]])]
+            best = screens[job.role][choose_on([r["dev"] for r in screens[job.role]], lambda m: m["loss"])]
             on_event(f"  {job.role}: screen chose {best['search']} (dev loss {best['dev']['loss']:.4f})")
             submit_finals(job.role, best["search"])
     lanes.close()

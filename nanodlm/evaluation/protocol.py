@@ -20,7 +20,7 @@ optional plot.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +67,20 @@ def argmin(scores: Sequence[float]) -> int:
     return min(finite)[1]
 
 
-def choose_on(split: str, scores: Sequence[float]) -> int:
-    """``argmin`` of ``scores``, allowed only when they were measured on dev: every choice the protocol makes
-    goes through here, so a choice made on the report split fails loudly instead of leaking test into it."""
-    if split != "dev":
-        raise UserError(f"the protocol chooses on dev only, not on {split!r}: {REPORT_SPLIT.split(':')[0]} text is "
-                        "for reporting")
-    return argmin(scores)
+def choose_on(rows: Sequence[Mapping[str, Any]], score: Callable[[Mapping[str, Any]], float | None],
+              uses: Sequence[Mapping[str, Any]] = ()) -> int:
+    """Index of the row with the lowest ``score`` (``argmin``: the first on ties, non-finite scores skipped).
 
-
-def closest(values: Sequence[float], target: float) -> int:
-    """Index of the value nearest ``target`` (the first on ties): the knob setting whose entropy matches."""
-    return argmin([abs(v - target) if v is not None and math.isfinite(v) else math.inf for v in values])
+    Every choice the protocol makes goes through here (a run by its dev loss, a knob value by its dev entropy,
+    a bench parallel point by its dev speed). Each row, and each measurement in ``uses`` that the score compares
+    against (real text's entropy), carries the ``split`` it was measured on, stamped by the code that chose the
+    text; one measured on anything but dev fails loudly instead of leaking the report split into a choice."""
+    for row in (*rows, *uses):
+        split = row.get("split")
+        if split != "dev":
+            raise UserError(f"the protocol chooses on dev only, and this choice reads a measurement made on "
+                            f"{split!r}: {REPORT_SPLIT.split(':')[0]} text is for reporting")
+    return argmin([score(row) for row in rows])
 
 
 def seed_mean(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
