@@ -84,7 +84,8 @@ def parallel(paths: list[str]) -> list[str]:
                                 f"{p['speedup_b1']:.2f}", f"{p['speedup_bN']:.2f}", pick.get("meets_bar", "–"),
                                 Path(path).name]))
         out.append(row(["AR (KV cache)", "–", pm(ar["judge_ppl"], ar.get("judge_ppl_se")), "1.00",
-                        pct(ar["entropy_bits"], (real or ar)["entropy_bits"]), "256", "1.00", "1.00", "–",
+                        pct(ar["entropy_bits"], (real or ar)["entropy_bits"]),
+                        f"{ar['passes_per_256']:.0f}", "1.00", "1.00", "–",
                         Path(path).name]))
     return out
 

@@ -56,6 +56,25 @@ def test_parallel_bench_writes_every_key_and_the_png(tiny_runs: dict[str, str], 
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_ar_rows_passes_are_counted_from_its_generations(tiny_runs: dict[str, str], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """AR's passes per 256 characters come from what its generations report (they used to be written as 256)."""
+    real = bench.parallel.generate
+
+    def two_calls_per_token(model, *args, **kwargs):  # an AR generator that made two model calls a token
+        out = real(model, *args, **kwargs)
+        if model.config.model_type == "gpt2":
+            out.info["passes_per_sample"] = [2 * p for p in out.info["passes_per_sample"]]
+        return out
+
+    monkeypatch.setattr(bench.parallel, "generate", two_calls_per_token)
+    r = bench.parallel.bench_parallel([f"--runs={tiny_runs['diffusion']}", f"--judge={tiny_runs['gpt2']}",
+                                       f"--ar_out_dir={tiny_runs['gpt2']}", "--taus=0", "--steps=4", "--seeds=1",
+                                       "--num_samples=1", "--length=12", "--batch1_reps=1", "--device=cpu",
+                                       f"--json={tmp_path / 'p.json'}"])
+    assert r["ar"]["passes_per_256"] == 512
+
+
 def test_report_measures_only_the_points_chosen_on_dev_and_refuses_a_test_choice(
         tiny_runs: dict[str, str], block_run: str, tmp_path: Path) -> None:
     dev, test = tmp_path / "dev.json", tmp_path / "test.json"

@@ -104,3 +104,15 @@ def test_threshold_schedule_lets_tau_alone_decide() -> None:
     with pytest.raises(ValueError, match="parallel_threshold > 0"):
         sample_confidence(model, torch.full((1, 4), MASK), mask_token_id=MASK, steps=4, generator=None,
                           schedule="threshold")
+
+
+@pytest.mark.parametrize("use_kv_cache", [True, False])
+@pytest.mark.parametrize("new_tokens", [5, 40])  # 40 runs past block_size 32: every step re-prefills the window
+def test_ar_passes_are_counted_not_assumed(use_kv_cache: bool, new_tokens: int, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=TOK.vocab_size, n_layer=1, n_head=2, n_embd=16)).eval()
+    calls = counted(model, monkeypatch)
+    out = generate(model, TOK, SamplerOptions(use_kv_cache=use_kv_cache), Prompt(start="ab", max_new_tokens=new_tokens),
+                   num_samples=2, seed=0)
+    assert out.info["forward_passes"] == calls[0] == new_tokens and out.info["passes_per_sample"] == [calls[0]] * 2

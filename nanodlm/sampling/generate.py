@@ -224,10 +224,12 @@ def _ar(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Promp
         out, info = get_sampler("speculative")(model, canvas, mask_token_id=mask, generator=gen, on_step=on_step,
                                                **options.sampler_kwargs())
         return out, info, fixed
+    stats = {"passes": 0}  # the model calls, counted by generate_ar (batched: each is one call at batch 1 too)
     out = generate_ar(model, idx, prompt.max_new_tokens, temperature=options.temperature, top_k=options.top_k,
-                      top_p=options.top_p, generator=gen, use_cache=options.use_kv_cache, on_token=on_token)
-    info = {"sampler": "ar", "steps_used": n, "forward_passes": n, "committed_per_step": [B] * n,
-            "remasked_per_step": [0] * n}
+                      top_p=options.top_p, generator=gen, use_cache=options.use_kv_cache, on_token=on_token,
+                      stats=stats)
+    info = {"sampler": "ar", "steps_used": n, "forward_passes": stats["passes"],
+            "passes_per_sample": [stats["passes"]] * B, "committed_per_step": [B] * n, "remasked_per_step": [0] * n}
     return out, info, fixed
 
 

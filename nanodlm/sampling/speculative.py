@@ -162,10 +162,11 @@ def sample_ar(model: Model, canvas: torch.Tensor, *, mask_token_id: int, tempera
             if on_step is not None:
                 on_step(info["steps_used"], tokens, revealed, torch.zeros_like(revealed))
 
+        stats = {"passes": 0}
         generate_ar(model, tokens[b:b + 1, :P], n, temperature=temperature, top_k=top_k, top_p=top_p,
-                    generator=generator, use_cache=use_kv_cache, on_token=on_token)
-        info["forward_passes"] += n
-        info["passes_per_sample"].append(n)
+                    generator=generator, use_cache=use_kv_cache, on_token=on_token, stats=stats)
+        info["forward_passes"] += stats["passes"]
+        info["passes_per_sample"].append(stats["passes"])
     return tokens, info
 
 
