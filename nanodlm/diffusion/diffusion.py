@@ -304,8 +304,10 @@ def repair_objective(
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Generator, DiffusionOptions], torch.Tensor]
 OBJECTIVES: dict[str, Objective] = {"seed": seed_objective, "mdlm": mdlm_objective, "repair": repair_objective}
-# objective=tidar trains a gpt2 model with a draft stream (tidar.py; training/step.py make_loss_fn), not diffusion
-MODEL_OBJECTIVES = (*OBJECTIVES, "tidar")
+# objective=tidar trains a gpt2 model with a draft stream (tidar.py), objective=fim a gpt2 model that fills in the
+# middle (fim.py); training/step.py make_loss_fn picks them: neither is a diffusion model
+AR_OBJECTIVES = ("tidar", "fim")
+MODEL_OBJECTIVES = (*OBJECTIVES, *AR_OBJECTIVES)
 
 
 def get_objective(name: str) -> Objective:

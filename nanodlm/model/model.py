@@ -108,6 +108,9 @@ class GPTConfig(ModelArgs):
     vocab_size: int = 50304  # includes [MASK] for diffusion; the table is padded to a multiple of 64
     mask_token_id: int | None = None
     activation: str = "gelu"  # see ACTIVATIONS; set from the weights when they come from GPT-2
+    # gpt2 trained to fill in the middle (objective=fim, diffusion/fim.py): the vocabulary's last 4 ids are the
+    # sentinels <PRE> <SUF> <MID> <EOM> (logits like any token; never in the data)
+    fim_sentinels: int = 0
     padded_vocab_size: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -125,14 +128,25 @@ class GPTConfig(ModelArgs):
             if self.mask_token_id not in (None, self.vocab_size):
                 raise ValueError("a draft_len model needs mask_token_id == vocab_size")
             self.mask_token_id = self.vocab_size
+        if self.fim_sentinels not in (0, 4) or (self.fim_sentinels and self.model_type != "gpt2"):
+            raise ValueError(f"fim_sentinels={self.fim_sentinels}: a gpt2 model trained with objective=fim has 4 "
+                             "(<PRE> <SUF> <MID> <EOM>), any other model 0")
         self.padded_vocab_size = ((self.vocab_size + int(self.draft_len > 0) + 63) // 64) * 64
 
+    @property
+    def text_vocab_size(self) -> int:
+        """The data's ids: the vocabulary without [MASK] (diffusion) and without FIM's sentinels."""
+        return self.vocab_size - self.fim_sentinels - int(self.model_type == "diffusion")
+
     @classmethod
-    def for_data(cls, args: ModelArgs, data_vocab: int) -> GPTConfig:
-        """The model ``args`` describe over a data vocabulary of ``data_vocab`` ids; diffusion appends [MASK]."""
+    def for_data(cls, args: ModelArgs, data_vocab: int, fim: bool = False) -> GPTConfig:
+        """The model ``args`` describe over a data vocabulary of ``data_vocab`` ids; diffusion appends [MASK], a
+        FIM model (``fim``) its 4 sentinels."""
         diffusion = args.model_type == "diffusion"
         values = {f.name: getattr(args, f.name) for f in fields(ModelArgs)}
-        return cls(**values, vocab_size=data_vocab + int(diffusion), mask_token_id=data_vocab if diffusion else None)
+        sentinels = 4 if fim else 0
+        return cls(**values, vocab_size=data_vocab + int(diffusion) + sentinels,
+                   mask_token_id=data_vocab if diffusion else None, fim_sentinels=sentinels)
 
     def to_dict(self) -> dict[str, Any]:
         """The constructor's arguments (a checkpoint's ``model_args``): ``GPTConfig(**c.to_dict()) == c``."""

@@ -56,7 +56,9 @@ class TrainConfig(ModelArgs):
     gradient_accumulation_steps: int = 1  # global value; divided by the number of DDP processes
     batch_size: int = 12  # sequences per micro-step
     # diffusion objective (see nanodlm/diffusion/diffusion.py)
-    objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the spec's) | tidar (gpt2, tidar.py)
+    objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the spec's) | tidar | fim (gpt2)
+    fim_rate: float | None = None  # objective=fim: share of windows laid out prefix/suffix/middle (None = 0.5)
+    fim_spm_rate: float | None = None  # objective=fim: share of those in SPM order, the rest PSM (None = 0)
     tidar_alpha: float = 1.0  # objective=tidar: loss (alpha * L_AR + L_draft) / (1 + alpha)
     penalty_keep_mask: float = 0.25  # seed objective: weight of the loss at positions that stay [MASK]
     penalty_mask_correct: float = 0.5  # seed/repair: weight of flagging a correct visible token as [MASK]
@@ -109,6 +111,7 @@ class TrainConfig(ModelArgs):
             self.draft_len = self.draft_len or 8
         elif self.draft_len:
             raise UserError(f"draft_len={self.draft_len} needs objective=tidar (or set draft_len=0)")
+        check_fim(self)
         positive = ("batch_size", "eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps")
         for key in positive:
             if getattr(self, key) <= 0:
@@ -120,6 +123,24 @@ class TrainConfig(ModelArgs):
         if not 0.0 < self.mdlm_eps < self.mdlm_t_max <= 1.0:
             raise UserError(f"need 0 < mdlm_eps < mdlm_t_max <= 1; got {self.mdlm_eps} and {self.mdlm_t_max}")
         check_training_ranges(self)
+
+
+def check_fim(cfg: TrainConfig) -> None:
+    """objective=fim is for gpt2 models; its rates are set only with it (then defaulted: 0.5 and 0)."""
+    if cfg.objective != "fim":
+        for key in ("fim_rate", "fim_spm_rate"):
+            if getattr(cfg, key) is not None:
+                raise UserError(f"{key}={getattr(cfg, key)} needs objective=fim (a gpt2 model trained to fill in the "
+                                "middle); drop it, or set objective=fim")
+        return
+    if cfg.model_type != "gpt2":
+        raise UserError("objective=fim trains a gpt2 model to fill in the middle (a diffusion model infills "
+                        "already): set model_type=gpt2, or choose a diffusion objective")
+    cfg.fim_rate = 0.5 if cfg.fim_rate is None else cfg.fim_rate
+    cfg.fim_spm_rate = 0.0 if cfg.fim_spm_rate is None else cfg.fim_spm_rate
+    for key in ("fim_rate", "fim_spm_rate"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise UserError(f"config key '{key}' must be in [0, 1]; got {getattr(cfg, key)}")
 
 
 def check_training_ranges(cfg: TrainConfig) -> None:
