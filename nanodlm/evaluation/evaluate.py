@@ -102,15 +102,18 @@ def ar_cross_entropy(model: torch.nn.Module, windows: torch.Tensor, batch_size: 
 
     Returns ``loss`` (mean over all N*T tokens), ``stderr`` (of the per-window means, which are i.i.d.
     across disjoint windows) and ``tokens``. The model is called as ``logits, _ = model(x, all_logits=True)``
-    with logits (B, T, V); the CE is computed in fp32.
+    with logits (B, T, V); the CE is computed in fp32. A FIM model (``fim_sentinels``) is scored left to right
+    with its sentinels ruled out: plain text, as it writes plain text.
     """
     device = model_device(model)
+    text_vocab = getattr(getattr(model, "config", None), "text_vocab_size", None)
     per_window = []
     with inference_mode(model):
         for i in range(0, windows.size(0), batch_size):
             w = windows[i:i + batch_size].to(device)  # (B, T+1)
             x, y = w[:, :-1], w[:, 1:]  # (B, T) inputs and next-token targets
             logits, _ = model(x, all_logits=True)  # (B, T, V)
+            logits = logits[..., :text_vocab] if text_vocab else logits
             ce = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
             per_window.append(ce.mean(dim=1).cpu())
     loss, stderr = mean_and_stderr(torch.cat(per_window))  # equal-length windows: window mean = token mean
@@ -178,7 +181,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     data = open_split(data_dir, dataset, cfg.split)
     T = model.config.block_size
     model_type = model.config.model_type
-    data_vocab = model.config.vocab_size - int(model_type == "diffusion")
+    data_vocab = model.config.text_vocab_size
     ds_meta = load_meta(data_dir, dataset)
     itos = getattr(tok, "itos", None)  # char models: the same size is not enough, the characters must match
     if ds_meta["vocab_size"] != data_vocab or ds_meta.get("itos", itos) != itos:
@@ -193,7 +196,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "out_dir": str(cfg.out_dir), "model_type": model_type,
-        "objective": train_cfg.get("objective") if model_type == "diffusion" or model.config.draft_len else "ar",
+        "objective": train_cfg.get("objective") if model_type == "diffusion" or model.config.draft_len
+        or model.config.fim_sentinels else "ar",
         "iter_num": meta.get("iter_num"), "dataset": dataset, "split": cfg.split, "block_size": T,
         "num_windows": num_windows, "seed": cfg.seed,
     }

@@ -115,7 +115,7 @@ def cache_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
 def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
                 use_cache: bool = True, on_token: Callable[[int, torch.Tensor], None] | None = None,
-                stats: dict[str, int] | None = None) -> torch.Tensor:
+                stats: dict[str, int] | None = None, vocab_size: int | None = None) -> torch.Tensor:
     """Append ``max_new_tokens`` sampled tokens to idx (B, T) -> (B, T + max_new_tokens).
 
     The context is cropped to the last ``block_size`` tokens (nanoGPT). With the KV cache each new
@@ -125,6 +125,7 @@ def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, tempera
     on_token(i, idx (B, T + i)) is called after the i-th new token is appended (i = 1 .. max_new_tokens).
     stats: ``stats["passes"]`` grows by one at every model call (full, cached or re-prefill), counted where the
     call is made.
+    ``vocab_size``: sample from the first ids only (a FIM model's text, its sentinels ruled out).
     """
     check_sampling_args(temperature, top_k, top_p)
     config = getattr(model, "config", None)
@@ -146,7 +147,7 @@ def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, tempera
                 logits = model.decode(idx[:, -1:], cache)  # (B, 1): the newest token only
             if stats is not None:
                 stats["passes"] = stats.get("passes", 0) + 1
-            idx_next = sample_logits(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+            idx_next = sample_logits(logits[:, -1, :vocab_size], temperature, top_k, top_p, generator)  # (B,)
             idx = torch.cat((idx, idx_next[:, None]), dim=1)
             if on_token is not None:
                 on_token(i, idx)

@@ -15,6 +15,7 @@ exposes the same keys, declared once in the two dataclasses.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,7 @@ from ..runs.checkpoint import check_generation_size
 from ..training.config import build_configs, print_keys
 from .ar_sampling import generate_ar
 from .blockwise import generate_blocks, generate_long
+from .fim import generate_fim
 from .samplers import CAUSAL_SAMPLERS, SAMPLERS, OnStep, SamplerOptions, get_sampler, sampler_keys
 
 __all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "generate", "ignored_settings",
@@ -44,10 +46,14 @@ class Prompt:
     """What to condition on, and how much to write."""
 
     start: str | None = None  # text the sample begins with, or FILE:path (gpt2 default "\n"; diffusion: none)
-    suffix: str | None = None  # diffusion: fixed end of the text (FILE:path works too)
-    infill: str | None = None  # diffusion: a template whose `placeholder` characters are the positions to fill
+    suffix: str | None = None  # diffusion or a FIM gpt2 model (objective=fim): fixed end of the text (FILE:path too)
+    # diffusion: a template whose `placeholder` characters are the positions to fill; a FIM gpt2 model fills one gap
+    # with exactly its placeholder count (<EOM> is forbidden until then)
+    infill: str | None = None
     placeholder: str = "_"  # one character; in --infill a run of N is N positions (N tokens for BPE)
-    length: int | None = None  # diffusion: tokens per sample, prefix and suffix included (None = block_size)
+    # diffusion: tokens per sample, prefix and suffix included (None = block_size); a FIM gpt2 model with --suffix:
+    # the gap is this minus prefix and suffix (None: it writes until <EOM> or max_new_tokens)
+    length: int | None = None
     max_new_tokens: int = 500  # gpt2: tokens appended to the prompt
 
     def __post_init__(self) -> None:
@@ -92,8 +98,8 @@ def ignored_settings(model_type: str, options: SamplerOptions, prompt: Prompt, b
     for diffusion, the chosen sampler) does not read, e.g. --sampler on a gpt2 model or --max_new_tokens on
     diffusion; --approx_cache without semi-autoregressive decoding; --semi_ar_block not below the canvas length;
     --length with an --infill template (the template sets the length)."""
-    if model_type == "gpt2":
-        used_options, unused_prompt = set(AR_OPTIONS), ("length",)
+    if model_type == "gpt2":  # --length sizes a FIM model's gap between --start and --suffix
+        used_options, unused_prompt = set(AR_OPTIONS), () if prompt.suffix is not None else ("length",)
         why = "not used by a gpt2 model"
         if options.sampler in CAUSAL_SAMPLERS:  # --sampler=ar | speculative (a TiDAR model)
             used_options |= {"sampler", *sampler_keys(options.sampler)}
@@ -202,7 +208,7 @@ def _newline(tok: Any) -> list[int]:
 def _ar(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prompt, B: int, gen: torch.Generator,
         on_step: OnStep | None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
     if prompt.suffix is not None or prompt.infill is not None:
-        raise UserError("--suffix and --infill need a diffusion model; a gpt2 model continues --start")
+        return _fim(model, tok, options, prompt, B, gen)
     if prompt.start is not None:
         ids = tok.encode(read_text(prompt.start)) or [0]
     else:
@@ -227,10 +233,59 @@ def _ar(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Promp
     stats = {"passes": 0}  # the model calls, counted by generate_ar (batched: each is one call at batch 1 too)
     out = generate_ar(model, idx, prompt.max_new_tokens, temperature=options.temperature, top_k=options.top_k,
                       top_p=options.top_p, generator=gen, use_cache=options.use_kv_cache, on_token=on_token,
-                      stats=stats)
+                      stats=stats, vocab_size=model.config.text_vocab_size)
     info = {"sampler": "ar", "steps_used": n, "forward_passes": stats["passes"],
             "passes_per_sample": [stats["passes"]] * B, "committed_per_step": [B] * n, "remasked_per_step": [0] * n}
     return out, info, fixed
+
+
+def fim_gap(tok: Any, prompt: Prompt) -> tuple[list[int], list[int], int | None]:
+    """(prefix ids, suffix ids, the gap's length or None) for a FIM model: an --infill template's one gap (its
+    placeholder count), or --start/--suffix with the gap --length minus both (None without --length)."""
+    if prompt.infill is not None:
+        text = read_text(prompt.infill)
+        gaps = re.findall(f"{re.escape(prompt.placeholder)}+", text)
+        if len(gaps) != 1:
+            raise UserError(f"a FIM model fills one gap; the --infill template has {len(gaps)}: use a diffusion "
+                            f"model for several (or none), or mark one gap with {prompt.placeholder!r}")
+        before, _, after = text.partition(gaps[0])
+        if not before and not after:
+            raise UserError("the --infill template is all gap: give text on at least one side of it")
+        return tok.encode(before) if before else [], tok.encode(after) if after else [], len(gaps[0])
+    prefix = tok.encode(read_text(prompt.start)) if prompt.start else []
+    suffix = tok.encode(read_text(prompt.suffix))
+    if prompt.length is None:
+        return prefix, suffix, None
+    if prompt.length <= len(prefix) + len(suffix):
+        raise UserError(f"--length {prompt.length} leaves no gap between {len(prefix)} prefix and {len(suffix)} "
+                        "suffix tokens: raise --length")
+    return prefix, suffix, prompt.length - len(prefix) - len(suffix)
+
+
+def _fim(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prompt, B: int, gen: torch.Generator
+         ) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    """A gap filled by a FIM-trained gpt2 model (sampling/fim.py): exactly the gap's length when it is known,
+    else until <EOM> or --max_new_tokens. Rows that end early are padded with -1 (never decoded)."""
+    if not getattr(model.config, "fim_sentinels", 0):
+        raise UserError("--suffix and --infill need a diffusion model or a gpt2 model trained with objective=fim; "
+                        "this gpt2 model continues --start only")
+    if options.sampler != "ar":
+        raise UserError(f"--sampler={options.sampler} cannot fill a gap with a FIM model: it writes with --sampler=ar")
+    prefix, suffix, length = fim_gap(tok, prompt)
+    middles, info = generate_fim(model, prefix, suffix, B, length=length, max_new=prompt.max_new_tokens,
+                                 temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                                 generator=gen, use_cache=options.use_kv_cache)
+    rows = [prefix + m + suffix for m in middles]
+    width = max(len(r) for r in rows)
+    device = _device(model)
+    tokens = torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    fixed = torch.zeros_like(tokens, dtype=torch.bool)
+    for b, m in enumerate(middles):
+        fixed[b, :len(prefix)] = True
+        fixed[b, len(prefix) + len(m):len(rows[b])] = True
+    n = max(len(m) for m in middles)
+    info = {"sampler": "ar", "steps_used": n, "committed_per_step": [B] * n, "remasked_per_step": [0] * n, **info}
+    return tokens, info, fixed
 
 
 def _diffusion(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prompt, B: int,
@@ -305,7 +360,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, options: SamplerOptions | N
     sync()
     elapsed = time.perf_counter() - t0
     prompt_len = int(fixed[0].long().cumprod(0).sum())  # leading given tokens: the prompt (gpt2) or the prefix
-    rows = tokens.tolist()
+    rows = [[t for t in row if t >= 0] for row in tokens.tolist()]  # -1 pads rows a FIM gap ended early
     texts = [tokenizer.decode(row) for row in rows]
     completions = [tokenizer.decode(row[prompt_len:]) for row in rows]
     chars = sum(len(t) for t in completions)
