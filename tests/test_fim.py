@@ -100,3 +100,106 @@ def test_fim_flags_are_checked() -> None:
         build_config(TrainConfig, {"model_type": "gpt2", "objective": "fim", "fim_rate": 1.5})
     with pytest.raises(ValueError, match="fim_sentinels"):
         GPTConfig(model_type="diffusion", vocab_size=70, fim_sentinels=4)
+
+
+# --- trained tiny models: training, eval, sampling, the bench ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def infill_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> dict[str, str]:
+    """{"fim", "ar", "diffusion", "judge"}: tiny runs of 20 iterations on the ``tiny`` dataset, block 32."""
+    from nanodlm.training.train import train
+
+    rng = torch.get_rng_state()
+    root = tmp_path_factory.mktemp("infill-runs")
+    runs = {}
+    for name, values in (("fim", {"model_type": "gpt2", "objective": "fim", "fim_rate": 0.9}),
+                         ("ar", {"model_type": "gpt2"}), ("judge", {"model_type": "gpt2", "n_layer": 2}),
+                         ("diffusion", {"model_type": "diffusion", "objective": "mdlm"})):
+        runs[name] = str(root / name)
+        train(build_config(TrainConfig, {
+            "out_dir": runs[name], "data_dir": data_dir, "dataset": "tiny", "device": "cpu", "dtype": "float32",
+            "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4, "max_iters": 20,
+            "eval_iters": 1, "eval_interval": 1000, "warmup_iters": 0, "progress": False, "plot": False,
+            "pos_emb": "rope", **values}))
+    torch.set_rng_state(rng)
+    return runs
+
+
+def test_a_fim_run_trains_evaluates_left_to_right_and_samples_without_sentinels(infill_runs) -> None:
+    from nanodlm.evaluation.evaluate import EvalConfig, evaluate_checkpoint
+    from nanodlm.runs.checkpoint import load_model
+    from nanodlm.sampling.generate import Prompt, SamplerOptions, generate
+
+    model, meta, tok = load_model(infill_runs["fim"], "last")
+    assert model.config.fim_sentinels == 4 and model.config.text_vocab_size == len(tok.itos)
+    result = evaluate_checkpoint(build_config(EvalConfig, {"out_dir": infill_runs["fim"], "num_batches": 1,
+                                                           "device": "cpu"}))
+    assert result["objective"] == "fim" and 0 < result["loss"] < 10  # plain CE over the text's ids
+    plain = generate(model, tok, SamplerOptions(sampler="ar"), Prompt(start="ab", max_new_tokens=20), num_samples=3,
+                     seed=0)
+    assert plain.tokens.max() < model.config.text_vocab_size and plain.tokens.min() >= 0
+    filled = generate(model, tok, SamplerOptions(sampler="ar"), Prompt(infill="to be, ____ not"), num_samples=4,
+                      seed=0)
+    assert all(t.startswith("to be, ") and t.endswith(" not") and len(t) == len("to be, ____ not")
+               for t in filled.texts)
+    free = generate(model, tok, SamplerOptions(sampler="ar"), Prompt(start="to", suffix="be", max_new_tokens=6),
+                    num_samples=4, seed=0)
+    assert all(t.startswith("to") and t.endswith("be") and len(t) <= 4 + 6 for t in free.texts)
+    assert all(0 <= i < model.config.text_vocab_size for row in free.tokens.tolist() for i in row if i != -1)
+
+
+def test_fim_bad_inputs_are_one_line_errors(infill_runs) -> None:
+    from nanodlm.runs.checkpoint import load_model
+    from nanodlm.sampling.generate import Prompt, SamplerOptions, generate
+
+    model, _, tok = load_model(infill_runs["fim"], "last")
+    ar, _, _ = load_model(infill_runs["ar"], "last")
+    cases = [(model, Prompt(infill="____"), "all gap"), (model, Prompt(infill="a__b__c"), "fills one gap"),
+             (model, Prompt(start="a" * 20, suffix="b" * 10, length=40), "do not fit"),
+             (ar, Prompt(start="a", suffix="b"), "objective=fim")]
+    for m, prompt, message in cases:
+        with pytest.raises(UserError, match=message):
+            generate(m, tok, SamplerOptions(sampler="ar"), prompt, seed=0)
+
+
+def test_the_hole_only_bound_is_evals_bound_when_the_hole_is_the_whole_window(infill_runs) -> None:
+    from nanodlm.evaluation.evaluate import diffusion_nelbo, eval_windows
+    from nanodlm.evaluation.infill import diffusion_hole_nll
+    from nanodlm.runs.checkpoint import load_model
+
+    model, meta, _ = load_model(infill_runs["diffusion"], "last")
+    from nanodlm.data.dataset import open_split
+    windows = eval_windows(open_split(meta["config"]["data_dir"], "tiny", "val"), 32, 6)  # (6, 33)
+    whole = diffusion_hole_nll(model, windows[:, :32], torch.ones(6, 32, dtype=torch.bool),
+                               torch.Generator().manual_seed(3), batch_size=4, n_draws=2)
+    ref = diffusion_nelbo(model, windows, 4, torch.Generator().manual_seed(3), n_draws=2)
+    assert float(whole.mean()) == pytest.approx(ref["nelbo"], rel=1e-6)
+    part = torch.zeros(6, 32, dtype=torch.bool)
+    part[:, 10:14] = True
+    assert torch.isfinite(diffusion_hole_nll(model, windows[:, :32], part, torch.Generator().manual_seed(3))).all()
+
+
+def test_bench_infill_runs_end_to_end_and_its_json_has_every_field(infill_runs, tmp_path) -> None:
+    from nanodlm.bench.infill import bench_infill
+
+    out = tmp_path / "dev.json"
+    argv = [f"--diffusion_run={infill_runs['diffusion']}", f"--fim_run={infill_runs['fim']}",
+            f"--ar_run={infill_runs['ar']}", f"--judge={infill_runs['judge']}", "--lengths=1,4", "--windows=3",
+            "--seeds=1,2", "--temperatures=0.8,1.2", "--n_draws=2", "--seam=4", f"--json={out}"]
+    dev = bench_infill(argv)
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    for row in dev["rows"]:
+        assert set(row) == {"L", "likelihood", "greedy_accuracy", "real", "sampled"}
+        for k in ("diffusion", "fim", "ar"):
+            assert row["likelihood"][k]["mean"] > 0 and 0 <= row["greedy_accuracy"][k]["mean"] <= 1
+            s = row["sampled"][k]
+            assert {"curve", "chosen_temperature", "judge_nll_at_real_entropy", "seam_nll_at_real_entropy",
+                    "passes_per_fill"} <= set(s)
+    test = bench_infill([*argv[:-3], "--seeds=5,6", "--split=test", f"--choose_from={out}",
+                         f"--json={tmp_path / 'test.json'}"])
+    assert [p["temperature"] for p in test["rows"][0]["sampled"]["fim"]["curve"]] == [
+        dev["rows"][0]["sampled"]["fim"]["chosen_temperature"]]
+    with pytest.raises(UserError, match="chose on dev"):
+        bench_infill([*argv[:-3], "--split=test", f"--choose_from={out}", f"--json={tmp_path / 'x.json'}"])
+    with pytest.raises(UserError, match="leaves no context"):
+        bench_infill([*argv[:-1], "--lengths=40", f"--json={tmp_path / 'y.json'}"])

@@ -10,6 +10,7 @@ Each subcommand is a function the tests call directly; ``main(argv)`` is the tab
 - ``quality``: the whole protocol in one command: data, three models (trained or reused), samples, judge,
                NELBO vs AR loss on the same windows -> JSON.
 - ``parallel``: judge PPL vs chars/s of parallel decoding, cached AR as the reference.
+- ``infill``:  filling a gap: bidirectional diffusion against an AR model trained to fill in the middle.
 
 This module is the table in front of them: ``train`` and ``sample`` live in ``speed.py``, ``steps`` in
 ``steps.py``, ``quality`` in ``quality.py`` (its runs in ``runs.py``, its sampling side in ``frontier.py``),
@@ -27,6 +28,7 @@ from typing import Any
 from ..core.errors import UserError
 from ..sampling.generate import print_sampling_keys
 from ..training.config import print_keys
+from .infill import InfillArgs, bench_infill
 from .parallel import ParallelArgs, bench_parallel
 from .quality import QualityArgs, bench_quality
 from .speed import SampleBenchArgs, TrainBenchArgs, bench_sample, bench_train
@@ -47,6 +49,9 @@ USAGE = """usage: nanodlm bench SUBCOMMAND [--key=value ...]
   parallel --runs=DIFFUSION_DIR[,DIR...] --judge=JUDGE_DIR --ar_out_dir=AR_DIR [--samplers=confidence]
           [--steps=256] [--taus=0,0.5,0.7,0.9] [--semi_ar_blocks=0] [--approx_caches=none] [--seeds=1,2,3]
           judge PPL vs chars/s (batch 1 and N) of parallel decoding, with cached AR as the reference
+  infill  --diffusion_run=DIR --fim_run=DIR [--ar_run=DIR] [--judge=DIR] [--split=dev] [--lengths=1,8,32,128]
+          [--windows=64] [--seeds=1,2,3] [--choose_from=DEV.json] [--json=FILE]
+          filling a hole: likelihood of the true middle, greedy accuracy, judged sampled fills and the seam
 
 `nanodlm bench SUBCOMMAND --help` lists a subcommand's keys; benchmarks/README.md explains the protocol."""
 
@@ -57,6 +62,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], dict[str, Any]], type]] = {
     "steps": (bench_steps, StepsBenchArgs),
     "quality": (bench_quality, QualityArgs),
     "parallel": (bench_parallel, ParallelArgs),
+    "infill": (bench_infill, InfillArgs),
 }
 
 
