@@ -323,9 +323,12 @@ def get_objective(name: str) -> Objective:
 @torch.no_grad()
 def nelbo(
     model: nn.Module, x: torch.Tensor, mask_token_id: int, generator: torch.Generator, n_draws: int = 4,
-    t_min: float = 1e-4,
+    t_min: float = 1e-4, maskable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, n_draws) fp32 Monte-Carlo terms of the NELBO per token (nats), an upper bound on -log p(x) / T.
+
+    ``maskable`` (B, T) bool: only these positions are ever masked, the rest always visible: the bound on
+    -log p(x[maskable] | the rest), per maskable token (an infilling hole; the same draws as without it).
 
     Draw k of row b uses t_k = (k + u_b) / n_draws, u_b ~ U(0,1): the draws of one row stratify (0,1), so
     the row mean is an unbiased, low-variance estimate; single columns are not (use ``mean_and_stderr``).
@@ -339,11 +342,14 @@ def nelbo(
     n_blocks = -(-T // block) if block else 1
     u = torch.rand(B, n_blocks, generator=generator, device=x.device)
     out = torch.empty(B, n_draws, device=x.device)
+    count = T if maskable is None else maskable.sum(dim=1).clamp_min(1)  # (B,) tokens the bound is over
     for k in range(n_draws):
         tk = _per_token_t(((k + u) / n_draws).clamp_min(t_min), T, block or T)  # (B, T)
         masked = torch.rand(B, T, generator=generator, device=x.device) < tk
+        if maskable is not None:
+            masked &= maskable
         logits = denoise(model, x.masked_fill(masked, mask_token_id), x, block)
-        out[:, k] = (masked_nll(logits, x, masked, mask_token_id) / tk).sum(dim=1) / T
+        out[:, k] = (masked_nll(logits, x, masked, mask_token_id) / tk).sum(dim=1) / count
     return out
 
 

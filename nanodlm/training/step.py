@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..diffusion.diffusion import DiffusionOptions, get_objective
+from ..diffusion.fim import fim_ids, fim_transform
 from ..diffusion.tidar import tidar_loss
 from ..model.attention import annealed_attention
 from ..model.model import GPTConfig
@@ -40,10 +41,18 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None):
-    """(model, x, y, generator) -> scalar loss, picked once by model_type and objective."""
+def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None, text_vocab: int | None = None):
+    """(model, x, y, generator) -> scalar loss, picked once by model_type and objective. ``text_vocab``: the data's
+    ids (a FIM model's sentinels come after them)."""
     if cfg.objective == "tidar":  # a gpt2 model with a draft stream (tidar.py)
         return lambda model, x, y, gen: tidar_loss(model, x, y, cfg.tidar_alpha)
+    if cfg.objective == "fim":  # the window (B, T+1) laid out prefix/suffix/middle, then next-token loss as AR
+        ids, rate, spm = fim_ids(text_vocab), cfg.fim_rate, cfg.fim_spm_rate
+
+        def fim_loss(model, x, y, gen):
+            w = fim_transform(torch.cat((x, y[:, -1:]), dim=1), rate, spm, ids, gen)
+            return model(w[:, :-1], w[:, 1:])[1]
+        return fim_loss
     if cfg.model_type == "gpt2":
         return lambda model, x, y, gen: model(x, y)[1]
     objective = get_objective(cfg.objective)

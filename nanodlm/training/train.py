@@ -96,7 +96,7 @@ def init_model(cfg: TrainConfig, ckpt: dict[str, Any] | None, data_meta: dict[st
         # the source's architecture wins: the saved config says what was built, so a resume agrees with it
         cfg = dataclasses.replace(cfg, **{k: model_args[k] for k in SHAPE_KEYS if k in model_args})
     else:
-        model_args = GPTConfig.for_data(cfg, vocab_size).to_dict()
+        model_args = GPTConfig.for_data(cfg, vocab_size, fim=cfg.objective == "fim").to_dict()
     # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree
     torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))
     model = build_model(model_args, ckpt["model"] if ckpt is not None else init_state,
@@ -262,7 +262,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     model.to(device)
 
     # --- optimizer ------------------------------------------------------------------------------------------
-    stepper = Stepper(cfg, model, device, make_loss_fn(cfg, model.config.mask_token_id))  # bench times it too
+    loss_fn = make_loss_fn(cfg, model.config.mask_token_id, model.config.text_vocab_size)
+    stepper = Stepper(cfg, model, device, loss_fn)  # bench times it too
     optimizer = stepper.optimizer
     iter_num, best_val_loss = 0, float("inf")
     if ckpt is not None:
