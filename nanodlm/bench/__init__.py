@@ -10,11 +10,13 @@ Each subcommand is a function the tests call directly; ``main(argv)`` is the tab
 - ``quality``: the whole protocol in one command: data, three models (trained or reused), samples, judge,
                NELBO vs AR loss on the same windows -> JSON.
 - ``parallel``: judge PPL vs chars/s of parallel decoding, cached AR as the reference.
+- ``epochs``:  many epochs of a small corpus: AR with its regularizers against diffusion, curves on dev and test.
 - ``infill``:  filling a gap: bidirectional diffusion against an AR model trained to fill in the middle.
 
 This module is the table in front of them: ``train`` and ``sample`` live in ``speed.py``, ``steps`` in
 ``steps.py``, ``quality`` in ``quality.py`` (its runs in ``runs.py``, its sampling side in ``frontier.py``),
-``parallel`` in ``parallel.py``; what they share in ``common.py``.
+``parallel`` in ``parallel.py``, ``epochs`` in ``epochs.py`` (its curves in ``curves.py``), ``infill`` in
+``infill.py``; what they share in ``common.py``.
 
 Results are JSON files (``--json=FILE``; a bare ``--json`` prints JSON). BENCHMARKS.md holds measured tables;
 benchmarks/README.md says how to reproduce them.
@@ -28,6 +30,7 @@ from typing import Any
 from ..core.errors import UserError
 from ..sampling.generate import print_sampling_keys
 from ..training.config import print_keys
+from .epochs import EpochsArgs, bench_epochs
 from .infill import InfillArgs, bench_infill
 from .parallel import ParallelArgs, bench_parallel
 from .quality import QualityArgs, bench_quality
@@ -49,6 +52,9 @@ USAGE = """usage: nanodlm bench SUBCOMMAND [--key=value ...]
   parallel --runs=DIFFUSION_DIR[,DIR...] --judge=JUDGE_DIR --ar_out_dir=AR_DIR [--samplers=confidence]
           [--steps=256] [--taus=0,0.5,0.7,0.9] [--semi_ar_blocks=0] [--approx_caches=none] [--seeds=1,2,3]
           judge PPL vs chars/s (batch 1 and N) of parallel decoding, with cached AR as the reference
+  epochs  [--train_chars=125000,500000] [--epochs=256,64] [--recipes=ar,ar_dropout,...] [--lanes=2]
+          [--launcher=../shared/bin/cpu-slot] [--work_dir=DIR] [--report_only] [--judge] [--json=FILE]
+          many epochs of a small corpus: AR with dropout / input masking against diffusion, test loss vs epochs
   infill  --diffusion_run=DIR --fim_run=DIR [--ar_run=DIR] [--judge=DIR] [--split=dev] [--lengths=1,8,32,128]
           [--windows=64] [--seeds=1,2,3] [--choose_from=DEV.json] [--json=FILE]
           filling a hole: likelihood of the true middle, greedy accuracy, judged sampled fills and the seam
@@ -63,6 +69,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], dict[str, Any]], type]] = {
     "quality": (bench_quality, QualityArgs),
     "parallel": (bench_parallel, ParallelArgs),
     "infill": (bench_infill, InfillArgs),
+    "epochs": (bench_epochs, EpochsArgs),
 }
 
 

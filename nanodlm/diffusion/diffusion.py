@@ -98,6 +98,13 @@ def _full_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- seed objective (the specification's)
 
 
+def mask_inputs(x: torch.Tensor, rate: float, mask_token_id: int, generator: torch.Generator) -> torch.Tensor:
+    """Input-token masking for an AR model (arXiv 2510.04071): each input id of x (B, T) becomes [MASK] with
+    probability ``rate``; the targets are the caller's, untouched, so every next token is still predicted."""
+    drop = torch.rand(x.shape, generator=generator, device=x.device) < rate  # (B, T)
+    return torch.where(drop, torch.full_like(x, mask_token_id), x)
+
+
 def seed_rates(batch: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,), (B,) fp32: rate_mask ~ U(0, 0.99) and rate_random ~ U(0, 0.99 - rate_mask), one pair per sequence."""
     rate_mask = torch.rand(batch, generator=generator, device=device) * 0.99

@@ -131,7 +131,11 @@ class GPTConfig(ModelArgs):
         if self.fim_sentinels not in (0, 4) or (self.fim_sentinels and self.model_type != "gpt2"):
             raise ValueError(f"fim_sentinels={self.fim_sentinels}: a gpt2 model trained with objective=fim has 4 "
                              "(<PRE> <SUF> <MID> <EOM>), any other model 0")
-        self.padded_vocab_size = ((self.vocab_size + int(self.draft_len > 0) + 63) // 64) * 64
+        # gpt2 with [MASK] (TiDAR's drafts, input-token masking): the row after the vocabulary, never a logit
+        mask_row = self.model_type == "gpt2" and self.mask_token_id is not None
+        if mask_row and self.mask_token_id != self.vocab_size:
+            raise ValueError("a gpt2 model's [MASK] is the row after its vocabulary: mask_token_id == vocab_size")
+        self.padded_vocab_size = ((self.vocab_size + int(mask_row) + 63) // 64) * 64
 
     @property
     def text_vocab_size(self) -> int:
@@ -139,14 +143,16 @@ class GPTConfig(ModelArgs):
         return self.vocab_size - self.fim_sentinels - int(self.model_type == "diffusion")
 
     @classmethod
-    def for_data(cls, args: ModelArgs, data_vocab: int, fim: bool = False) -> GPTConfig:
-        """The model ``args`` describe over a data vocabulary of ``data_vocab`` ids; diffusion appends [MASK], a
-        FIM model (``fim``) its 4 sentinels."""
+    def for_data(cls, args: ModelArgs, data_vocab: int, fim: bool = False, mask_row: bool = False) -> GPTConfig:
+        """The model ``args`` describe over a data vocabulary of ``data_vocab`` ids; diffusion appends [MASK] (a
+        logit), a FIM model (``fim``) its 4 sentinels (logits), ``mask_row`` gives a gpt2 model a [MASK] input row
+        (never a logit; input-token masking)."""
         diffusion = args.model_type == "diffusion"
         values = {f.name: getattr(args, f.name) for f in fields(ModelArgs)}
         sentinels = 4 if fim else 0
-        return cls(**values, vocab_size=data_vocab + int(diffusion) + sentinels,
-                   mask_token_id=data_vocab if diffusion else None, fim_sentinels=sentinels)
+        vocab = data_vocab + int(diffusion) + sentinels
+        mask_id = data_vocab if diffusion else (vocab if mask_row else None)
+        return cls(**values, vocab_size=vocab, mask_token_id=mask_id, fim_sentinels=sentinels)
 
     def to_dict(self) -> dict[str, Any]:
         """The constructor's arguments (a checkpoint's ``model_args``): ``GPTConfig(**c.to_dict()) == c``."""

@@ -186,14 +186,19 @@ def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | Non
 
 
 def find_checkpoint(out_dir: str | Path, which: str = "best") -> Path:
-    """``best`` falls back to ``last`` (``ckpt.pt``) when no best checkpoint was written."""
+    """``best`` falls back to ``last`` (``ckpt.pt``) when no best checkpoint was written; a name ending in .pt is
+    that file of the run."""
     if not str(out_dir).strip():
         raise UserError("--out_dir is empty: name the training run's folder")
     out = Path(out_dir)
-    if which not in ("best", "last"):
+    if which not in ("best", "last") and not (which.endswith(".pt") and "/" not in which):
         raise UserError(f"--ckpt must be best or last; got {which!r}")
     if not out.is_dir():
         raise UserError(f"out_dir {out} does not exist: train a model first or check --out_dir")
+    if which.endswith(".pt"):  # a named checkpoint in the run (bench epochs' best_dev.pt)
+        if not (out / which).is_file():
+            raise UserError(f"{out / which} does not exist: train the run first")
+        return out / which
     best, last = out / "best.pt", out / "ckpt.pt"
     if which == "best" and best.exists():
         return best

@@ -66,6 +66,9 @@ class TrainConfig(ModelArgs):
     mdlm_t_max: float = 1.0  # < 1: BD3-LM's clipped schedule (with a larger mdlm_eps), training only
     repair_rate_max: float = 0.1  # repair/seed: most of the visible tokens swapped for wrong ones
     copy_weight: float = 0.1  # repair: weight of the "keep this token" loss on clean visible positions
+    # gpt2: share of input tokens replaced by a [MASK] embedding while every next token is still predicted (a
+    # regularizer for many epochs of little data, arXiv 2510.04071); 0 = off
+    input_mask_rate: float = 0.0
     attn_anneal_iters: int = 0  # diffusion: attention goes from causal (iter 0) to full over these iters (DiffuLLaMA)
     # optimizer
     learning_rate: float = 6e-4  # peak learning rate (AdamW)
@@ -112,6 +115,12 @@ class TrainConfig(ModelArgs):
         elif self.draft_len:
             raise UserError(f"draft_len={self.draft_len} needs objective=tidar (or set draft_len=0)")
         check_fim(self)
+        if not 0.0 <= self.input_mask_rate < 1.0:
+            raise UserError(f"config key 'input_mask_rate' must be in [0, 1); got {self.input_mask_rate}")
+        if self.input_mask_rate and (self.model_type != "gpt2" or self.objective in ("tidar", "fim")):
+            raise UserError(f"input_mask_rate={self.input_mask_rate} is for plain gpt2 models (a diffusion model masks "
+                            "its inputs already): set model_type=gpt2 without objective=tidar/fim, or "
+                            "input_mask_rate=0")
         positive = ("batch_size", "eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps")
         for key in positive:
             if getattr(self, key) <= 0:

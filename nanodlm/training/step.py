@@ -4,6 +4,7 @@ step-keyed seeds, the learning rate schedule, the loss function and the annealed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Iterable
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..diffusion.diffusion import DiffusionOptions, get_objective
+from ..diffusion.diffusion import DiffusionOptions, get_objective, mask_inputs
 from ..diffusion.fim import fim_ids, fim_transform
 from ..diffusion.tidar import tidar_loss
 from ..model.attention import annealed_attention
@@ -41,6 +42,14 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
+def plain_eval_config(cfg: TrainConfig) -> TrainConfig:
+    """The config whose loss evals report: a gpt2 model's plain next-token loss (no input masking, no FIM layout:
+    the model, not its training regularizer); any other model's own objective."""
+    if cfg.model_type != "gpt2" or cfg.objective == "tidar":
+        return cfg
+    return dataclasses.replace(cfg, input_mask_rate=0.0, objective="repair", fim_rate=None, fim_spm_rate=None)
+
+
 def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None, text_vocab: int | None = None):
     """(model, x, y, generator) -> scalar loss, picked once by model_type and objective. ``text_vocab``: the data's
     ids (a FIM model's sentinels come after them)."""
@@ -53,6 +62,9 @@ def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None, text_vocab: int | 
             w = fim_transform(torch.cat((x, y[:, -1:]), dim=1), rate, spm, ids, gen)
             return model(w[:, :-1], w[:, 1:])[1]
         return fim_loss
+    if cfg.model_type == "gpt2" and cfg.input_mask_rate > 0:  # the targets y stay clean: only inputs are masked
+        rate = cfg.input_mask_rate
+        return lambda model, x, y, gen: model(mask_inputs(x, rate, mask_token_id, gen), y)[1]
     if cfg.model_type == "gpt2":
         return lambda model, x, y, gen: model(x, y)[1]
     objective = get_objective(cfg.objective)
@@ -90,7 +102,8 @@ class Stepper:
     context, grad scaler, optimizer and loss (``make_loss_fn``) of one model, and ``step`` = forward and
     backward of each micro-batch, unscale, clip, optimizer step. The learning rate is the caller's."""
 
-    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, device: str, loss_fn: LossFn) -> None:
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, device: str, loss_fn: LossFn,
+                 eval_loss_fn: LossFn | None = None) -> None:
         device_type = device.split(":")[0]
         self.ptdtype = resolve_dtype(cfg.dtype, device)
         self.autocast = (torch.autocast(device_type=device_type, dtype=self.ptdtype)
@@ -99,6 +112,7 @@ class Stepper:
         self.optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                                     device_type)
         self.loss_fn = loss_fn
+        self.eval_loss_fn = eval_loss_fn or loss_fn  # what evals score (a regularizer's inputs left clean)
         self.grad_clip = cfg.grad_clip
 
     def step(self, model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int,

@@ -33,7 +33,7 @@ from ..runs.rundir import SHAPE_KEYS, check_resume, load_optimizer, nothing_to_r
 from .adapt import init_from_source
 from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
 from .distributed import destroy_distributed, init_distributed
-from .step import Stepper, anneal_ratio, annealed, lr_at, make_loss_fn, step_seed
+from .step import Stepper, anneal_ratio, annealed, lr_at, make_loss_fn, plain_eval_config, step_seed
 
 # a val loss above DIVERGED_FACTOR x the best so far is a diverged model, even when finite (a loss of 4e11 was
 # once saved): training stops and ckpt.pt keeps the last model that passed this test
@@ -96,7 +96,8 @@ def init_model(cfg: TrainConfig, ckpt: dict[str, Any] | None, data_meta: dict[st
         # the source's architecture wins: the saved config says what was built, so a resume agrees with it
         cfg = dataclasses.replace(cfg, **{k: model_args[k] for k in SHAPE_KEYS if k in model_args})
     else:
-        model_args = GPTConfig.for_data(cfg, vocab_size, fim=cfg.objective == "fim").to_dict()
+        model_args = GPTConfig.for_data(cfg, vocab_size, fim=cfg.objective == "fim",
+                                        mask_row=cfg.input_mask_rate > 0).to_dict()
     # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree
     torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))
     model = build_model(model_args, ckpt["model"] if ckpt is not None else init_state,
@@ -117,7 +118,7 @@ def estimate_losses(model: torch.nn.Module, splits: dict[str, Any], cfg: TrainCo
         for k in range(cfg.eval_iters):
             x, y = get_batch(data, cfg.batch_size, cfg.block_size, batch_gen, device)
             with stepper.autocast:
-                losses[k] = stepper.loss_fn(model, x, y, noise_gen).item()
+                losses[k] = stepper.eval_loss_fn(model, x, y, noise_gen).item()
         out[f"{split}_loss"] = losses.mean().item()
     if cfg.model_type == "diffusion":
         batch_gen, noise_gen = new_generator(-1, "diag"), new_generator(-1, "diag-noise", True)
@@ -262,8 +263,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     model.to(device)
 
     # --- optimizer ------------------------------------------------------------------------------------------
-    loss_fn = make_loss_fn(cfg, model.config.mask_token_id, model.config.text_vocab_size)
-    stepper = Stepper(cfg, model, device, loss_fn)  # bench times it too
+    ids = model.config.mask_token_id, model.config.text_vocab_size
+    loss_fn, eval_fn = make_loss_fn(cfg, *ids), make_loss_fn(plain_eval_config(cfg), *ids)
+    stepper = Stepper(cfg, model, device, loss_fn, eval_fn)  # bench times it too
     optimizer = stepper.optimizer
     iter_num, best_val_loss = 0, float("inf")
     if ckpt is not None:

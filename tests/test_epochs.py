@@ -1,0 +1,206 @@
+"""`bench epochs`: subsets, epoch budgets, curves along one run, the best-dev checkpoint, resume, AR input masking."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nanodlm.bench import epochs as epochs_bench
+from nanodlm.bench.curves import (
+    BEST,
+    best_row,
+    epochs_to_iters,
+    eval_epochs,
+    read_curve,
+    run_curve,
+    subset_dataset,
+)
+from nanodlm.core.errors import UserError
+from nanodlm.diffusion.diffusion import mask_inputs
+from nanodlm.model.model import GPT, GPTConfig
+from nanodlm.training.config import TrainConfig, build_config, config_to_dict
+from nanodlm.training.step import make_loss_fn
+
+TINY_MODEL = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, learning_rate=3e-3, min_lr=1e-4,
+                  warmup_iters=2, eval_interval=1000, eval_iters=2, log_interval=1000, plot=False, progress=False,
+                  device="cpu", threads=1)
+
+
+@pytest.fixture
+def work(tmp_path: Path, data_dir: str) -> Path:
+    """A bench work dir holding a copy of the ``tiny`` dataset in work/data."""
+    shutil.copytree(Path(data_dir) / "tiny", tmp_path / "data" / "tiny")
+    return tmp_path
+
+
+# --- subsets and budgets -------------------------------------------------------------------------------------------
+
+def test_subset_is_a_prefix_of_the_train_split_of_exactly_the_asked_size(work: Path) -> None:
+    data = work / "data"
+    name = subset_dataset(data, "tiny", 1000, 32)
+    full = np.fromfile(data / "tiny" / "train.bin", dtype=np.uint16)
+    sub = np.fromfile(data / name / "train.bin", dtype=np.uint16)
+    assert len(sub) == 1000 and np.array_equal(sub, full[:1000])
+    assert (data / name / "val.bin").read_bytes() == (data / "tiny" / "val.bin").read_bytes()  # dev, test unchanged
+    meta = json.loads((data / name / "meta.json").read_text())
+    assert meta["train_tokens"] == 1000 and meta["vocab_size"] == json.loads((data / "tiny" / "meta.json").read_text())[
+        "vocab_size"]
+    assert subset_dataset(data, "tiny", 1000, 32) == name  # reused
+
+
+def test_subset_larger_than_the_split_or_below_a_window_is_a_one_line_error(work: Path) -> None:
+    n = len(np.fromfile(work / "data" / "tiny" / "train.bin", dtype=np.uint16))
+    with pytest.raises(UserError, match="more than the train split"):
+        subset_dataset(work / "data", "tiny", n + 1, 32)
+    with pytest.raises(UserError, match="below one training window"):
+        subset_dataset(work / "data", "tiny", 32, 32)
+    for bad in ("--epochs=0", "--epochs=-4", "--train_chars=100,200 --epochs=1,2,3"):
+        with pytest.raises(UserError):
+            epochs_bench.bench_epochs([*bad.split(), f"--work_dir={work}", "--dataset=tiny", "--preset=smoke"])
+
+
+@pytest.mark.parametrize("epochs,tokens,per_iter,iters", [(256, 125_000, 3072, 10417), (64, 500_000, 3072, 10417),
+                                                         (1, 3072, 3072, 1), (3, 1024, 3072, 1), (0.5, 6144, 3072, 1)])
+def test_epochs_convert_to_iterations_exactly(epochs: float, tokens: int, per_iter: int, iters: int) -> None:
+    got = epochs_to_iters(epochs, tokens, per_iter)
+    assert got == iters
+    assert got * per_iter >= epochs * tokens > (got - 1) * per_iter  # the fewest iterations that show the epochs
+
+
+def test_eval_points_are_log_spaced_and_include_the_budget_and_the_screen() -> None:
+    points = eval_epochs(256, 2, extra=(64,))
+    assert points[0] == 1 and points[-1] == 256 and 64 in points and len(points) == 17
+    ratios = np.diff(np.log2(points))
+    assert np.allclose(ratios, 0.5)
+    assert eval_epochs(10, 1, extra=(2.5,)) == [1, 2, 2.5, 4, 8, 10]
+    with pytest.raises(UserError):
+        epochs_to_iters(0, 100, 10)
+
+
+# --- input-token masking for AR ------------------------------------------------------------------------------------
+
+def test_input_masking_masks_inputs_at_the_rate_and_never_a_target() -> None:
+    cfg = build_config(TrainConfig, {**TINY_MODEL, "model_type": "gpt2", "input_mask_rate": 0.15, "out_dir": "-"})
+    seen = {}
+
+    class Recorder:  # a fake model: records what the loss feeds it
+        def __call__(self, idx, targets=None):
+            seen["idx"], seen["targets"] = idx.clone(), targets.clone()
+            return None, torch.zeros(())
+
+    V = 65
+    x = torch.randint(0, V, (64, 32), generator=torch.Generator().manual_seed(0))
+    y = torch.roll(x, -1, 1)
+    make_loss_fn(cfg, V)(Recorder(), x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(seen["targets"], y)  # every next token is still predicted, none masked
+    masked = seen["idx"] == V
+    assert torch.equal(seen["idx"][~masked], x[~masked])
+    assert 0.12 < masked.float().mean().item() < 0.18
+    assert not (mask_inputs(x, 0.0, V, torch.Generator()) == V).any()
+
+
+def test_an_input_masked_gpt2_model_has_a_mask_row_but_never_a_mask_logit() -> None:
+    cfg = build_config(TrainConfig, {**TINY_MODEL, "model_type": "gpt2", "input_mask_rate": 0.15, "out_dir": "-"})
+    gcfg = GPTConfig.for_data(cfg, 65, mask_row=True)
+    assert gcfg.mask_token_id == 65 and gcfg.vocab_size == 65
+    model = GPT(gcfg)
+    logits, _ = model(torch.full((1, 4), 65), all_logits=True)
+    assert logits.shape[-1] == 65  # [MASK] is an input row only
+    with pytest.raises(UserError, match="input_mask_rate"):
+        build_config(TrainConfig, {"model_type": "diffusion", "input_mask_rate": 0.1})
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(UserError):
+            build_config(TrainConfig, {"model_type": "gpt2", "input_mask_rate": bad})
+
+
+# --- one run: the curve, the best-dev checkpoint, resume -----------------------------------------------------------
+
+def _spec(work: Path, name: str, stop: int | None = None, **over) -> dict:
+    data = work / "data"
+    ds = subset_dataset(data, "tiny", 2000, 32)
+    values = {**TINY_MODEL, "model_type": "gpt2", "dataset": ds, "data_dir": str(data), "out_dir": str(work / name),
+              **over}
+    total = epochs_to_iters(8, 2000, 4 * 32)
+    cfg = build_config(TrainConfig, {**values, "max_iters": total, "lr_decay_iters": total})
+    points = [{"epochs": e, "iters": epochs_to_iters(e, 2000, 4 * 32)} for e in eval_epochs(8, 1)]
+    return {"config": config_to_dict(cfg), "points": points, "stop_iters": stop or total, "eval_windows": 4,
+            "eval_batch_size": 4}
+
+
+def test_the_best_dev_checkpoint_is_the_one_kept(work: Path) -> None:
+    spec = _spec(work, "run", learning_rate=3e-2)  # a high rate: the dev loss is not monotone
+    rows = run_curve(spec)
+    assert [r["iters"] for r in rows] == [p["iters"] for p in spec["points"]]
+    best = best_row(rows)
+    assert best["dev"] == min(r["dev"] for r in rows)
+    kept = torch.load(work / "run" / BEST, weights_only=True, map_location="cpu")
+    assert kept["meta"]["iter_num"] == best["iters"]
+    assert best_row(rows, upto_iters=rows[1]["iters"])["iters"] <= rows[1]["iters"]
+
+
+def test_resume_from_the_cache_gives_the_same_curve(work: Path) -> None:
+    whole = run_curve(_spec(work, "whole", input_mask_rate=0.15))
+    part = _spec(work, "parts", input_mask_rate=0.15)
+    first = run_curve({**part, "stop_iters": part["points"][1]["iters"]})  # the screen stops here
+    assert len(first) == 2
+    with open(work / "parts" / "curve.jsonl", "a") as f:
+        f.write('{"epochs": 4, "iters"')  # a kill while a row was written: dropped and scored again
+    again = run_curve(part)
+    assert [(r["iters"], r["dev"], r["test"]) for r in again] == [(r["iters"], r["dev"], r["test"]) for r in whole]
+    assert read_curve(work / "parts") == again
+
+
+def test_a_curve_file_broken_before_its_last_line_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "curve.jsonl").write_text('{"iters": 1}\nnot json\n{"iters": 2}\n')
+    with pytest.raises(UserError, match="curve.jsonl line 2"):
+        read_curve(tmp_path)
+
+
+# --- the bench ------------------------------------------------------------------------------------------------------
+
+def test_bench_epochs_end_to_end_screens_on_dev_and_reports_on_test(work: Path) -> None:
+    out = work / "epochs.json"
+    argv = ["--preset=smoke", "--dataset=tiny", "--train_chars=2000", "--epochs=8", "--evals_per_octave=1",
+            "--recipes=ar,ar_dropout,ar_mask,diffusion", "--keep=2", "--extra_seeds=7", "--ar_budgets=2",
+            f"--work_dir={work}", f"--json={out}"]
+    result = epochs_bench.bench_epochs(argv)
+    assert json.loads(out.read_text())["benchmark"] == "epochs" and out.with_suffix(".png").is_file()
+    sub = result["subsets"][0]
+    main = [r for r in sub["runs"] if r["seed"] == 1337]
+    ar = [r for r in main if r["side"] == "ar" and "@" not in r["recipe"]]
+    assert len(ar) == 3 and sum(r["finished"] for r in ar) == 2  # the screen kept two of three
+    short = [r for r in main if "@" in r["recipe"]]  # the kept recipes with their own 2-epoch schedule
+    assert sorted(r["recipe"] for r in short) == sorted(f"{r['recipe']}@2" for r in ar if r["finished"])
+    assert all(r["finished"] and r["max_iters"] == epochs_to_iters(2, 2000, 4 * 64) for r in short)
+    stopped = next(r for r in ar if not r["finished"])
+    assert stopped["reached_iters"] == stopped["screen_iters"]
+    screen_dev = {r["recipe"]: best_row(r["curve"], r["screen_iters"])["dev"] for r in ar}
+    assert screen_dev[stopped["recipe"]] == max(screen_dev.values())  # the worst on dev was dropped
+    for s in ("ar", "diffusion"):
+        side = sub["sides"][s]
+        assert set(side) >= {"recipe", "test", "best_epochs", "dev", "seeds", "test_over_seeds"}
+        assert side["seeds"] == [1337, 7]  # the extra seed ran for each side's best recipe
+    last = sub["budget_curve"][-1]
+    assert last["diffusion_over_ar"] == pytest.approx(last["diffusion"]["test"] / last["ar"]["test"])
+    assert sub["crossover_epochs"] is None or sub["crossover_epochs"] in [r["epochs"] for r in sub["budget_curve"]]
+    assert all(row["flops"] > 0 for r in main for row in r["curve"])
+    again = epochs_bench.bench_epochs([*argv, "--report_only=true", f"--json={work / 'again.json'}"])
+    assert again["subsets"][0]["sides"] == sub["sides"]  # the cache reports the same figures without training
+
+
+def test_bench_epochs_judges_each_sides_best_dev_checkpoint(work: Path) -> None:
+    argv = ["--preset=smoke", "--dataset=tiny", "--train_chars=2000", "--epochs=4", "--evals_per_octave=1",
+            "--recipes=ar,diffusion", "--extra_seeds=", "--ar_budgets=", "--judge=true", f"--work_dir={work}",
+            f"--json={work / 'e.json'}"]
+    judged = epochs_bench.bench_epochs(argv)["subsets"][0]["judge"]
+    for s in ("ar", "diffusion"):
+        assert judged[s]["checkpoint"].endswith("best_dev.pt") and judged[s]["knob"] in ("temperature", "prior_weight")
+        assert {p["value"] for p in judged[s]["frontier"]["test"]} == {p["value"] for p in judged[s]["frontier"]["dev"]}
+    ratio = judged["diffusion_over_ar"]
+    a, d = judged["ar"]["ppl_at_real_entropy"], judged["diffusion"]["ppl_at_real_entropy"]
+    assert ratio == (d / a if a and d else None)
