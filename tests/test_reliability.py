@@ -262,8 +262,8 @@ def test_resume_leaves_no_duplicate_metric_rows_and_heals_the_sidecar(tmp_path: 
 def test_diverged_but_finite_model_is_never_saved(tmp_path: Path, make_cfg, monkeypatch) -> None:
     real, calls = train_mod.make_loss_fn, {"eval": 0}
 
-    def exploding(cfg, mask_token_id):
-        fn = real(cfg, mask_token_id)
+    def exploding(cfg, *ids):
+        fn = real(cfg, *ids)
 
         def loss_fn(model, x, y, gen):
             loss = fn(model, x, y, gen)
@@ -284,7 +284,7 @@ def test_diverged_but_finite_model_is_never_saved(tmp_path: Path, make_cfg, monk
 def test_divergence_before_any_save_promises_no_checkpoint(tmp_path: Path, make_cfg, monkeypatch) -> None:
     real = train_mod.make_loss_fn
     monkeypatch.setattr(train_mod, "make_loss_fn",
-                        lambda cfg, m: (lambda model, x, y, gen: real(cfg, m)(model, x, y, gen) * float("nan")))
+                        lambda cfg, *ids: (lambda model, x, y, gen: real(cfg, *ids)(model, x, y, gen) * float("nan")))
     with pytest.raises(TrainingDiverged) as e:
         train(make_cfg(tmp_path, max_iters=10, eval_interval=5))
     assert "no checkpoint was saved by this run" in str(e.value) and "last good" not in str(e.value)

@@ -191,8 +191,8 @@ def test_nan_loss_stops_without_saving(tmp_path: Path, make_cfg, monkeypatch: py
     calls = {"train": 0, "eval": 0}
     saved: dict[str, bytes] = {}
 
-    def make_nan_loss_fn(cfg, mask_token_id):
-        fn = real(cfg, mask_token_id)
+    def make_nan_loss_fn(cfg, *ids):
+        fn = real(cfg, *ids)
 
         def loss_fn(model, x, y, gen):
             loss = fn(model, x, y, gen)

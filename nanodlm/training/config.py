@@ -66,9 +66,8 @@ class TrainConfig(ModelArgs):
     mdlm_t_max: float = 1.0  # < 1: BD3-LM's clipped schedule (with a larger mdlm_eps), training only
     repair_rate_max: float = 0.1  # repair/seed: most of the visible tokens swapped for wrong ones
     copy_weight: float = 0.1  # repair: weight of the "keep this token" loss on clean visible positions
-    # gpt2: share of input tokens replaced by a [MASK] embedding while every next token is still predicted (a
-    # regularizer for many epochs of little data, arXiv 2510.04071); 0 = off
-    input_mask_rate: float = 0.0
+    # a regularizer for many epochs of little data (arXiv 2510.04071): every next token is still predicted
+    input_mask_rate: float = 0.0  # gpt2: share of input tokens replaced by a [MASK] embedding in training (0 = off)
     attn_anneal_iters: int = 0  # diffusion: attention goes from causal (iter 0) to full over these iters (DiffuLLaMA)
     # optimizer
     learning_rate: float = 6e-4  # peak learning rate (AdamW)
