@@ -209,7 +209,13 @@ def best_row(rows: list[dict[str, Any]], upto_iters: int | None = None) -> dict[
     """The row with the lowest dev loss (the first on ties) among rows at or before ``upto_iters``: the
     early-stopped model of a budget. Its test loss is what the budget reports."""
     rows = [r for r in rows if upto_iters is None or r["iters"] <= upto_iters]
-    return rows[choose_on("dev", [r["dev"] for r in rows])] if rows else None
+    return rows[choose_dev([r["dev"] for r in rows])] if rows else None
+
+
+def choose_dev(dev_losses: list[float]) -> int:
+    """The index of the lowest of ``dev_losses`` (losses on the dev half), through ``protocol.choose_on``, the
+    one path every choice goes through: each is stamped as measured on dev."""
+    return choose_on([{"split": "dev", "loss": v} for v in dev_losses], lambda r: r["loss"])
 
 
 if __name__ == "__main__":  # a lane's worker: python -m nanodlm.bench.curves SPEC.json

@@ -39,10 +39,9 @@ from typing import Any
 import torch
 
 from ..core.errors import UserError
-from ..evaluation.protocol import choose_on
 from ..training.config import TrainConfig, build_config, config_to_dict
 from .common import machine_info, now, parse_list, split_args, write_json
-from .curves import best_row, epochs_to_iters, eval_epochs, read_curve, run_curve, subset_dataset
+from .curves import best_row, choose_dev, epochs_to_iters, eval_epochs, read_curve, run_curve, subset_dataset
 from .epochs_judge import judge_sides
 from .epochs_report import plot, report
 from .presets import PRESETS
@@ -336,7 +335,7 @@ def _keep(ar: list[dict[str, Any]], keep: int) -> list[str]:
     chosen = []
     while left and len(chosen) < keep:
         scores = [best_row(read_curve(Path(q["spec"]["config"]["out_dir"])), q["screen_iters"])["dev"] for q in left]
-        chosen.append(left.pop(choose_on("dev", scores))["name"])
+        chosen.append(left.pop(choose_dev(scores))["name"])
     return chosen
 
 
@@ -345,5 +344,5 @@ def _best_recipe(runs: list[dict[str, Any]]) -> str | None:
     if not runs:
         return None
     scores = [best_row(read_curve(Path(q["spec"]["config"]["out_dir"])))["dev"] for q in runs]
-    return runs[choose_on("dev", scores)]["recipe"]
+    return runs[choose_dev(scores)]["recipe"]
 

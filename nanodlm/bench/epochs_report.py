@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.protocol import choose_on
-from .curves import best_row, read_curve
+from .curves import best_row, choose_dev, read_curve
 
 SIDES = ("ar", "diffusion")
 
@@ -32,7 +31,7 @@ def _side_at_budget(runs: list[dict[str, Any]], iters: int) -> dict[str, Any] | 
     cands = [(r, row) for r in runs for row in r["curve"] if row["iters"] <= iters]
     if not cands:
         return None
-    run, row = cands[choose_on("dev", [row["dev"] for _, row in cands])]
+    run, row = cands[choose_dev([row["dev"] for _, row in cands])]
     return {"recipe": run["recipe"], "epochs": row["epochs"], "iters": row["iters"], "dev": row["dev"],
             "test": row["test"], "test_stderr": row["test_stderr"]}
 
@@ -64,7 +63,7 @@ def report(args: Any, subsets: list[tuple[int, float]], plans: dict[str, dict[st
             mine = [r for r in main if r["side"] == s]
             if not mine:
                 continue
-            best = mine[choose_on("dev", [r["best_dev"]["dev"] for r in mine])]
+            best = mine[choose_dev([r["best_dev"]["dev"] for r in mine])]
             seeds = [r for r in runs if r["recipe"] == best["recipe"] and r["finished"]]
             tests = [r["best_dev"]["test"] for r in seeds]
             sides[s] = {"recipe": best["recipe"], "finished": best["finished"],

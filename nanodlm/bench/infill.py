@@ -38,7 +38,7 @@ from ..evaluation.infill import (
     hole_starts,
     judge_window,
 )
-from ..evaluation.protocol import closest, dev_test, ppl_at_entropy
+from ..evaluation.protocol import choose_on, dev_test, ppl_at_entropy
 from ..evaluation.textstats import unigram_entropy
 from ..runs.checkpoint import load_model
 from ..sampling.ar_sampling import generate_ar
@@ -244,8 +244,13 @@ def _summarize(L: int, per_seed: dict[str, Any], methods: list[str], args: Infil
                                        for key in ("judge_nll", "seam_nll", "entropy_bits")}}
                  for t, rs in sorted(per_seed["sampled"][k].items()) if rs]
         target = real["entropy_bits"]["mean"]
-        i = closest([p["entropy_bits"] for p in curve], target)
-        row["sampled"][k] = {"curve": curve, "chosen_temperature": curve[i]["temperature"], "at_chosen": curve[i],
+        chosen = None
+        if args.split == "dev":  # the temperature whose fills' entropy is nearest the real middles' (test reuses it)
+            stamped = [{**p, "split": "dev", "gap": abs(p["entropy_bits"] - target)} for p in curve]
+            i = choose_on(stamped, lambda p: p["gap"], uses=[{"split": "dev"}])
+            chosen = curve[i]
+        row["sampled"][k] = {"curve": curve, "chosen_temperature": chosen and chosen["temperature"],
+                             "at_chosen": chosen,
                              "judge_nll_at_real_entropy": _at_entropy(curve, "judge_nll", target),
                              "seam_nll_at_real_entropy": _at_entropy(curve, "seam_nll", target),
                              "passes_per_fill": _mean_se(per_seed["passes"][k])["mean"]}

@@ -284,7 +284,8 @@ def _fim(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prom
         fixed[b, :len(prefix)] = True
         fixed[b, len(prefix) + len(m):len(rows[b])] = True
     n = max(len(m) for m in middles)
-    info = {"sampler": "ar", "steps_used": n, "committed_per_step": [B] * n, "remasked_per_step": [0] * n, **info}
+    info = {"sampler": "ar", "steps_used": n, "committed_per_step": [B] * n, "remasked_per_step": [0] * n,
+            "passes_per_sample": [info["forward_passes"]] * B, **info}
     return tokens, info, fixed
 
 
