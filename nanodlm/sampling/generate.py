@@ -47,13 +47,9 @@ class Prompt:
 
     start: str | None = None  # text the sample begins with, or FILE:path (gpt2 default "\n"; diffusion: none)
     suffix: str | None = None  # diffusion or a FIM gpt2 model (objective=fim): fixed end of the text (FILE:path too)
-    # diffusion: a template whose `placeholder` characters are the positions to fill; a FIM gpt2 model fills one gap
-    # with exactly its placeholder count (<EOM> is forbidden until then)
-    infill: str | None = None
+    infill: str | None = None  # gaps = `placeholder` runs; FIM gpt2: one gap, exact size (<EOM> barred until then)
     placeholder: str = "_"  # one character; in --infill a run of N is N positions (N tokens for BPE)
-    # diffusion: tokens per sample, prefix and suffix included (None = block_size); a FIM gpt2 model with --suffix:
-    # the gap is this minus prefix and suffix (None: it writes until <EOM> or max_new_tokens)
-    length: int | None = None
+    length: int | None = None  # with prefix+suffix (diffusion: None=block_size; FIM gpt2 --suffix: None=until <EOM>)
     max_new_tokens: int = 500  # gpt2: tokens appended to the prompt
 
     def __post_init__(self) -> None:
