@@ -203,3 +203,33 @@ def test_bench_infill_runs_end_to_end_and_its_json_has_every_field(infill_runs, 
         bench_infill([*argv[:-3], "--split=test", f"--choose_from={out}", f"--json={tmp_path / 'x.json'}"])
     with pytest.raises(UserError, match="leaves no context"):
         bench_infill([*argv[:-1], "--lengths=40", f"--json={tmp_path / 'y.json'}"])
+
+
+def test_the_race_runs_in_infill_mode_against_a_fim_model_and_streams_its_gap(infill_runs) -> None:
+    import json
+
+    from nanodlm.runs.checkpoint import load_model
+    from nanodlm.sampling.trajectory import Recorder
+    from nanodlm.web.serve import Engine, ServeConfig, Server
+
+    def engine(name: str, run: str) -> Engine:
+        model, _, tok = load_model(infill_runs[run], "last")
+        return Engine(name, infill_runs[run], model, tok, "cpu")
+
+    server = Server({"diffusion": engine("diffusion", "diffusion"), "ar": engine("ar", "fim")},
+                    build_config(ServeConfig, {"out_dir": infill_runs["diffusion"]}))
+    assert server.info()["models"]["ar"]["infills"] is True
+    jobs = server.prepare(json.dumps({"race": True, "infill": "to be, ____ not", "sampler": "remask",
+                                      "num_samples": 2}).encode())
+    assert [e.name for e, _ in jobs] == ["diffusion", "ar"]
+    fim_engine, job = jobs[1]
+    assert job.length == len("to be, ____ not") and job.steps == 4
+    rec = Recorder(lambda i: fim_engine.tok.decode([i]), mask_token_id=fim_engine.mask_token_id, length=job.length)
+    out = job.run(rec)
+    assert all(t.startswith("to be, ") and t.endswith(" not") and len(t) == job.length for t in out.texts)
+    masked = [len(rec.event(f)["samples"][0]["masked"]) for f in rec.frames]
+    assert masked == [4, 3, 2, 1, 0]  # the gap, written left to right one character a step
+    plain = Server({"diffusion": engine("diffusion", "diffusion"), "ar": engine("ar", "ar")},
+                   build_config(ServeConfig, {"out_dir": infill_runs["diffusion"]}))
+    with pytest.raises(UserError, match="objective=fim"):
+        plain.prepare(json.dumps({"race": True, "infill": "to be, ____ not"}).encode())

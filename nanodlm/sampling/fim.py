@@ -9,6 +9,7 @@ the model writes until it samples <EOM>, or ``max_new`` tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,10 +40,12 @@ def _restrict(logits: torch.Tensor, ids: FimIds, allow_eom: bool) -> torch.Tenso
 
 def generate_fim(model: Model, prefix: list[int], suffix: list[int], num_samples: int, *, length: int | None,
                  max_new: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None, spm: bool = False, use_cache: bool = True
+                 generator: torch.Generator | None = None, spm: bool = False, use_cache: bool = True,
+                 on_token: Callable[[int, list[list[int]]], None] | None = None
                  ) -> tuple[list[list[int]], dict[str, Any]]:
     """``num_samples`` middles for (prefix, suffix) ids: exactly ``length`` tokens each, or (length None) until
-    <EOM> or ``max_new``. Returns (middles, info with ``forward_passes``)."""
+    <EOM> or ``max_new``. Returns (middles, info with ``forward_passes``). on_token(i, middles so far) after the
+    i-th token (i = 1, 2, ...)."""
     check_sampling_args(temperature, top_k, top_p)
     ids = model_fim_ids(model)
     prompt = fim_prompt(prefix, suffix, ids, spm)
@@ -73,6 +76,8 @@ def generate_fim(model: Model, prefix: list[int], suffix: list[int], num_samples
                         done[b] = True
                     else:
                         middles[b].append(t)
+            if on_token is not None:
+                on_token(i + 1, middles)
             if all(done) or i == budget - 1:
                 break
             idx = torch.cat((idx, nxt[:, None]), dim=1)

@@ -33,7 +33,7 @@ from .blockwise import generate_blocks, generate_long
 from .fim import generate_fim
 from .samplers import CAUSAL_SAMPLERS, SAMPLERS, OnStep, SamplerOptions, get_sampler, sampler_keys
 
-__all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "generate", "ignored_settings",
+__all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "fim_gap", "generate", "ignored_settings",
            "print_sampling_keys", "read_text", "sampling_configs"]
 
 T = TypeVar("T")
@@ -204,7 +204,7 @@ def _newline(tok: Any) -> list[int]:
 def _ar(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prompt, B: int, gen: torch.Generator,
         on_step: OnStep | None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
     if prompt.suffix is not None or prompt.infill is not None:
-        return _fim(model, tok, options, prompt, B, gen)
+        return _fim(model, tok, options, prompt, B, gen, on_step)
     if prompt.start is not None:
         ids = tok.encode(read_text(prompt.start)) or [0]
     else:
@@ -258,23 +258,38 @@ def fim_gap(tok: Any, prompt: Prompt) -> tuple[list[int], list[int], int | None]
     return prefix, suffix, prompt.length - len(prefix) - len(suffix)
 
 
-def _fim(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prompt, B: int, gen: torch.Generator
-         ) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+def _fim(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prompt, B: int, gen: torch.Generator,
+         on_step: OnStep | None = None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
     """A gap filled by a FIM-trained gpt2 model (sampling/fim.py): exactly the gap's length when it is known,
-    else until <EOM> or --max_new_tokens. Rows that end early are padded with -1 (never decoded)."""
+    else until <EOM> or --max_new_tokens. Rows that end early are padded with -1 (never decoded); on_step sees
+    prefix + the middle so far + (a known gap's unwritten positions as -1) + suffix after every token."""
     if not getattr(model.config, "fim_sentinels", 0):
         raise UserError("--suffix and --infill need a diffusion model or a gpt2 model trained with objective=fim; "
                         "this gpt2 model continues --start only")
     if options.sampler != "ar":
         raise UserError(f"--sampler={options.sampler} cannot fill a gap with a FIM model: it writes with --sampler=ar")
     prefix, suffix, length = fim_gap(tok, prompt)
+    device = _device(model)
+
+    def canvas(middles: list[list[int]]) -> torch.Tensor:  # (B, width): -1 where nothing is written (yet)
+        rows = [prefix + m + [-1] * ((length or len(m)) - len(m)) + suffix for m in middles]
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+
+    on_token = None
+    if on_step is not None:
+        def on_token(i: int, middles: list[list[int]]) -> None:
+            tokens = canvas(middles)
+            revealed = torch.zeros_like(tokens, dtype=torch.bool)
+            for b, m in enumerate(middles):
+                if len(m) == i:  # this row wrote its i-th token now (a row past <EOM> writes nothing)
+                    revealed[b, len(prefix) + i - 1] = True
+            on_step(i, tokens, revealed, torch.zeros_like(revealed))
     middles, info = generate_fim(model, prefix, suffix, B, length=length, max_new=prompt.max_new_tokens,
                                  temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
-                                 generator=gen, use_cache=options.use_kv_cache)
+                                 generator=gen, use_cache=options.use_kv_cache, on_token=on_token)
     rows = [prefix + m + suffix for m in middles]
-    width = max(len(r) for r in rows)
-    device = _device(model)
-    tokens = torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    tokens = canvas(middles)
     fixed = torch.zeros_like(tokens, dtype=torch.bool)
     for b, m in enumerate(middles):
         fixed[b, :len(prefix)] = True

@@ -33,7 +33,7 @@ import torch
 
 from ..core.errors import UserError, check_finite
 from ..runs.checkpoint import load_model
-from ..sampling.generate import Generation, Prompt, SamplerOptions, build_canvas, generate
+from ..sampling.generate import Generation, Prompt, SamplerOptions, build_canvas, fim_gap, generate
 from ..sampling.samplers import CAUSAL_SAMPLERS, DIFFUSION_SAMPLERS
 from ..sampling.trajectory import Aborted, Recorder
 from ..training.config import load_config
@@ -94,8 +94,14 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         c = self.model.config
         return {"out_dir": self.out_dir, "model_type": c.model_type, "block_size": c.block_size,
-                "diffusion_block": c.diffusion_block, "draft_len": c.draft_len,
+                "diffusion_block": c.diffusion_block, "draft_len": c.draft_len, "infills": self.infills,
                 "n_params": sum(p.numel() for p in self.model.parameters())}
+
+    @property
+    def infills(self) -> bool:
+        """Keeps a suffix and fills a gap: a diffusion model, or a gpt2 model trained with objective=fim."""
+        c = self.model.config
+        return (c.model_type == "diffusion" and not c.draft_len) or bool(getattr(c, "fim_sentinels", 0))
 
     @property
     def drafts(self) -> bool:
@@ -126,7 +132,17 @@ def plan_job(engine: Engine, request: GenerateRequest, options: SamplerOptions, 
         if engine.drafts and prompt.length is None:  # the main panel's default, as a diffusion canvas: block_size
             prompt = replace(prompt, length=model.config.block_size)
         if prompt.suffix is not None or prompt.infill is not None:
-            raise UserError("the autoregressive model writes left to right: suffix and infill need the diffusion model")
+            if not engine.infills:
+                raise UserError("this autoregressive model writes left to right: suffix and infill need the diffusion "
+                                "model or an AR model trained to fill in the middle (objective=fim)")
+            prefix, suffix, gap = fim_gap(tok, prompt)  # a FIM model: the gap's size, or until <EOM>
+            steps = gap or prompt.max_new_tokens
+            job_prompt, ar_options = prompt, replace(options, sampler="ar")  # it writes as AR, whatever the race's
+
+            def run_fim(on_step: Callable[..., None]) -> Generation:
+                return generate(model, tok, ar_options, job_prompt, num_samples=request.num_samples, seed=generator,
+                                on_step=on_step)
+            return Job(len(prefix) + steps + len(suffix), steps, request.num_samples, run_fim)
         n_prompt = len(tok.encode(prompt.start) or [0]) if prompt.start is not None else 1  # generate's "\n"
         if prompt.length is not None:
             if prompt.length <= n_prompt:
@@ -191,9 +207,10 @@ class Server:
         names = ["diffusion", "ar"] if request.race else [request.model]
         if "ar" in names and "ar" not in self.engines:
             raise UserError("this server has no autoregressive model: start it with --ar_out_dir=DIR")
-        if request.race and (prompt.suffix is not None or prompt.infill is not None):
-            raise UserError("race: the autoregressive model writes left to right, so it cannot keep a suffix or "
-                            "fill an infill template; turn the race off for these")
+        if request.race and (prompt.suffix is not None or prompt.infill is not None) \
+                and not self.engines["ar"].infills:
+            raise UserError("race: this autoregressive model writes left to right, so it cannot keep a suffix or fill "
+                            "an infill template; race an AR model trained with objective=fim, or turn the race off")
         jobs = []
         for name in names:
             engine = self.engines[name]

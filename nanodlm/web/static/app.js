@@ -111,12 +111,13 @@ async function generate(event) {
   }
   const templated = body.infill !== undefined || body.suffix !== undefined;
   const race = $("race").checked && Boolean(info.models.ar);
+  const sitsOut = templated && !info.models.ar?.infills;  // an AR model trained with objective=fim infills too
   $("ar-panel").classList.toggle("hidden", !race);
   const panels = { diffusion: panel("diffusion"), ar: panel("ar") };
   panels.diffusion.reset("starting\u2026");
-  panels.ar.reset(templated ? "the AR model writes left to right: it cannot keep a suffix or fill a template, " +
-    "so it sits this one out" : "starting\u2026");
-  body.race = race && !templated;
+  panels.ar.reset(sitsOut ? "the AR model writes left to right: it cannot keep a suffix or fill a template, " +
+    "so it sits this one out (an AR model trained with objective=fim can)" : "starting\u2026");
+  body.race = race && !sitsOut;
   const job = { controller: new AbortController() };
   current = job;
   $("generate").disabled = true;
