@@ -188,6 +188,8 @@ def test_bench_infill_runs_end_to_end_and_its_json_has_every_field(infill_runs, 
             "--seeds=1,2", "--temperatures=0.8,1.2", "--n_draws=2", "--seam=4", f"--json={out}"]
     dev = bench_infill(argv)
     assert out.is_file() and out.with_suffix(".png").is_file()
+    ltr = dev["left_to_right"]
+    assert ltr["fim_over_ar"] == pytest.approx(ltr["fim"]["ce"] / ltr["ar"]["ce"]) and ltr["fim"]["ce"] > 0
     for row in dev["rows"]:
         assert set(row) == {"L", "likelihood", "greedy_accuracy", "real", "sampled"}
         for k in ("diffusion", "fim", "ar"):

@@ -87,6 +87,7 @@ class EpochsArgs:
     lanes: int = 1  # runs train in this many worker processes at once (1 without launcher: in this process)
     launcher: str = ""  # a command each worker starts under, e.g. ../shared/bin/cpu-slot
     judge: bool = False  # also judge each side's best checkpoint's samples (the ruler's judge, trained once)
+    judge_work_dir: str = ""  # where the judge is trained or found ('' = work_dir; bench quality's cache shares it)
     report_only: bool = False  # train nothing: report the curves the cache holds now (where the runs stand)
     json: str | None = None  # default <work_dir>/epochs-<dataset>-<preset>.json
     png: str | None = None  # default: the JSON path with .png
@@ -311,7 +312,8 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
     result = report(args, subsets, plans, work_dir)
     if args.judge:
         torch.set_num_threads(args.lanes)  # the lanes are idle now: sampling takes their cores
-        judge_sides(result, work_dir, args.dataset, args.preset, args.device, shlex.split(args.launcher))
+        judge_dir = Path(args.judge_work_dir).expanduser() if args.judge_work_dir else work_dir
+        judge_sides(result, work_dir, judge_dir, args.dataset, args.preset, args.device, shlex.split(args.launcher))
     result["protocol"].update(wall_s=time.perf_counter() - started, load_start=load_start, load_end=os.getloadavg(),
                               date=now(), machine=machine_info(args.device), base=BASE, recipes=RECIPES,
                               command="nanodlm bench epochs " + " ".join(shlex.quote(a) for a in argv))

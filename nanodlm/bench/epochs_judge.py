@@ -23,7 +23,7 @@ from ..training.config import read_config_file
 from .curves import BEST
 from .frontier import Judge, operating_point, real_text, sweep
 from .presets import PRESETS
-from .runs import CKPT, PROTECTED, plan_run
+from .runs import CKPT, PROTECTED, ensure_dataset, plan_run
 from .search import Job, Lanes
 
 
@@ -33,6 +33,7 @@ def judge_model(work_dir: Path, dataset: str, preset: str, device: str, launcher
     if isinstance(values, tuple):  # (a config file, overrides)
         file, extra = values
         values = {**{k: v for k, v in read_config_file(file).items() if k not in PROTECTED}, **extra}
+    ensure_dataset(work_dir / "data", dataset)
     lanes = Lanes(1, launcher, work_dir / "jobs")  # through the launcher: the judge is a long training
     lanes.submit(Job("judge", "final", {}, plan_run("judge", {**values, "model_type": "gpt2"}, work_dir,
                                                      work_dir / "data", dataset, device, False)))
@@ -42,12 +43,12 @@ def judge_model(work_dir: Path, dataset: str, preset: str, device: str, launcher
     return Judge(model, tok)
 
 
-def judge_sides(result: dict[str, Any], work_dir: Path, dataset: str, preset: str, device: str,
+def judge_sides(result: dict[str, Any], work_dir: Path, judge_dir: Path, dataset: str, preset: str, device: str,
                 launcher: list[str]) -> None:
     """Adds ``judge`` (per side: the frontier and PPL at real test entropy) to each subset of ``result`` whose two
     sides have a best-dev checkpoint, and the diffusion / AR ratio."""
     p = PRESETS[preset]
-    judge = judge_model(work_dir, dataset, preset, device, launcher)
+    judge = judge_model(judge_dir, dataset, preset, device, launcher)
     seeds = {"dev": p["selection_seeds"], "test": p["report_seeds"]}
     num, length = p["num_samples"], p["length"]
     splits = dev_test(open_split(str(work_dir / "data"), dataset, "val"))
@@ -81,4 +82,5 @@ def judge_sides(result: dict[str, Any], work_dir: Path, dataset: str, preset: st
         out["diffusion_over_ar"] = d / a if a and d else None
         sub["judge"] = out
     result["protocol"]["judge"] = {"checkpoint": CKPT, "trained_on": f"the whole train split of {dataset}",
+                                   "work_dir": str(judge_dir),
                                    "seeds": seeds, "num_samples": num, "length": length}

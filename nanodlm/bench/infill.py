@@ -29,7 +29,7 @@ import torch
 from ..core.errors import UserError
 from ..core.fileio import parse_json, read_text_file
 from ..data.dataset import open_split
-from ..evaluation.evaluate import eval_windows
+from ..evaluation.evaluate import ar_cross_entropy, eval_windows
 from ..evaluation.infill import (
     ar_prefix_nll,
     char_accuracy,
@@ -180,6 +180,15 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
     cfg = m.models["diffusion"].config
     split = dev_test(open_split(m.data["data_dir"], m.data["dataset"], "val"))[args.split]
     windows = eval_windows(split, W - 1, args.windows)  # (N, W): evenly spaced, the same for every method
+    # what FIM costs left to right: each AR model's plain next-token CE on the split's windows of its block_size
+    ltr = {}
+    for k in ("fim", "ar"):
+        if k in m.models:
+            T = m.models[k].config.block_size
+            out = ar_cross_entropy(m.models[k], eval_windows(split, T, min(200, max(1, len(split) // (T + 1)))), 16)
+            ltr[k] = {"ce": out["loss"], "stderr": out["stderr"]}
+    if "ar" in ltr:
+        ltr["fim_over_ar"] = ltr["fim"]["ce"] / ltr["ar"]["ce"]
     rows_out = []
     for L in lengths:
         per_seed: dict[str, Any] = {"likelihood": {k: [] for k in methods}, "accuracy": {k: [] for k in methods},
@@ -217,7 +226,7 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
             f"{k} nll {rows_out[-1]['likelihood'][k]['mean']:.3f} acc {rows_out[-1]['greedy_accuracy'][k]['mean']:.3f}"
             for k in methods))
     result = {"benchmark": "infill", "split": args.split, "window_len": W, "lengths": lengths,
-              "methods": methods, "args": dataclasses.asdict(args), "rows": rows_out,
+              "methods": methods, "args": dataclasses.asdict(args), "rows": rows_out, "left_to_right": ltr,
               "conditions": {"diffusion": "bound on -log p(middle | prefix, suffix, L): only the hole masked",
                              "fim": "exact -log p(middle | prefix, suffix, L): sentinels ruled out until L",
                              "ar": "exact -log p(middle | prefix): no suffix"},
