@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
-from ..core.fileio import atomic_write
+from ..core.fileio import atomic_write, parse_json, read_text_file
 from ..data.dataset import load_meta, open_split
 from ..evaluation.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
 from ..evaluation.protocol import choose_on, dev_test
@@ -131,6 +131,26 @@ def _saved_iter(out_dir: Path) -> int:
         return int(json.loads(meta.read_text()).get("iter_num", 0)) if meta.exists() else 0
     except (ValueError, AttributeError):
         return 0  # a torn sidecar: train.py's resume reads the checkpoint itself
+
+
+def seed_curves(result: Path, runs_dir: Path) -> list[str]:
+    """Curve rows of an earlier ``bench epochs`` JSON written into ``runs_dir/<run>/curve.jsonl`` wherever the cache
+    has none, so a new machine goes on from a committed result. Runs are matched by name (their config hash: a
+    changed recipe matches nothing). The JSON holds no weights: a run that trains on from a seeded point first
+    retrains from scratch to its next point, to the same weights (train.py's step-keyed randomness). Returns the
+    runs seeded."""
+    data = parse_json(read_text_file(result, "--seed_curves file"), f"--seed_curves {result}", dict,
+                      "; give a bench epochs JSON")
+    seeded = []
+    for sub in data.get("subsets", []):
+        for run in sub.get("runs", []):
+            out_dir = runs_dir / str(run.get("name", ""))
+            if not run.get("curve") or not run.get("name") or read_curve(out_dir):
+                continue
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(out_dir / CURVE, "".join(json.dumps(r) + "\n" for r in run["curve"]).encode())
+            seeded.append(run["name"])
+    return seeded
 
 
 # --- scoring -------------------------------------------------------------------------------------------------------

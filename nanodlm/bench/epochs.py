@@ -41,7 +41,16 @@ import torch
 from ..core.errors import UserError
 from ..training.config import TrainConfig, build_config, config_to_dict
 from .common import machine_info, now, parse_list, split_args, write_json
-from .curves import best_row, choose_dev, epochs_to_iters, eval_epochs, read_curve, run_curve, subset_dataset
+from .curves import (
+    best_row,
+    choose_dev,
+    epochs_to_iters,
+    eval_epochs,
+    read_curve,
+    run_curve,
+    seed_curves,
+    subset_dataset,
+)
 from .epochs_judge import judge_sides
 from .epochs_report import plot, report
 from .presets import PRESETS
@@ -88,6 +97,7 @@ class EpochsArgs:
     launcher: str = ""  # a command each worker starts under, e.g. ../shared/bin/cpu-slot
     judge: bool = False  # also judge each side's best checkpoint's samples (the ruler's judge, trained once)
     judge_work_dir: str = ""  # where the judge is trained or found ('' = work_dir; bench quality's cache shares it)
+    seed_curves: str = ""  # an earlier bench epochs JSON (committed): its curves fill the cache where it has none
     report_only: bool = False  # train nothing: report the curves the cache holds now (where the runs stand)
     json: str | None = None  # default <work_dir>/epochs-<dataset>-<preset>.json
     png: str | None = None  # default: the JSON path with .png
@@ -283,6 +293,9 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
                             extra = plan(si, best, seed)
                             pool.submit(job(extra, "seed", extra["total"]))
 
+    if args.seed_curves:
+        seeded = seed_curves(Path(args.seed_curves), work_dir / "runs")
+        print(f"seeded {len(seeded)} run(s) from {args.seed_curves}: {', '.join(seeded) or 'none new'}")
     screening = len([r for r in recipes if side(r) == "ar"]) > args.keep
     pool = Pool(args.lanes, shlex.split(args.launcher), work_dir / "jobs", after)
     for si in range(len(subsets)):
