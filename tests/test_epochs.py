@@ -208,10 +208,10 @@ def test_bench_epochs_judges_each_sides_best_dev_checkpoint(work: Path) -> None:
 
 def test_a_new_machine_goes_on_from_the_committed_curves(work: Path, tmp_path_factory) -> None:
     argv = ["--preset=smoke", "--dataset=tiny", "--train_chars=2000", "--epochs=4", "--evals_per_octave=1",
-            "--recipes=ar,diffusion", "--extra_seeds=", "--ar_budgets="]
+            "--recipes=ar,diffusion", "--extra_seeds=9", "--ar_budgets="]
     first = epochs_bench.bench_epochs([*argv, f"--work_dir={work}", f"--json={work / 'a.json'}"])
     data = json.loads((work / "a.json").read_text())
-    ar_run = next(r for r in data["subsets"][0]["runs"] if r["recipe"] == "ar")
+    ar_run = next(r for r in data["subsets"][0]["runs"] if r["recipe"] == "ar" and r["seed"] == 1337)
     ar_run["curve"] = ar_run["curve"][:1]  # as if the session ended after the first point of this run
     (work / "partial.json").write_text(json.dumps(data))
     fresh = tmp_path_factory.mktemp("fresh")
@@ -221,7 +221,9 @@ def test_a_new_machine_goes_on_from_the_committed_curves(work: Path, tmp_path_fa
     same = json.dumps(again["subsets"][0]["sides"], sort_keys=True) == json.dumps(first["subsets"][0]["sides"],
                                                                                    sort_keys=True)
     assert same  # (compared as JSON: a one-seed standard error is nan)
-    runs = {r["recipe"]: r for r in again["subsets"][0]["runs"]}
+    runs = {r["recipe"]: r for r in again["subsets"][0]["runs"] if r["seed"] == 1337}
+    assert {r["seed"] for r in again["subsets"][0]["runs"]} == {1337, 9}  # the extra seed came from the JSON
     assert not (Path(runs["diffusion"]["out_dir"]) / "ckpt.pt").exists()  # finished: nothing trained again
     assert (Path(runs["ar"]["out_dir"]) / "ckpt.pt").exists()  # went on: retrained to the same curve
-    assert runs["ar"]["curve"] == next(r for r in first["subsets"][0]["runs"] if r["recipe"] == "ar")["curve"]
+    assert runs["ar"]["curve"] == next(r for r in first["subsets"][0]["runs"]
+                                       if r["recipe"] == "ar" and r["seed"] == 1337)["curve"]

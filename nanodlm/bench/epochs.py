@@ -256,8 +256,8 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
 
     lock = threading.Lock()
     kept: dict[int, list[str]] = {}
-    seeded: set[int] = set()
-    shortened: set[int] = set()
+    seeded: set[int] = set()  # subsets whose extra seeds are submitted
+    shortened: set[int] = set()  # subsets whose shorter AR budgets are submitted
     pool: Pool
 
     def screened_ar(si: int) -> list[dict[str, Any]]:
@@ -294,8 +294,8 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
                             pool.submit(job(extra, "seed", extra["total"]))
 
     if args.seed_curves:
-        seeded = seed_curves(Path(args.seed_curves), work_dir / "runs")
-        print(f"seeded {len(seeded)} run(s) from {args.seed_curves}: {', '.join(seeded) or 'none new'}")
+        restored = seed_curves(Path(args.seed_curves), work_dir / "runs")
+        print(f"seeded {len(restored)} run(s) from {args.seed_curves}: {', '.join(restored) or 'none new'}")
     screening = len([r for r in recipes if side(r) == "ar"]) > args.keep
     pool = Pool(args.lanes, shlex.split(args.launcher), work_dir / "jobs", after)
     for si in range(len(subsets)):
