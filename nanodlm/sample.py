@@ -27,7 +27,7 @@ from .sampling.generate import (
     ignored_settings,
     sampling_configs,
 )
-from .sampling.trajectory import Recorder
+from .sampling.trajectory import Recorder, partial_texts
 from .training.config import PRESET_DIR, parse_overrides, read_config_file
 from .training.distributed import resolve_device
 from .web.animate import check_trajectory_path, write_trajectory
@@ -98,7 +98,8 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
         print(f"warning: ignored {line}", file=sys.stderr)
     view = None
     if cfg.show and sys.stdout.isatty() and model.config.model_type != "gpt2":
-        view = LiveView(lambda i: tok.decode([i]), mask_token_id=model.config.mask_token_id)
+        view = LiveView(lambda i: tok.decode([i]), mask_token_id=model.config.mask_token_id,
+                        partial=partial_texts(model, lambda i: tok.decode([i])))
     recorder = None
     if cfg.trajectory:
         recorder = Recorder(lambda i: tok.decode([i]), mask_token_id=model.config.mask_token_id, model=model)

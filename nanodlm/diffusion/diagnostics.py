@@ -26,6 +26,8 @@ MEANINGS = {
     "draft_loss": "TiDAR: CE (nats/token) of the [MASK] blocks, each predicting its draft_len tokens from the text "
                   "before it (what speculative decoding drafts with)",
     "draft_stderr": "standard error of draft_loss across windows",
+    "prime_bits": "partial masking: sub-tokens per token (the NELBO is over them, per token all the same)",
+    "prime_base": "partial masking: the sub-tokens' base",
 }
 
 

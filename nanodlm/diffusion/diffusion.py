@@ -8,6 +8,8 @@ Three training objectives, picked once by name from ``OBJECTIVES`` (no if-ladder
   under the linear schedule alpha_t = 1 - t, whose weight -alpha'_t / (1 - alpha_t) is 1/t.
 - ``repair``: mdlm plus random-token corruption of visible tokens that the model learns to flag
   with [MASK], so a sampler can re-mask tokens it doubts.
+- ``prime``: mdlm over sub-tokens (partial masking, MDM-Prime; loss and bound in prime.py, the code in
+  subtokens.py), for a model built with ``prime_bits`` / ``prime_base``.
 
 Block diffusion (``diffusion_block = b > 0`` in the model config; BD3-LM, Arriola et al. 2025,
 arXiv:2503.09573): the same objectives, with one diffusion time per block of b tokens instead of per sequence
@@ -28,6 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from ..model.subtokens import model_code
+from .prime import prime_corrupt, prime_loss, prime_nelbo
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -309,8 +314,21 @@ def repair_objective(
     return repair_loss(logits, x, masked, flipped, t, o.mask_token_id, o.copy_weight, block)
 
 
+def prime_objective(
+    model: nn.Module, x: torch.Tensor, generator: torch.Generator, o: DiffusionOptions
+) -> torch.Tensor:
+    code = model_code(model)
+    if code is None:
+        raise ValueError("objective=prime needs a model built with prime_bits / prime_base (partial masking)")
+    t = stratified_t(x.size(0), generator, x.device, o.eps, o.t_max)  # as mdlm_corrupt draws it
+    x_t, masked = prime_corrupt(x, code, t, generator)
+    logits, _ = model(x_t)
+    return prime_loss(logits, x, masked, t, code)
+
+
 Objective = Callable[[nn.Module, torch.Tensor, torch.Generator, DiffusionOptions], torch.Tensor]
-OBJECTIVES: dict[str, Objective] = {"seed": seed_objective, "mdlm": mdlm_objective, "repair": repair_objective}
+OBJECTIVES: dict[str, Objective] = {"seed": seed_objective, "mdlm": mdlm_objective, "repair": repair_objective,
+                                    "prime": prime_objective}
 # objective=tidar trains a gpt2 model with a draft stream (tidar.py), objective=fim a gpt2 model that fills in the
 # middle (fim.py); training/step.py make_loss_fn picks them: neither is a diffusion model
 AR_OBJECTIVES = ("tidar", "fim")
@@ -343,7 +361,11 @@ def nelbo(
     gets one u per block (so one t per block and draw) and the clean x as context: the sum of block NELBOs.
     t is floored at t_min so 1/t stays finite when u_b is 0 (bias below t_min * the integrand, negligible).
     Call with the model in eval mode. The loop runs n_draws forward passes of batch B, not over rows.
+    A prime model (partial masking) gets the same bound over its sub-tokens (``prime.prime_nelbo``).
     """
+    code = model_code(model)
+    if code is not None:
+        return prime_nelbo(model, x, code, generator, n_draws, t_min)
     B, T = x.shape
     block = model_block(model)
     n_blocks = -(-T // block) if block else 1

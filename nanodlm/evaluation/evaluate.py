@@ -2,7 +2,8 @@
 
 - gpt2: next-token cross-entropy (nats/token).
 - diffusion: the absorbing-mask NELBO, an upper bound on -log p(x) / T (continuous time, SUBS
-  parameterisation: Sahoo et al. 2024, MDLM, arXiv:2406.07524; Shi et al. 2024, MD4, arXiv:2406.04329),
+  parameterisation: Sahoo et al. 2024, MDLM, arXiv:2406.07524; Shi et al. 2024, MD4, arXiv:2406.04329; over
+  sub-tokens for a prime model, prime.py, still per token: nats per character for a char vocabulary),
   plus the denoising diagnostics of ``diagnostics.diagnostics`` and the unigram entropy of the split
   (``textstats.unigram_entropy``).
 
@@ -201,6 +202,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
         "iter_num": meta.get("iter_num"), "dataset": dataset, "split": cfg.split, "block_size": T,
         "num_windows": num_windows, "seed": cfg.seed,
     }
+    if model.config.prime_bits:  # partial masking: the bound is over sub-tokens, reported per token all the same
+        result.update(prime_base=model.config.prime_base, prime_bits=model.config.prime_bits)
     if model_type == "gpt2":
         scored = windows[:, 1:]  # AR targets
         out = ar_cross_entropy(model, windows, batch_size)

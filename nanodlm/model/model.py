@@ -13,6 +13,9 @@ One transformer serves both modes (``GPTConfig.model_type``):
   generation) sees logits aligned to positions as usual: the shift happens here, in ``_head``.
 - ``draft_len`` (gpt2; TiDAR, tidar.py): one more embedding row, [MASK] (``mask_token_id = vocab_size``, never a
   logit); ``forward(x, drafts=True)`` also runs blocks of [MASK] that draft the text after the text before them.
+- ``prime_bits`` / ``prime_base`` (diffusion; MDM-Prime, subtokens.py): partial masking, each token written as
+  sub-tokens masked one by one; the input embedding reads a position's digit states (``transformer.wse``) and the
+  logits rule out every token that contradicts a known digit (exactly zero probability).
 - ``attn_allow`` (training only): DiffuLLaMA's attention annealing, a causal mask opened at random towards full
   attention (``annealed_attention``), so an AR model becomes bidirectional gradually.
 
@@ -40,6 +43,7 @@ from .attention import (
     shift_hidden,
     tidar_train_mask,
 )
+from .subtokens import SubTokenEmbedding, code_size
 
 MODEL_TYPES = ("gpt2", "diffusion")
 # auto: learned for gpt2, rope for diffusion; learned_rope: both (AR -> diffusion adaptation of a learned-position
@@ -68,6 +72,9 @@ class ModelArgs:
     diffusion_block: int = 0  # diffusion: 0 = bidirectional (MDLM); b > 0 = block-causal over blocks of b (BD3-LM)
     shift: bool | None = None  # diffusion: logit i from hidden state i-1 (DiffuGPT); None: on when adapting an AR model
     draft_len: int = 0  # gpt2: TiDAR's [MASK] draft block length (objective=tidar sets 8; 0 = a plain model)
+    prime_bits: int = 0  # objective=prime: sub-tokens per token (0 = the fewest for prime_base: ceil(log2 V) at base 2)
+    prime_base: int = 0  # objective=prime: the sub-tokens' base (0 = 2, or the smallest for prime_bits)
+    prime_shuffle: bool = True  # objective=prime: shuffle token ids before encoding them (MDM-Prime-v2; saved)
 
     def __post_init__(self) -> None:
         for key, allowed in (("model_type", MODEL_TYPES), ("pos_emb", POS_EMBS)):
@@ -93,6 +100,12 @@ class ModelArgs:
             raise ValueError("shift=True is for diffusion models (an AR model predicts the next token already)")
         if self.draft_len < 0 or (self.draft_len and self.model_type != "gpt2"):
             raise ValueError(f"draft_len={self.draft_len} is for gpt2 models trained with objective=tidar (>= 0)")
+        if self.prime_bits < 0 or self.prime_base < 0:
+            raise ValueError(f"prime_bits and prime_base must be >= 0 (0 = automatic); got {self.prime_bits} and "
+                             f"{self.prime_base}")
+        if (self.prime_bits or self.prime_base) and (self.model_type != "diffusion" or self.diffusion_block):
+            raise ValueError(f"prime_bits={self.prime_bits}, prime_base={self.prime_base}: partial masking is for "
+                             "bidirectional diffusion models (objective=prime, model_type=diffusion, block 0)")
 
     @property
     def resolved_pos_emb(self) -> str:
@@ -124,6 +137,8 @@ class GPTConfig(ModelArgs):
                 self.mask_token_id = self.vocab_size - 1
             if self.mask_token_id != self.vocab_size - 1:
                 raise ValueError("diffusion needs mask_token_id == vocab_size - 1")
+        if self.prime_bits or self.prime_base:  # the vocabulary is known here: resolve the automatic sizes
+            self.prime_base, self.prime_bits = code_size(self.vocab_size - 1, self.prime_base, self.prime_bits)
         if self.draft_len:  # TiDAR (tidar.py): [MASK] is the row after the vocabulary, never a logit
             if self.mask_token_id not in (None, self.vocab_size):
                 raise ValueError("a draft_len model needs mask_token_id == vocab_size")
@@ -238,6 +253,9 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         )
+        if config.prime_bits:  # partial masking: ids are digit states (subtokens.py); wte stays the output layer
+            modules["wse"] = SubTokenEmbedding(config.vocab_size - 1, config.prime_base, config.prime_bits,
+                                               config.n_embd, config.prime_shuffle)
         if "learned" in config.pos_emb:
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         if "rope" in config.pos_emb:  # rotary tables, computed once; not saved (derived from the config)
@@ -288,6 +306,7 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         self._check_length(T)
+        ids = idx  # the canvas as given (a prime model's logits depend on its known digits)
         block = self.config.diffusion_block
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
         attn_mask = None
@@ -314,6 +333,8 @@ class GPT(nn.Module):
         if self.config.shift:
             x = shift_hidden(x, None, block, h[:, T:] if clean is not None else None)
         logits = self._head(x, all_logits or drafts or targets is not None)
+        if "wse" in self.transformer:
+            logits = self.transformer.wse.restrict(logits, ids)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -353,7 +374,8 @@ class GPT(nn.Module):
             x = shift_hidden(x, cache.hidden[:, start - 1:start] if start else None, block, None)
         if n_keep:
             cache.advance(n_keep)
-        return self._head(x, all_logits)
+        logits = self._head(x, all_logits)
+        return self.transformer.wse.restrict(logits, idx) if "wse" in self.transformer else logits
 
     def _check_length(self, end: int) -> None:
         if end > self.config.block_size:
@@ -362,7 +384,7 @@ class GPT(nn.Module):
     def _trunk(self, idx: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor | None,
                cache: KVCache | None) -> torch.Tensor:
         """Embeddings and the transformer blocks: idx (B, T), pos (T,) -> residual stream (B, T, C)."""
-        x = self.transformer.wte(idx)  # (B, T, C)
+        x = (self.transformer.wse if "wse" in self.transformer else self.transformer.wte)(idx)  # (B, T, C)
         rope = None
         if "learned" in self.config.pos_emb:
             x = x + self.transformer.wpe(pos)

@@ -20,9 +20,11 @@ from ..core.errors import UserError
 from ..core.fileio import atomic_write
 from ..data.tokenizers import load_tokenizer
 from ..model.model import GPT, GPTConfig
+from ..model.subtokens import permutation_problem
 
 FORMAT_VERSION = 1
 _PREFIXES = ("_orig_mod.", "module.")  # added by torch.compile and DDP
+PRIME_PERM = "transformer.wse.perm"  # a prime model's token shuffle (subtokens.SubTokenEmbedding), saved as a buffer
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -175,6 +177,12 @@ def build_model(model_args: dict[str, Any], state: dict[str, torch.Tensor] | Non
     except (TypeError, ValueError) as e:
         raise UserError(f"checkpoint {path} has invalid model_args ({e}); it was altered or is not a nanodlm "
                         "checkpoint") from None
+    if state is not None and config.prime_bits:  # the shuffle defines the code: its absence is not a shape error
+        perm = state.get(PRIME_PERM)
+        problem = "it is missing" if perm is None else permutation_problem(perm, config.vocab_size - 1)
+        if problem:
+            raise UserError(f"checkpoint {path}: its sub-token shuffle {PRIME_PERM} is invalid ({problem}); the file "
+                            "was altered or is from another version: use another checkpoint or retrain")
     if state is not None:
         try:
             model.load_state_dict(state)

@@ -26,11 +26,13 @@ import torch
 
 from ..core.errors import UserError
 from ..core.fileio import read_text_file
+from ..model.subtokens import model_code
 from ..runs.checkpoint import check_generation_size
 from ..training.config import build_configs, print_keys
 from .ar_sampling import generate_ar
 from .blockwise import generate_blocks, generate_long
 from .fim import generate_fim
+from .prime_sampling import PRIME_SAMPLERS
 from .samplers import CAUSAL_SAMPLERS, SAMPLERS, OnStep, SamplerOptions, get_sampler, sampler_keys
 
 __all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "fim_gap", "generate", "ignored_settings",
@@ -309,6 +311,8 @@ def _diffusion(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt
         raise UserError(f"--sampler={options.sampler} is for AR models (speculative: trained with objective=tidar); "
                         f"this is a diffusion model: choose one of {diffusion}")
     sampler: Callable[..., tuple[torch.Tensor, dict[str, Any]]] = get_sampler(options.sampler)
+    if model_code(model) is not None:  # a prime model: ancestral and confidence reveal sub-tokens
+        sampler = PRIME_SAMPLERS.get(options.sampler, sampler)
     kwargs = options.sampler_kwargs()  # exactly the options this sampler takes (steps, temperature, ...)
     if config.diffusion_block and options.semi_ar_block not in (0, config.diffusion_block):
         raise UserError(f"semi_ar_block is for bidirectional models; this block diffusion model decodes in blocks "

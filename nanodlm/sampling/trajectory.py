@@ -9,7 +9,9 @@ event (``frame_event``), the format of the ``/api/generate`` stream (README, "We
      "samples": [{"text": "To be[MASK][MASK]...", "tokens": ["T", "o", " ", "b", "e", null, ...],
                   "masked": [5, 6, ...], "revealed": [2, 4], "remasked": [9]}]}
 
-``tokens`` has one entry per position (the token's text, null where masked); rows shorter than ``length``
+``tokens`` has one entry per position (the token's text, null where masked); a prime model's partly known
+positions (subtokens.py) are null there too and listed in ``partial`` as [position, [the texts it may still become]]
+(the key only where there are some); rows shorter than ``length``
 (an autoregressive model writing left to right) are padded with masked positions. ``forward_passes`` counts
 the model's real forward calls in this thread (``count_forward_passes``: full and KV-cached
 passes alike), null for models that are not ``torch.nn.Module`` s.
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from ..model.subtokens import consistent, model_code, state_digits
 
 MASK_TEXT = "[MASK]"  # a masked position in an event's ``text``
 _PASSES = threading.local()  # forward calls of hooked models, per thread: concurrent generations do not mix
@@ -41,14 +45,15 @@ def _count_pass(module: torch.nn.Module, args: Any, output: Any) -> None:
 def count_forward_passes(model: Any) -> Callable[[], int] | None:
     """A function giving the forward calls of ``model`` made in this thread since this call (None if not a Module).
 
-    A pass is a call of the token embedding (``model.transformer.wte``, else the model itself), so full passes
-    (``forward``) and cached ones (``decode``) both count. One hook per model, installed once: it bumps a
-    thread-local counter, so generations running in other threads are not counted, and no hook is added or
-    removed while another thread runs the model.
+    A pass is a call of the token embedding (``model.transformer.wte``, a prime model's ``wse``, else the model
+    itself), so full passes (``forward``) and cached ones (``decode``) both count. One hook per model, installed
+    once: it bumps a thread-local counter, so generations running in other threads are not counted, and no hook is
+    added or removed while another thread runs the model.
     """
     if not isinstance(model, torch.nn.Module):
         return None
-    wte = getattr(getattr(model, "transformer", None), "wte", None)
+    transformer = getattr(model, "transformer", None)
+    wte = getattr(transformer, "wse", None) or getattr(transformer, "wte", None)  # a prime model embeds with wse
     target = wte if isinstance(wte, torch.nn.Module) else model
     with _HOOK_LOCK:
         if not getattr(target, "_nanodlm_pass_hook", False):
@@ -56,6 +61,23 @@ def count_forward_passes(model: Any) -> Callable[[], int] | None:
             target._nanodlm_pass_hook = True
     start = getattr(_PASSES, "n", 0)
     return lambda: getattr(_PASSES, "n", 0) - start
+
+
+def partial_texts(model: Any, decode_one: Callable[[int], str]) -> Callable[[int], list[str]] | None:
+    """For a prime model (None for any other): a partly known position's id -> the texts of the tokens it may still
+    become (those consistent with its known digits), cached per id. What ``--show`` and the page draw."""
+    code = model_code(model)
+    if code is None:
+        return None
+    cache: dict[int, list[str]] = {}
+
+    def texts(token: int) -> list[str]:
+        if token not in cache:
+            digits = state_digits(torch.tensor([token], device=code.table.device), code)  # (1, bits)
+            cache[token] = [decode_one(i) for i in consistent(digits, code)[0].nonzero().flatten().tolist()]
+        return cache[token]
+
+    return texts
 
 
 @dataclass
@@ -83,6 +105,7 @@ class Recorder:
                  model: Any = None, on_frame: Callable[[Frame], None] | None = None, keep: bool = True,
                  should_stop: Callable[[], bool] | None = None) -> None:
         self.decode_one, self.mask_token_id, self.length = decode_one, mask_token_id, length
+        self.partial = partial_texts(model, decode_one)  # a prime model's partly known positions, else None
         self.on_frame, self.keep, self.should_stop = on_frame, keep, should_stop
         self.model = model
         self.frames: list[Frame] = []
@@ -140,7 +163,7 @@ class Recorder:
 
     def text_of(self, token: int) -> str | None:
         """A position's text (None where masked or padding), cached per id."""
-        if token < 0 or token == self.mask_token_id:
+        if token < 0 or (self.mask_token_id is not None and token >= self.mask_token_id):  # masked or partial
             return None
         if token not in self._texts:
             self._texts[token] = self.decode_one(token)
@@ -154,6 +177,9 @@ class Recorder:
             samples.append({"text": "".join(MASK_TEXT if t is None else t for t in texts), "tokens": texts,
                             "masked": [i for i, t in enumerate(texts) if t is None],
                             "revealed": frame.revealed[b], "remasked": frame.remasked[b]})
+            partial = [[i, self.partial(t)] for i, t in enumerate(row) if self.partial and t > self.mask_token_id]
+            if partial:
+                samples[-1]["partial"] = partial
         return {"step": frame.step, "forward_passes": frame.forward_passes, "elapsed": round(frame.elapsed, 4),
                 "samples": samples}
 

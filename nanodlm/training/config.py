@@ -56,7 +56,7 @@ class TrainConfig(ModelArgs):
     gradient_accumulation_steps: int = 1  # global value; divided by the number of DDP processes
     batch_size: int = 12  # sequences per micro-step
     # diffusion objective (see nanodlm/diffusion/diffusion.py)
-    objective: str = "repair"  # repair (default, see BENCHMARKS.md) | mdlm | seed (the spec's) | tidar | fim (gpt2)
+    objective: str = "repair"  # repair (default) | mdlm | seed (the spec's) | prime (prime.py) | tidar | fim (gpt2)
     fim_rate: float | None = None  # objective=fim: share of windows laid out prefix/suffix/middle (None = 0.5)
     fim_spm_rate: float | None = None  # objective=fim: share of those in SPM order, the rest PSM (None = 0)
     tidar_alpha: float = 1.0  # objective=tidar: loss (alpha * L_AR + L_draft) / (1 + alpha)
@@ -120,6 +120,19 @@ class TrainConfig(ModelArgs):
             raise UserError(f"input_mask_rate={self.input_mask_rate} is for plain gpt2 models (a diffusion model masks "
                             "its inputs already): set model_type=gpt2 without objective=tidar/fim, or "
                             "input_mask_rate=0")
+        if self.objective == "prime":  # partial masking (prime.py); the model keys checked the model type
+            if self.model_type != "diffusion":
+                raise UserError("objective=prime trains a diffusion model (partial masking): set model_type=diffusion")
+            if self.diffusion_block:
+                raise UserError("objective=prime is bidirectional (block diffusion over sub-tokens is not built): set "
+                                "diffusion_block=0")
+            if self.init_from not in ("scratch", "resume"):
+                raise UserError("objective=prime trains from scratch (sub-token embeddings have no pretrained source): "
+                                "use init_from=scratch")
+            self.prime_base = self.prime_base if self.prime_bits or self.prime_base else 2
+        elif self.prime_bits or self.prime_base:
+            raise UserError(f"prime_bits={self.prime_bits}, prime_base={self.prime_base} need objective=prime "
+                            f"(partial masking); got objective={self.objective}")
         positive = ("batch_size", "eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps")
         for key in positive:
             if getattr(self, key) <= 0:

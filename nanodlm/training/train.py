@@ -96,8 +96,11 @@ def init_model(cfg: TrainConfig, ckpt: dict[str, Any] | None, data_meta: dict[st
         # the source's architecture wins: the saved config says what was built, so a resume agrees with it
         cfg = dataclasses.replace(cfg, **{k: model_args[k] for k in SHAPE_KEYS if k in model_args})
     else:
-        model_args = GPTConfig.for_data(cfg, vocab_size, fim=cfg.objective == "fim",
-                                        mask_row=cfg.input_mask_rate > 0).to_dict()
+        try:  # keys that need the vocabulary (prime_bits) are checked here
+            model_args = GPTConfig.for_data(cfg, vocab_size, fim=cfg.objective == "fim",
+                                            mask_row=cfg.input_mask_rate > 0).to_dict()
+        except ValueError as e:
+            raise UserError(f"{e} (dataset '{cfg.dataset}')") from None
     # the seed fixes the initial weights too (the same on every rank), so two runs with one config agree
     torch.manual_seed(step_seed(cfg.seed, 0, -1, "init"))
     model = build_model(model_args, ckpt["model"] if ckpt is not None else init_state,

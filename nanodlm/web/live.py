@@ -1,6 +1,7 @@
 """Watch a diffusion sampler work: the canvas redrawn in the terminal after every step.
 
 ``LiveView`` is an ``on_step`` callback for the samplers in ``nanodlm.sampling.samplers``. Masks are drawn dim,
+a prime model's partly known characters cyan (the character once one candidate is left, else a shaded cell),
 tokens revealed in the latest step highlighted, tokens re-masked in the latest step shown red and struck
 through (their old text). When the console is not a terminal (piped stdout, CI logs) it draws nothing,
 and the caller prints only the result. rich is imported lazily, on first use.
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 STYLE_MASK = "dim"
 STYLE_REVEALED = "bold black on green"
 STYLE_REMASKED = "bold red strike"
+STYLE_PARTIAL = "italic cyan"  # a prime model's partly known character (some of its digits revealed)
+PARTIAL_GLYPH = "\u2592"  # medium shade: between the mask's light shade and a character
 
 
 class LiveView:
@@ -38,8 +41,10 @@ class LiveView:
 
     def __init__(self, decode_one: Callable[[int], str], *, mask_token_id: int, console: Console | None = None,
                  enabled: bool | None = None, rows: int = 1, total_steps: int | None = None,
-                 mask_glyph: str = "\u2591", transient: bool = True) -> None:
+                 mask_glyph: str = "\u2591", transient: bool = True,
+                 partial: Callable[[int], list[str]] | None = None) -> None:
         self.decode_one = decode_one
+        self.partial = partial  # a partial id -> the texts it may still become (trajectory.partial_texts)
         self.mask_token_id = mask_token_id
         self.console = console
         if enabled is None:
@@ -93,8 +98,10 @@ class LiveView:
         rows = tokens[: self.rows].tolist()
         rev, rem = revealed[: self.rows].tolist(), remasked[: self.rows].tolist()
         n_masked = int((tokens[: self.rows] == self.mask_token_id).sum())
+        n_partial = int((tokens[: self.rows] > self.mask_token_id).sum())
         total = f"/{self.total_steps}" if self.total_steps else ""
-        parts: list[RenderableType] = [self._caption(f"step {step}{total}  masked {n_masked}  "
+        partly = f"partly known {n_partial}  " if n_partial else ""
+        parts: list[RenderableType] = [self._caption(f"step {step}{total}  masked {n_masked}  {partly}"
                                                      f"revealed {sum(map(sum, rev))}  remasked {sum(map(sum, rem))}")]
         for b, row in enumerate(rows):
             prev = self._prev[b] if self._prev is not None and b < len(self._prev) else None
@@ -117,6 +124,9 @@ class LiveView:
                 text.append(self.decode_one(old) if old is not None else self.mask_glyph, style=STYLE_REMASKED)
             elif tok == self.mask_token_id:
                 text.append(self.mask_glyph, style=STYLE_MASK)
+            elif tok > self.mask_token_id:  # partly known (prime): one candidate left shows as itself
+                left = self.partial(tok) if self.partial else []
+                text.append(left[0] if len(left) == 1 else PARTIAL_GLYPH, style=STYLE_PARTIAL)
             elif revealed[i]:
                 text.append(self.decode_one(tok), style=STYLE_REVEALED)
             else:

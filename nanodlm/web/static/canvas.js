@@ -4,6 +4,7 @@
 
 const NanoCanvas = (() => {
   const MASK_GLYPH = "\u2591";
+  const PARTIAL_GLYPH = "\u2592";  // a prime model's partly known character (some of its digits revealed)
   const NEWLINE_GLYPH = "\u21b5";
 
   function cell(cls, text) {
@@ -14,7 +15,8 @@ const NanoCanvas = (() => {
   }
 
   // event: {step, samples: [{tokens, revealed, remasked}]}; prev: the event before it (old text of re-masked
-  // positions), or null. Masked positions dim, revealed this step highlighted, re-masked struck through.
+  // positions), or null. Masked positions dim, partly known ones (prime) blue with their candidates as a tooltip,
+  // revealed this step highlighted, re-masked struck through.
   // A newline shows as a glyph; only with breaks (the final text) does it also break the line, so that
   // positions do not jump around while the canvas fills in.
   function render(el, event, prev, breaks = false) {
@@ -25,11 +27,16 @@ const NanoCanvas = (() => {
       const old = prev && prev.samples[b] ? prev.samples[b].tokens : null;
       const revealed = new Set(s.revealed);
       const remasked = new Set(s.remasked);
+      const partial = new Map(s.partial || []);  // position -> the texts it may still become
       s.tokens.forEach((t, i) => {
         let span;
         if (remasked.has(i)) {
           span = cell("nd-remasked", old && old[i] !== null ? old[i] : MASK_GLYPH);
           span.title = "re-masked at step " + event.step;
+        } else if (partial.has(i)) {
+          const left = partial.get(i);
+          span = cell("nd-partial", left.length === 1 ? left[0] : PARTIAL_GLYPH);
+          span.title = "partly known: one of " + left.map((c) => JSON.stringify(c)).join(" ");
         } else if (t === null) {
           span = cell("nd-masked", MASK_GLYPH);
         } else {
