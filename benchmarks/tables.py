@@ -3,6 +3,7 @@
     python benchmarks/tables.py quality benchmarks/quality-fair-cpu-2026-12-03.json [MORE.json ...]
     python benchmarks/tables.py parallel benchmarks/parallel-test-cpu-2026-12-03.json
     python benchmarks/tables.py fast DEV.json TEST.json [...] > nanodlm/configs/sample/fast.py  # bench parallel
+    python benchmarks/tables.py prime benchmarks/prime-screen-cpu-DATE.json benchmarks/prime-report-cpu-DATE.json
 
 Every figure printed is the JSON's, rounded only here; ratios are computed from the JSON's own numbers.
 """
@@ -132,8 +133,47 @@ def fast(paths: list[str]) -> list[str]:
     return lines + [f"{k} = {v!r}" for k, v in keys.items()]
 
 
+def prime(paths: list[str]) -> list[str]:
+    """benchmarks/prime_ruler.py's JSON: the dev screen (each run's dev NELBO and val curve), then the report (test
+    NELBO per objective, mean over the training seeds ± their standard error, against AR's and repair's from the
+    fair ruler's JSON: the same windows and masks, seed 1337)."""
+    out: list[str] = []
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        fair, name = r["fair"], Path(path).name
+        if "chosen" in r and r["benchmark"].startswith("prime screen"):
+            out += [row(["run (seed 1337)", "dev NELBO", "× AR dev CE", "val loss at 500 / 1,000 / 1,500 / 2,000",
+                         "ms/iter", "JSON"]), row(["---"] * 6)]
+            for x in r["rows"]:
+                curve = " / ".join(f"{v:.3f}" for i, v in x["val_curve"] if i > 0)
+                label = f"{x['name']} (base {x['prime'][0]}, {x['prime'][1]} digits)" + (
+                    " **chosen**" if x["name"] == r["chosen"] else "")
+                out.append(row([label, pm(x["nelbo"], x["stderr"], ".4f"), f"{x['nelbo'] / fair['ar']['dev']:.3f}",
+                                curve, f"{x['ms_per_iter']:.0f}", name]))
+            out.append(row([f"repair (the ruler's diffusion, {fair['json']})", f"{fair['repair']['dev']:.4f}",
+                            f"{fair['repair']['dev'] / fair['ar']['dev']:.3f}", "–", "–", name]))
+            out.append("")
+            continue
+        out += [row(["objective", "seeds", "test NELBO (mean ± s.e. over seeds)", "per seed", "× AR test CE",
+                     "val loss at 500 / 1,000 / 1,500 / 2,000 (seed 1337)", "JSON"]), row(["---"] * 7)]
+        for obj in (r["chosen"], "mdlm"):
+            xs = [x for x in r["rows"] if x["name"] == obj and x["split"] == "test"]
+            vals = [x["nelbo"] for x in xs]
+            mean = sum(vals) / len(vals)
+            se = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) / len(vals)) ** 0.5 if len(vals) > 1 else None
+            first = next(x for x in xs if x["seed"] == min(x["seed"] for x in xs))
+            curve = " / ".join(f"{v:.3f}" for i, v in first["val_curve"] if i > 0)
+            out.append(row([obj, ", ".join(str(x["seed"]) for x in xs), pm(mean, se, ".4f"),
+                            ", ".join(f"{v:.4f}" for v in vals), f"{mean / fair['ar']['test']:.3f}", curve, name]))
+        for obj, key in (("repair (the ruler's diffusion)", "repair"), ("AR (the ruler's)", "ar")):
+            out.append(row([obj, "1337", pm(fair[key]["test"], fair[key]["test_stderr"], ".4f") + " (s.e. over "
+                            "windows)", "–", f"{fair[key]['test'] / fair['ar']['test']:.3f}", "–", fair["json"]]))
+        out.append("")
+    return out
+
+
 def main(argv: list[str]) -> int:
-    commands = {"quality": quality, "parallel": parallel, "fast": fast}
+    commands = {"quality": quality, "parallel": parallel, "fast": fast, "prime": prime}
     if len(argv) < 2 or argv[0] not in commands or (argv[0] == "fast" and len(argv) % 2 == 0):
         print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
         return 2

@@ -1,0 +1,171 @@
+"""Partial masking (issue 26) on the fair ruler's terms, resumable, one run at a time through ../shared/bin/cpu-slot.
+
+Every run is the diffusion contestant of ``bench quality --preset=cpu`` (BENCHMARKS.md section 9: 4 layers x 128,
+block 256, batch 12, 2,000 iterations, lr 3e-3 as that protocol's diffusion screen chose, dropout 0, rope, on
+``~/.cache/nanodlm/quality/data``) with only the objective changed: ``mdlm``, or ``prime`` at a given
+``prime_bits``. Scoring is the protocol's own: ``diffusion_nelbo`` on the 200 evenly spaced windows of dev (the
+first half of val.bin, masks seeded 1) or test (the second half, masks seeded 1337), 4 mask draws, last checkpoint.
+
+    python benchmarks/prime_ruler.py screen    # prime_bits 2, 3, 7 at seed 1337 -> dev NELBO; the winner is chosen
+    python benchmarks/prime_ruler.py report    # the winner and mdlm at seeds 1337, 1338, 1339 -> test NELBO
+    python benchmarks/prime_ruler.py status    # what is trained, where each run stands
+
+Each phase trains what is missing (a killed run resumes from its last checkpoint: the same numbers), scores it in a
+cpu-slot process, and writes ``benchmarks/prime-<phase>-cpu-DATE.json`` (``--json`` to name it). Long runs go from
+a frozen copy of the code (``git archive``), which trains and scores with its own ``nanodlm``; ``$CPU_SLOT`` names
+the launcher when the copy does not stand beside ``shared/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SLOT = Path(os.environ.get("CPU_SLOT", REPO.parent / "shared" / "bin" / "cpu-slot"))
+WORK = Path(os.environ.get("PRIME_WORK", "~/.cache/nanodlm/prime")).expanduser()
+DATA = Path("~/.cache/nanodlm/quality/data").expanduser()
+FAIR = REPO / "benchmarks" / "quality-fair-cpu-2026-12-03.json"  # AR's CE and repair's NELBO, the same evaluator
+RULER = dict(model_type="diffusion", n_layer=4, n_head=4, n_embd=128, block_size=256, batch_size=12, dropout=0.0,
+             attn_dropout=0.0, learning_rate=3e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99, max_iters=2000,
+             lr_decay_iters=2000, eval_interval=500, eval_iters=20, log_interval=10, pos_emb="rope",
+             copy_weight=0.1, dataset="shakespeare_char", data_dir=str(DATA), threads=1, progress=False, plot=False,
+             device="cpu")
+SCREEN_BITS = (2, 3, 7)
+SEEDS = (1337, 1338, 1339)
+MASK_SEEDS = {"dev": 1, "test": 1337}  # bench quality's: the first selection seed / the first report seed
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # this checkout's nanodlm, one thread
+
+
+def run_dir(name: str, seed: int) -> Path:
+    return WORK / "runs" / f"{name}-s{seed}"
+
+
+def flags(name: str) -> dict[str, object]:
+    """mdlm | prime<bits> -> the TrainConfig keys that differ from the ruler's contestant."""
+    if name == "mdlm":
+        return {"objective": "mdlm"}
+    return {"objective": "prime", "prime_bits": int(name.removeprefix("prime"))}
+
+
+def finished(name: str, seed: int) -> bool:
+    meta = run_dir(name, seed) / "ckpt.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("iter_num") == RULER["max_iters"]
+
+
+def train(name: str, seed: int) -> None:
+    """Train (or resume) one run in a cpu-slot process; nothing to do when it is finished."""
+    if finished(name, seed):
+        return
+    out = run_dir(name, seed)
+    init = "resume" if (out / "ckpt.pt").is_file() else "scratch"
+    keys = {**RULER, **flags(name), "seed": seed, "out_dir": str(out), "init_from": init}
+    cmd = [str(SLOT), sys.executable, "-m", "nanodlm", "train", *[f"--{k}={v}" for k, v in keys.items()]]
+    print(f"{datetime.datetime.now():%H:%M:%S} train {name} seed {seed} ({init}); load {os.getloadavg()[0]:.1f}",
+          flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO, env=ENV)
+
+
+def score(runs: list[tuple[str, int]], split: str) -> list[dict]:
+    """The protocol's NELBO on ``split`` for each run, computed in one cpu-slot process (``_score``)."""
+    cmd = [str(SLOT), sys.executable, __file__, "_score", split, *[str(run_dir(n, s)) for n, s in runs]]
+    done = subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True, env=ENV)
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    return [{"name": n, "seed": s, **row} for (n, s), row in zip(runs, rows)]
+
+
+def _score(split: str, dirs: list[str]) -> None:
+    import torch
+
+    from nanodlm.checkpoint import load_model
+    from nanodlm.data import open_split
+    from nanodlm.evaluate import diffusion_nelbo, eval_windows
+    from nanodlm.plotting import read_metrics
+    from nanodlm.protocol import dev_test
+
+    torch.set_num_threads(1)
+    data = dev_test(open_split(str(DATA), "shakespeare_char", "val"))[split]
+    rows = []
+    for d in dirs:
+        model, meta, _ = load_model(d, "last", "cpu")
+        T = model.config.block_size
+        windows = eval_windows(data, T, min(200, max(1, len(data) // (T + 1))))
+        out = diffusion_nelbo(model, windows, 32, torch.Generator().manual_seed(MASK_SEEDS[split]), n_draws=4)
+        curve = [[r["iter"], r["val_loss"]] for r in read_metrics(Path(d) / "metrics.jsonl") if r.get("kind") == "eval"]
+        rows.append({"split": split, "nelbo": out["nelbo"], "stderr": out["stderr"], "windows": int(windows.size(0)),
+                     "iter": meta["iter_num"], "prime": [model.config.prime_base, model.config.prime_bits],
+                     "val_curve": curve, "out_dir": d,
+                     "ms_per_iter": _ms_per_iter(Path(d) / "metrics.jsonl")})
+    print(json.dumps(rows))
+
+
+def _ms_per_iter(path: Path) -> float | None:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ms = sorted(r["ms"] for r in rows if r.get("kind") == "step" and r.get("iter", 0) >= 10)
+    return ms[len(ms) // 2] if ms else None
+
+
+def fair() -> dict:
+    """AR's cross-entropy and repair's NELBO (seed 1337) from the fair ruler's JSON, on the same windows and masks."""
+    d = json.loads(FAIR.read_text())
+    ar_dev = min(c["dev_loss"] for c in d["ar"]["selection"]["candidates"])
+    rep_dev = d["diffusion"]["selection"]["candidates"][0]["dev_loss"]
+    return {"json": str(FAIR.relative_to(REPO)), "ar": {"dev": ar_dev, "test": d["ar"]["val_loss"],
+                                                         "test_stderr": d["ar"]["val_loss_stderr"]},
+            "repair": {"dev": rep_dev, "test": d["diffusion"]["nelbo"], "test_stderr": d["diffusion"]["nelbo_stderr"]}}
+
+
+def write(phase: str, result: dict, path: str | None) -> None:
+    target = Path(path or REPO / "benchmarks" / f"prime-{phase}-cpu-{datetime.date.today()}.json")
+    target.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {target}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("phase", choices=["screen", "report", "status", "_score"])
+    ap.add_argument("rest", nargs="*")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--screen", default=None, help="report: the screen's JSON (default: the newest in benchmarks/)")
+    a = ap.parse_args()
+    if a.phase == "_score":
+        return _score(a.rest[0], a.rest[1:])
+    started, load = datetime.datetime.now().isoformat(timespec="seconds"), list(os.getloadavg())
+    screen = [(f"prime{b}", SEEDS[0]) for b in SCREEN_BITS]
+    if a.phase == "status":
+        for name in ["mdlm", *(n for n, _ in screen)]:
+            for seed in SEEDS:
+                meta = run_dir(name, seed) / "ckpt.json"
+                it = json.loads(meta.read_text())["iter_num"] if meta.is_file() else None
+                print(f"{name:8s} seed {seed}: {'not started' if it is None else f'iter {it}'}")
+        return None
+    if a.phase == "screen":
+        for name, seed in screen:
+            train(name, seed)
+        rows = score(screen, "dev")
+        best = min(rows, key=lambda r: r["nelbo"])
+        result = {"benchmark": "prime screen (dev)", "rows": rows, "chosen": best["name"], "by": "lowest dev NELBO",
+                  "fair": fair()}
+    else:
+        screens = [Path(a.screen)] if a.screen else sorted((REPO / "benchmarks").glob("prime-screen-cpu-*.json"))
+        chosen = json.loads(screens[-1].read_text())["chosen"]
+        seeds = [int(s) for s in a.seeds.split(",")]
+        runs = [(name, seed) for seed in seeds for name in (chosen, "mdlm")]
+        for name, seed in runs:
+            train(name, seed)
+        rows = score(runs, "test") + score(runs, "dev")
+        result = {"benchmark": "prime report (test)", "chosen": chosen, "rows": rows, "fair": fair()}
+    result.update(ruler=RULER, started=started, finished=datetime.datetime.now().isoformat(timespec="seconds"),
+                  load={"start": load, "end": list(os.getloadavg())}, command=" ".join(sys.argv))
+    write(a.phase, result, a.json)
+    return None
+
+
+if __name__ == "__main__":
+    main()
