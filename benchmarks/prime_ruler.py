@@ -82,11 +82,11 @@ def score(runs: list[tuple[str, int]], split: str) -> list[dict]:
 def _score(split: str, dirs: list[str]) -> None:
     import torch
 
-    from nanodlm.checkpoint import load_model
-    from nanodlm.data import open_split
-    from nanodlm.evaluate import diffusion_nelbo, eval_windows
-    from nanodlm.plotting import read_metrics
-    from nanodlm.protocol import dev_test
+    from nanodlm.core.plotting import read_metrics
+    from nanodlm.data.dataset import open_split
+    from nanodlm.evaluation.evaluate import diffusion_nelbo, eval_windows
+    from nanodlm.evaluation.protocol import dev_test
+    from nanodlm.runs.checkpoint import load_model
 
     torch.set_num_threads(1)
     data = dev_test(open_split(str(DATA), "shakespeare_char", "val"))[split]
@@ -149,7 +149,9 @@ def main() -> None:
         for name, seed in screen:
             train(name, seed)
         rows = score(screen, "dev")
-        best = min(rows, key=lambda r: r["nelbo"])
+        from nanodlm.evaluation.protocol import choose_on  # the protocol's one path for a choice: dev rows only
+
+        best = rows[choose_on(rows, lambda r: r["nelbo"])]
         result = {"benchmark": "prime screen (dev)", "rows": rows, "chosen": best["name"], "by": "lowest dev NELBO",
                   "fair": fair()}
     else:

@@ -27,8 +27,8 @@ from prime_ruler import DATA, RULER  # noqa: E402
 
 from nanodlm.bench.common import machine_info  # noqa: E402
 from nanodlm.bench.speed import StepRunner  # noqa: E402
-from nanodlm.config import TrainConfig, build_config  # noqa: E402
-from nanodlm.data import get_batch, open_split  # noqa: E402
+from nanodlm.data.dataset import get_batch, open_split  # noqa: E402
+from nanodlm.training.config import TrainConfig, build_config  # noqa: E402
 
 
 def main() -> None:
