@@ -31,11 +31,13 @@ import torch
 
 from nanodlm.bench.common import BENCH_DEFAULTS, machine_info, now, write_json
 from nanodlm.bench.frontier import Judge, point
+from nanodlm.core.fileio import read_json
 from nanodlm.data.dataset import open_split
 from nanodlm.evaluation.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
 from nanodlm.evaluation.protocol import dev_test
 from nanodlm.model.model import GPT, GPTConfig
 from nanodlm.runs.checkpoint import load_checkpoint, load_model
+from nanodlm.runs.rundir import saved_iter
 from nanodlm.sampling.generate import Prompt, SamplerOptions
 from nanodlm.training.adapt import init_from_source
 from nanodlm.training.config import TrainConfig, build_config, config_to_dict, parse_overrides
@@ -110,7 +112,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     evals = sorted({int(v) for v in args.evals.split(",") if v.strip()})
     if not evals or evals[0] <= 0:
         raise SystemExit("--evals must be positive iteration counts, e.g. 250,500,1250")
-    ar_meta = json.loads((Path(args.ar_dir) / "ckpt.json").read_text())
+    ar_meta = read_json(Path(args.ar_dir) / "ckpt.json", "--ar_dir sidecar")
     if args.ar_iter is not None and ar_meta.get("iter_num") != args.ar_iter:
         raise SystemExit(f"{args.ar_dir}/ckpt.pt is at iter {ar_meta.get('iter_num')}, not {args.ar_iter}: wait for it")
     block = int(overrides.get("diffusion_block", 0))
@@ -159,7 +161,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     # stages: train to each eval point (resuming), measure, and keep the row beside the run for a rerun to reuse
     settings = {k: getattr(args, k) for k in ("eval_windows", "judge_dir", "num_samples", "length", "steps")}
     stages_path = out_dir / "stages.json"
-    stages = json.loads(stages_path.read_text()) if stages_path.exists() else {}
+    stages = read_json(stages_path, "stages file") if stages_path.exists() else {}
     skip = ("device", "progress", "max_iters", "init_from")
     trained = {k: v for k, v in config_to_dict(cfg0).items() if k not in skip}
     if (out_dir / "ckpt.json").exists() and stages.get("train_config", trained) != trained:
@@ -168,9 +170,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         stages = {"settings": settings, "rows": {}}
     stages["train_config"] = trained
     for stop in evals:
-        done = 0
-        if (out_dir / "ckpt.json").exists():
-            done = int(json.loads((out_dir / "ckpt.json").read_text()).get("iter_num", 0))
+        done = saved_iter(out_dir) or 0
         if done >= stop and str(stop) in stages["rows"]:
             row = stages["rows"][str(stop)]
         elif done > stop:

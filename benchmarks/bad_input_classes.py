@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nanodlm.core.fileio import read_json
 from nanodlm.runs.rundir import sync_sidecars
 
 
@@ -27,7 +28,7 @@ def build(root: Path, w: dict[str, str]) -> dict[str, str]:
     }
     for name, changes in damage.items():
         shutil.copytree(data / "tiny", data / name)
-        meta = json.loads((data / name / "meta.json").read_text())
+        meta = read_json(data / name / "meta.json", "dataset meta")
         meta.update(changes)
         (data / name / "meta.json").write_text(json.dumps(meta))
     shutil.copytree(data / "tiny", data / "bad_ids")  # one id above the vocabulary in train.bin

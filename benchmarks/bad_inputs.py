@@ -14,7 +14,8 @@ in this process and checks:
   behind (an out_dir it made, a half-written output).
 
 The cases of issue 19's classes (corrupted datasets, tampered checkpoints, NaN and inf, outputs over run files, ...)
-live in ``bad_input_classes.py`` beside this file.
+live in ``bad_input_classes.py`` beside this file, issue 27's (files read back, text that is not text, sizes that
+cannot fit, settings given and not read, ...) in ``bad_input_outside.py``.
 
 Exit status 0 when every case passes. ``tests/test_bad_inputs.py`` runs it.
 """
@@ -39,6 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bad_input_classes  # noqa: E402
+import bad_input_outside  # noqa: E402
 import torch  # noqa: E402
 
 from nanodlm.cli import main as cli_main  # noqa: E402
@@ -59,6 +61,7 @@ class Case:
     argv: list[str]
     expect: str = "error"  # error | warn
     must_say: str = ""  # a word the message must contain (the key or the fix)
+    owns: str = ""  # a folder the command writes as its own (a resumed run): its changes are not collateral
 
 
 def build_world(root: Path) -> dict[str, str]:
@@ -94,7 +97,7 @@ def build_world(root: Path) -> dict[str, str]:
     w = {"root": str(root), "data": str(data), "ar": runs["gpt2"], "dm": runs["diffusion"],
          "tampered": str(tampered), "truncated": str(truncated), "latin1": str(root / "latin1.txt"),
          "code": str(root / "code.py"), "file": str(root / "a_file"), "samples": str(root / "samples.jsonl")}
-    return {**w, **bad_input_classes.build(root, w)}
+    return {**w, **bad_input_classes.build(root, w), **bad_input_outside.build(root, w, TINY)}
 
 
 def cases(w: dict[str, str]) -> list[Case]:
@@ -199,6 +202,7 @@ def cases(w: dict[str, str]) -> list[Case]:
         c("bench quality unknown key", ["bench", "quality", "--input=x.txt", f"--work_dir={w['root']}/bench"],
           must_say="input"),
         *bad_input_classes.cases(w, T, Case),
+        *bad_input_outside.cases(w, T, Case),
     ]
 
 
@@ -231,7 +235,9 @@ def run_case(case: Case, root: Path) -> dict[str, object]:
             rc, tb = None, traceback.format_exc()
     torch.set_num_threads(1)
     stderr = err.getvalue()
-    changed = sorted(k for k, v in before.items() if fingerprint(root).get(k) != v)
+    owned = str(Path(case.owns).resolve().relative_to(root)) + "/" if case.owns else None
+    changed = sorted(k for k, v in before.items() if fingerprint(root).get(k) != v
+                     and not (owned and k.startswith(owned)))
     created = sorted(listing(root) - paths_before) if rc != 0 else []  # a failing command leaves nothing behind
     lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ") or ": error: " in line]

@@ -26,6 +26,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nanodlm.core.fileio import parse_json, read_json
+from nanodlm.core.plotting import read_metrics
+from nanodlm.runs.rundir import saved_iter
+
 REPO = Path(__file__).resolve().parents[1]
 SLOT = Path(os.environ.get("CPU_SLOT", REPO.parent / "shared" / "bin" / "cpu-slot"))
 WORK = Path(os.environ.get("PRIME_WORK", "~/.cache/nanodlm/prime")).expanduser()
@@ -55,7 +59,7 @@ def flags(name: str) -> dict[str, object]:
 
 def finished(name: str, seed: int) -> bool:
     meta = run_dir(name, seed) / "ckpt.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("iter_num") == RULER["max_iters"]
+    return saved_iter(meta.parent) == RULER["max_iters"]
 
 
 def train(name: str, seed: int) -> None:
@@ -75,14 +79,13 @@ def score(runs: list[tuple[str, int]], split: str) -> list[dict]:
     """The protocol's NELBO on ``split`` for each run, computed in one cpu-slot process (``_score``)."""
     cmd = [str(SLOT), sys.executable, __file__, "_score", split, *[str(run_dir(n, s)) for n, s in runs]]
     done = subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True, env=ENV)
-    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = parse_json(done.stdout.strip().splitlines()[-1], "the scorer's last output line", list)
     return [{"name": n, "seed": s, **row} for (n, s), row in zip(runs, rows)]
 
 
 def _score(split: str, dirs: list[str]) -> None:
     import torch
 
-    from nanodlm.core.plotting import read_metrics
     from nanodlm.data.dataset import open_split
     from nanodlm.evaluation.evaluate import diffusion_nelbo, eval_windows
     from nanodlm.evaluation.protocol import dev_test
@@ -105,14 +108,14 @@ def _score(split: str, dirs: list[str]) -> None:
 
 
 def _ms_per_iter(path: Path) -> float | None:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(path)
     ms = sorted(r["ms"] for r in rows if r.get("kind") == "step" and r.get("iter", 0) >= 10)
     return ms[len(ms) // 2] if ms else None
 
 
 def fair() -> dict:
     """AR's cross-entropy and repair's NELBO (seed 1337) from the fair ruler's JSON, on the same windows and masks."""
-    d = json.loads(FAIR.read_text())
+    d = read_json(FAIR, "the fair ruler's result")
     ar_dev = min(c["dev_loss"] for c in d["ar"]["selection"]["candidates"])
     rep_dev = d["diffusion"]["selection"]["candidates"][0]["dev_loss"]
     return {"json": str(FAIR.relative_to(REPO)), "ar": {"dev": ar_dev, "test": d["ar"]["val_loss"],
@@ -142,7 +145,7 @@ def main() -> None:
         for name in ["mdlm", *(n for n, _ in screen)]:
             for seed in SEEDS:
                 meta = run_dir(name, seed) / "ckpt.json"
-                it = json.loads(meta.read_text())["iter_num"] if meta.is_file() else None
+                it = saved_iter(meta.parent)
                 print(f"{name:8s} seed {seed}: {'not started' if it is None else f'iter {it}'}")
         return None
     if a.phase == "screen":
@@ -156,7 +159,7 @@ def main() -> None:
                   "fair": fair()}
     else:
         screens = [Path(a.screen)] if a.screen else sorted((REPO / "benchmarks").glob("prime-screen-cpu-*.json"))
-        chosen = json.loads(screens[-1].read_text())["chosen"]
+        chosen = read_json(screens[-1], "the screen's result")["chosen"]
         seeds = [int(s) for s in a.seeds.split(",")]
         runs = [(name, seed) for seed in seeds for name in (chosen, "mdlm")]
         for name, seed in runs:

@@ -24,11 +24,13 @@ import math
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from nanodlm.bench.common import machine_info, now
+from nanodlm.core.fileio import read_json
 from nanodlm.data.dataset import open_split
 from nanodlm.diffusion.tidar import draft_pass
 from nanodlm.evaluation.evaluate import ar_cross_entropy, draft_cross_entropy, eval_windows
@@ -245,8 +247,7 @@ def main() -> None:
     ap.add_argument("--table", default=None, help="print the markdown tables of this result JSON and exit")
     a = ap.parse_args()
     if a.table:
-        with open(a.table) as f:
-            print(markdown(json.load(f)))
+        print(markdown(read_json(Path(a.table), "--table result")))
         return
     if not a.tidar or not a.ar:
         ap.error("--tidar and --ar are required (or --table=JSON)")

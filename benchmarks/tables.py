@@ -10,12 +10,12 @@ Every figure printed is the JSON's, rounded only here; ratios are computed from 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from nanodlm.bench.parallel import meets_bar
+from nanodlm.core.fileio import read_json
 from nanodlm.evaluation.protocol import choose_on
 
 
@@ -38,7 +38,7 @@ def quality(paths: list[str]) -> list[str]:
                 "PPL at real entropy", "× AR", "chars/s (batch 32)", "JSON"]),
            row(["---"] * 9)]
     for path in paths:
-        r = json.loads(Path(path).read_text())
+        r = read_json(Path(path), "result")
         ar, real = r["ar"], r["real"]
         name = Path(path).name
         sides = [("AR", ar, "val_loss"), ("diffusion", r["diffusion"], "nelbo")]
@@ -74,7 +74,7 @@ def parallel(paths: list[str]) -> list[str]:
                 "× AR chars/s batch 1", "× AR chars/s batch N", "meets bar (dev choice)", "JSON"]),
            row(["---"] * 10)]
     for path in paths:
-        r = json.loads(Path(path).read_text())
+        r = read_json(Path(path), "result")
         ar, real = r["ar"], r.get("real")
         picks = r.get("chosen_on_dev") or [{}] * len(r["curves"])
         for c, pick in zip(r["curves"], picks):
@@ -97,7 +97,7 @@ def fast(paths: list[str]) -> list[str]:
     when no curve meets the bar on dev, the one closest to it (lowest dev judge PPL ratio), said so."""
     scored = []
     for dev_path, test_path in zip(paths[::2], paths[1::2]):
-        dev, test = json.loads(Path(dev_path).read_text()), json.loads(Path(test_path).read_text())
+        dev, test = read_json(Path(dev_path), "dev result"), read_json(Path(test_path), "test result")
         dev_points = {c["name"]: {p["tau"]: p for p in c["points"]} for c in dev["curves"]}
         for pick, curve in zip(test["chosen_on_dev"], test["curves"]):
             d = dev_points[curve["name"]][pick["tau"]]
@@ -139,7 +139,7 @@ def prime(paths: list[str]) -> list[str]:
     fair ruler's JSON: the same windows and masks, seed 1337)."""
     out: list[str] = []
     for path in paths:
-        r = json.loads(Path(path).read_text())
+        r = read_json(Path(path), "result")
         fair, name = r["fair"], Path(path).name
         if "chosen" in r and r["benchmark"].startswith("prime screen"):
             out += [row(["run (seed 1337)", "dev NELBO", "× AR dev CE", "val loss at 500 / 1,000 / 1,500 / 2,000",

@@ -96,15 +96,16 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
-    from .sample import SampleConfig, list_sample_presets, load_sample_args, sample
-    from .sampling.generate import print_sampling_keys
+    from .sample import SampleConfig, list_sample_presets, sample, sample_values
+    from .sampling.generate import ALIASES, print_sampling_keys, sampling_configs
 
     if argv and argv[0] in ("-h", "--help"):
         print("usage: nanodlm sample [PRESET|CONFIG_FILE] --out_dir=DIR [--key=value ...]")
         print(f"sampling presets (configs/sample/): {', '.join(list_sample_presets())}")
         print_sampling_keys(SampleConfig)
         return 0
-    sample(*load_sample_args(argv))
+    values = sample_values(argv)
+    sample(*sampling_configs(values, SampleConfig), given={ALIASES.get(k, k) for k in values})
     return 0
 
 

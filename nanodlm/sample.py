@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from .sampling.generate import (
     Generation,
     Prompt,
     SamplerOptions,
+    check_settings,
     generate,
-    ignored_settings,
     sampling_configs,
 )
 from .sampling.trajectory import Recorder, partial_texts
@@ -71,6 +72,12 @@ def list_sample_presets() -> list[str]:
 def load_sample_args(argv: list[str]) -> tuple[SampleConfig, SamplerOptions, Prompt]:
     """``[PRESET | CONFIG_FILE] --key=value ...`` -> the three configs; a key none of them has is an error.
     PRESET names a file in configs/sample/ (``fast``); flags override it."""
+    cfg, options, prompt = sampling_configs(sample_values(argv), SampleConfig)
+    return cfg, options, prompt
+
+
+def sample_values(argv: list[str]) -> dict[str, Any]:
+    """The keys ``argv`` sets, the preset's or config file's first, then the flags (what the user gave)."""
     config_file, overrides = parse_overrides(argv)
     if config_file and not Path(config_file).exists():
         if not (SAMPLE_PRESETS / f"{config_file}.py").is_file():
@@ -79,21 +86,24 @@ def load_sample_args(argv: list[str]) -> tuple[SampleConfig, SamplerOptions, Pro
         config_file = str(SAMPLE_PRESETS / f"{config_file}.py")
     values: dict[str, Any] = read_config_file(config_file) if config_file else {}
     values.update(overrides)
-    cfg, options, prompt = sampling_configs(values, SampleConfig)
-    return cfg, options, prompt
+    return values
 
 
-def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Prompt | None = None) -> list[str]:
-    """Generate, print each sample followed by nanoGPT's separator line, return the texts."""
+def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Prompt | None = None,
+           given: Collection[str] | None = None) -> list[str]:
+    """Generate, print each sample followed by nanoGPT's separator line, return the texts. ``given``: the keys the
+    user set (``sample_values``), for the warnings about settings this model will not read (settings.py)."""
     options, prompt = options or SamplerOptions(), prompt or Prompt()
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, _, tok = load_model(cfg.out_dir, cfg.ckpt, device)
     model_type = model.config.model_type
-    ignored = ignored_settings(model_type, options, prompt, model.config.block_size, model.config.diffusion_block)
+    ignored = check_settings(model.config, options, prompt, given)  # refuses what cannot run
     if cfg.show and model_type == "gpt2":
         ignored.append("--show: a gpt2 model writes left to right, there is no canvas to show")
+    elif cfg.show and not sys.stdout.isatty():
+        ignored.append("--show: the output is not a terminal (piped or redirected), so there is no canvas to draw on")
     for line in ignored:
         print(f"warning: ignored {line}", file=sys.stderr)
     view = None

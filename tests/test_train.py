@@ -176,6 +176,26 @@ def test_resume_restores_config_from_checkpoint(tmp_path: Path, make_cfg) -> Non
     assert [r["iter"] for r in rows(tmp_path, "step")] == [0, 1, 2, 3, 4]  # resume appends to the log
 
 
+def test_resume_under_another_loss_restarts_the_best_val_loss(tmp_path: Path, make_cfg, capsys) -> None:
+    """An mdlm run resumed with objective=repair: the old best (an mdlm loss) is not compared with repair losses."""
+    train(make_cfg(tmp_path, model_type="diffusion", objective="mdlm", max_iters=3, eval_interval=3))
+    old_best = load_checkpoint(tmp_path / "ckpt.pt")["meta"]["best_val_loss"]
+    capsys.readouterr()
+    assert main(["train", "--init_from=resume", f"--out_dir={tmp_path}", "--max_iters=6", "--objective=repair"]) == 0
+    assert "--objective=repair (was mdlm)" in capsys.readouterr().err
+    evals = rows(tmp_path, "eval")
+    assert evals[-1]["iter"] == 6
+    best = load_checkpoint(tmp_path / "ckpt.pt")["meta"]["best_val_loss"]
+    assert best == evals[-1]["val_loss"] != min(old_best, evals[-1]["val_loss"])  # the repair loss alone
+    assert main(["train", "--init_from=resume", f"--out_dir={tmp_path}", "--max_iters=9"]) == 0  # the same loss
+    assert "restarts" not in capsys.readouterr().err
+
+
+def test_draft_len_must_leave_room_for_text(tmp_path: Path, make_cfg) -> None:
+    with pytest.raises(UserError, match="draft_len=16 must be below block_size=16"):
+        make_cfg(tmp_path, objective="tidar", draft_len=16)
+
+
 def test_resume_without_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--init_from=resume", f"--out_dir={tmp_path / 'none'}"]) == 1
     err = capsys.readouterr().err

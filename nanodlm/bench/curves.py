@@ -28,13 +28,14 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
-from ..core.fileio import atomic_write, parse_json, read_text_file
+from ..core.fileio import atomic_write, parse_json, read_json, read_text_file
 from ..data.dataset import load_meta, open_split
 from ..evaluation.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
 from ..evaluation.protocol import choose_on, dev_test
 from ..runs.checkpoint import load_model
 from ..training.config import TrainConfig, build_config, config_to_dict
 from ..training.train import train
+from .runs import finished_iters
 
 CURVE = "curve.jsonl"
 BEST = "best_dev.pt"
@@ -105,10 +106,10 @@ def read_curve(out_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for i, line in enumerate(lines):
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or "iters" not in row:
-                raise ValueError
-        except ValueError:
+            row = parse_json(line, f"{path} line {i + 1}", dict)
+            if "iters" not in row:
+                raise UserError(f"{path} line {i + 1} has no 'iters'")
+        except UserError:
             if i == len(lines) - 1:
                 break
             raise UserError(f"{path} line {i + 1} is not a curve row: delete the file to score the run again") from None
@@ -121,16 +122,6 @@ def _append_row(out_dir: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _saved_iter(out_dir: Path) -> int:
-    meta = out_dir / "ckpt.json"
-    if not (out_dir / "ckpt.pt").exists():
-        return -1
-    try:
-        return int(json.loads(meta.read_text()).get("iter_num", 0)) if meta.exists() else 0
-    except (ValueError, AttributeError):
-        return 0  # a torn sidecar: train.py's resume reads the checkpoint itself
 
 
 def seed_curves(result: Path, runs_dir: Path) -> list[str]:
@@ -201,9 +192,9 @@ def run_curve(spec: dict[str, Any]) -> list[dict[str, Any]]:
             break
         if iters in scored:
             continue
-        if _saved_iter(out_dir) > iters:  # trained past an unscored point (another grid): it cannot be scored now
+        if finished_iters(out_dir) > iters:  # trained past an unscored point (another grid): it cannot be scored now
             continue
-        resume = _saved_iter(out_dir) >= 0
+        resume = finished_iters(out_dir) >= 0
         segment = build_config(TrainConfig, {**config_to_dict(cfg), "max_iters": iters,
                                              "init_from": "resume" if resume else "scratch"})
         summary = train(segment)
@@ -240,7 +231,7 @@ def choose_dev(dev_losses: list[float]) -> int:
 
 if __name__ == "__main__":  # a lane's worker: python -m nanodlm.bench.curves SPEC.json
     try:
-        run_curve(json.loads(Path(sys.argv[1]).read_text()))
+        run_curve(read_json(Path(sys.argv[1]), "lane spec"))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

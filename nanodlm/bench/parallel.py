@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
-from ..core.fileio import parse_json, read_text_file
+from ..core.fileio import read_json
 from ..core.report import save_figure
 from ..data.dataset import open_split
 from ..evaluation.judge import score_texts
@@ -77,11 +77,6 @@ class _Model:
     model: Any
     tok: Any
     meta: dict[str, Any]
-
-
-def read_json(path: str) -> dict[str, Any]:
-    return parse_json(read_text_file(Path(path), "--choose_from file"), f"--choose_from {path}", dict,
-                      "; give a bench parallel --split=dev result")
 
 
 def _load(out_dir: str, ckpt: str, device: str) -> _Model:
@@ -197,7 +192,7 @@ def choose(dev: dict[str, Any], report_seeds: list[int]) -> list[dict[str, Any]]
 def read_choices(path: str, runs: list[str], report_seeds: list[int]) -> list[dict[str, Any]]:
     """``choose`` on the dev JSON at ``path``, checked before any model loads: every run of ``--runs`` must have
     curves there (a dev file of other runs would leave nothing to measure)."""
-    dev = read_json(path)
+    dev = read_json(Path(path), "--choose_from file", dict, "; give a bench parallel --split=dev result")
     for key in ("args", "curves", "ar"):
         if key not in dev:
             raise UserError(f"--choose_from {path} has no {key!r}; give a bench parallel --split=dev result")

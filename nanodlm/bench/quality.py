@@ -20,7 +20,6 @@ Judge perplexity is the "generative perplexity" of MDLM (Sahoo et al. 2024, arXi
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from ..core.errors import UserError
+from ..core.fileio import read_json
 from ..data.dataset import open_split
 from ..data.tokenizers import load_tokenizer
 from ..evaluation.evaluate import ar_cross_entropy, diffusion_nelbo, eval_windows
@@ -326,11 +326,12 @@ def bench_quality(argv: list[str]) -> dict[str, Any]:
 def external_run(out_dir: str) -> dict[str, Any]:
     """A diffusion run trained outside the protocol, as a run dict (its config read from its checkpoint)."""
     path = Path(out_dir).expanduser()
-    try:
-        saved = json.loads((path / "ckpt.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+    if not (path / "ckpt.json").is_file():
         raise UserError(f"--diffusion_run {out_dir}: no finished run there (ckpt.json with its config); train it "
-                        "first") from None
+                        "first")
+    saved = read_json(path / "ckpt.json", "--diffusion_run sidecar", dict).get("config")
+    if not isinstance(saved, dict):
+        raise UserError(f"--diffusion_run {path / 'ckpt.json'} holds no config; give a run trained by nanodlm train")
     if saved.get("model_type") != "diffusion":
         raise UserError(f"--diffusion_run {out_dir} is a {saved.get('model_type')} run; give a diffusion run")
     known = {f.name for f in fields(TrainConfig) if f.init}

@@ -23,6 +23,7 @@ from ..core.plotting import read_metrics
 
 # keys that cannot change the trained weights (or are the run's location): left out of the run hash
 from ..data.dataset import load_meta, prepare
+from ..runs.rundir import saved_iter
 from ..training.config import TrainConfig, build_config, config_to_dict
 from ..training.train import train
 
@@ -116,12 +117,13 @@ def _spellings(cfg: TrainConfig) -> list[TrainConfig]:
     return [cfg] if alias.resolved_pos_emb != cfg.resolved_pos_emb else [cfg, alias]
 
 
-def _finished_iters(out_dir: Path) -> int:
-    meta_path = out_dir / "ckpt.json"  # written after ckpt.pt: if it says finished, ckpt.pt is finished
+def finished_iters(out_dir: Path) -> int:
+    """-1 without a checkpoint, else the iteration its sidecar records (written after ckpt.pt: if it says finished,
+    ckpt.pt is finished); 0 without a sidecar (a kill between the two writes), so the run resumes and training
+    heals the sidecar."""
     if not (out_dir / "ckpt.pt").exists():
         return -1
-    # no sidecar (a kill between the two writes): 0, so the run resumes and training heals the sidecar
-    return int(json.loads(meta_path.read_text()).get("iter_num", 0)) if meta_path.exists() else 0
+    return saved_iter(out_dir) or 0
 
 
 def plan_run(name: str, values: dict[str, Any], work_dir: Path, data_dir: Path, dataset: str, device: str,
@@ -132,10 +134,10 @@ def plan_run(name: str, values: dict[str, Any], work_dir: Path, data_dir: Path, 
             "always_save_checkpoint": True}  # a save at every eval: an interrupted run resumes from there
     cfg = build_config(TrainConfig, {**base, "out_dir": "-"})
     dirs = [work_dir / "runs" / f"{name}-{config_hash(c)}" for c in _spellings(cfg)]
-    done = [d for d in dirs if _finished_iters(d) == cfg.max_iters]
+    done = [d for d in dirs if finished_iters(d) == cfg.max_iters]
     out_dir = done[0] if done else dirs[0]
     cfg = build_config(TrainConfig, {**base, "out_dir": str(out_dir)})
-    if not done and _finished_iters(out_dir) >= 0:
+    if not done and finished_iters(out_dir) >= 0:
         cfg = build_config(TrainConfig, {**config_to_dict(cfg), "init_from": "resume"})
     return {"name": name, "cfg": cfg, "out_dir": str(out_dir), "done": bool(done)}
 
@@ -145,7 +147,7 @@ def train_planned(plan: dict[str, Any]) -> None:
     cfg = plan["cfg"]
     resuming = cfg.init_from == "resume"
     print(f"{plan['name']}: training in {plan['out_dir']}" +
-          (f" (resuming at iter {_finished_iters(Path(plan['out_dir']))})" if resuming else ""))
+          (f" (resuming at iter {finished_iters(Path(plan['out_dir']))})" if resuming else ""))
     summary = train(cfg)
     if summary.get("interrupted"):
         raise KeyboardInterrupt
@@ -154,9 +156,9 @@ def train_planned(plan: dict[str, Any]) -> None:
 def finish_run(plan: dict[str, Any]) -> dict[str, Any]:
     """A planned run once trained -> out_dir, reused, the config and the training ms/iter (median step)."""
     out_dir, cfg = Path(plan["out_dir"]), plan["cfg"]
-    if _finished_iters(out_dir) != cfg.max_iters:
+    if finished_iters(out_dir) != cfg.max_iters:
         raise UserError(f"run {out_dir} did not reach max_iters={cfg.max_iters}; run the protocol again to resume it")
-    steps = [r["ms"] for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "step"]
+    steps = [r["ms"] for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "step" and "ms" in r]
     steps = sorted(steps[1:] or steps)  # the first logged step pays the warm-up
     ms = steps[len(steps) // 2] if steps else float("nan")  # median: robust to evals and hiccups
     return {"out_dir": str(out_dir), "reused": plan["done"], "cfg": cfg, "train_ms_per_iter": ms}

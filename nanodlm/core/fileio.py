@@ -50,12 +50,46 @@ def read_text_file(path: Path, what: str) -> str:
     if not path.is_file():
         raise UserError(f"{what} {path} not found")
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8"
-                        ) from None
+        raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {what} {path} ({e.strerror or type(e).__name__})") from None
+    # universal newlines, as Path.read_text gives them: \r\n and \r read as \n
+    return decode_text(raw, f"{what} {path}").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def decode_text(raw: bytes, where: str) -> str:
+    """UTF-8 bytes -> text; a one-line UserError naming ``where`` when they are not UTF-8, or hold a NUL byte
+    (text never does: UTF-16 without a byte-order mark decodes as UTF-8 with a NUL beside every ASCII letter)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise UserError(f"{where} holds a NUL character (at character {nul}), which text does not: is it UTF-16 or "
+                        "binary? convert it to UTF-8 text")
+    return text
+
+
+def read_json(path: Path, what: str, kind: type = dict, hint: str = "") -> Any:
+    """A JSON file the project reads back (a run's sidecar, a cached run, a result, a dataset's meta.json): its
+    value, a ``kind``; every problem (missing, not UTF-8, truncated, the wrong type) is a one-line UserError that
+    names ``what`` and the file and ends with ``hint``. The one reader for them all (tests/test_fileio.py)."""
+    return parse_json(_read(path, what, hint), f"{what} {path}", kind, hint)
+
+
+def _read(path: Path, what: str, hint: str) -> str:
+    try:
+        return read_text_file(path, what)
+    except UserError as e:
+        raise UserError(f"{e}{hint}") from None
+
+
+def read_jsonl(path: Path, what: str, kind: type = dict, hint: str = "") -> list[Any]:
+    """A JSON-lines file read back (a metrics log, samples): one ``kind`` per non-blank line; a broken line (a
+    crash cut it short) is a one-line UserError naming the file and the line."""
+    lines = _read(path, what, hint).splitlines()
+    return [parse_json(line, f"{what} {path} line {n}", kind, hint) for n, line in enumerate(lines, 1) if line.strip()]
 
 
 def parse_json(text: str, where: str, kind: type, hint: str = "") -> Any:

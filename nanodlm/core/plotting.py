@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .fileio import read_jsonl
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` ([] when there is none); a broken line is a one-line error naming it."""
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return read_jsonl(p, "metrics log", dict, "; delete that line (a crash cut it short) or move the log away")
 
 
 def plot_loss_curves(metrics_path: str | Path, png_path: str | Path, title: str = "") -> bool:

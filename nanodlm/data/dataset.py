@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
-from ..core.fileio import atomic_write
+from ..core.fileio import atomic_write, decode_text, read_json
 from .datadir import recover_dataset, write_dataset
 from .tokenizers import TOKENIZERS, CharTokenizer, GPT2Tokenizer, Tokenizer
 
@@ -133,10 +133,7 @@ def prepare(name: str, *, input_path: str | None = None, data_dir: str = "data",
         source = str(path)
     else:
         raw, source = fetch_shakespeare()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+    text = decode_text(raw, source)  # UTF-8 without NUL: a UTF-16 file without a byte-order mark is refused
 
     n = len(text)
     split = int(n * (1.0 - val_fraction))  # nanoGPT: first 90% of the characters train
@@ -202,13 +199,8 @@ def load_meta(data_dir: str, dataset: str) -> dict:
     if not path.is_file():
         raise UserError(f"{path} is missing (dataset not prepared or preparation interrupted); "
                         f"{_prepare_hint(dataset)}")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise UserError(f"{path} is not valid JSON ({str(e)[:100]}); {_prepare_hint(dataset)}") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror or type(e).__name__}); {_prepare_hint(dataset)}") from None
-    if not isinstance(meta, dict) or "vocab_size" not in meta:
+    meta = read_json(path, "dataset meta", dict, f"; {_prepare_hint(dataset)}")
+    if "vocab_size" not in meta:
         raise UserError(f"{path} has no vocab_size; {_prepare_hint(dataset)}")
     check_meta(meta, path, _prepare_hint(dataset))
     return meta

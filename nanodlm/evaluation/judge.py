@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..core.errors import UserError, check_finite
-from ..core.fileio import check_output_path, parse_json, read_text_file
+from ..core.fileio import check_output_path, read_jsonl, read_text_file
 from ..core.report import print_table, write_json
 from ..data.dataset import load_meta, open_split
 from ..data.tokenizers import load_tokenizer
@@ -138,14 +138,10 @@ def load_samples(path: str | Path) -> list[str]:
     """Samples from a ``.jsonl`` file (one JSON string per line, as ``nanodlm sample --output`` writes) or
     from text where each sample is followed by a line of 15 dashes (nanoGPT's sample.py output)."""
     path = Path(path)
-    text = read_text_file(path, "samples file")
     if path.suffix == ".jsonl":
-        samples = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            samples.append(parse_json(line, f"{path} line {n}", str, "; write one JSON string per line"))
+        samples = read_jsonl(path, "samples file", str, "; write one JSON string per line")
     else:
+        text = read_text_file(path, "samples file")
         samples, lines = [], []
         for line in text.split("\n"):
             if line == SEPARATOR:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
-from ..core.fileio import atomic_write
+from ..core.fileio import atomic_write, parse_json, read_json
 from ..model.model import ModelArgs
 from .checkpoint import load_checkpoint
 
@@ -145,6 +145,19 @@ def sync_sidecars(out_dir: Path) -> None:
             atomic_write(side, text.encode())
 
 
+def saved_iter(out_dir: Path) -> int | None:
+    """The iteration a run's ``ckpt.json`` sidecar records, None without one (never saved, or a kill between the
+    checkpoint and its sidecar); a damaged sidecar is a one-line error naming it."""
+    path = out_dir / "ckpt.json"
+    if not path.exists():
+        return None
+    hint = "; delete it and run again: the run resumes from ckpt.pt, which writes it anew"
+    it = read_json(path, "run sidecar", dict, hint).get("iter_num", 0)
+    if not isinstance(it, int) or isinstance(it, bool) or it < 0:
+        raise UserError(f"run sidecar {path} says iter_num {it!r}, not a count of iterations{hint}")
+    return it
+
+
 def open_run_dir(out_dir: str | Path, init_from: str, overwrite: bool) -> RunDir:
     """Check, lock and tidy out_dir before training (master process only). See the module docstring."""
     path = Path(out_dir)
@@ -182,9 +195,9 @@ def truncate_metrics(metrics_path: Path, iter_num: int) -> None:
     keep = []
     for line in lines:
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line a crash cut short
+            row = parse_json(line, str(metrics_path), object)
+        except UserError:
+            continue  # a line a crash cut short: the resumed run logs that iteration again
         it = row.get("iter") if isinstance(row, dict) else None
         if isinstance(it, int | float) and it < iter_num:
             keep.append(line)

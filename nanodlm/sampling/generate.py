@@ -33,10 +33,11 @@ from .ar_sampling import generate_ar
 from .blockwise import generate_blocks, generate_long
 from .fim import generate_fim
 from .prime_sampling import PRIME_SAMPLERS
-from .samplers import CAUSAL_SAMPLERS, SAMPLERS, OnStep, SamplerOptions, get_sampler, sampler_keys
+from .samplers import OnStep, SamplerOptions, get_sampler
+from .settings import check_settings, ignored_settings, refuse
 
-__all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "fim_gap", "generate", "ignored_settings",
-           "print_sampling_keys", "read_text", "sampling_configs"]
+__all__ = ["Generation", "Prompt", "SamplerOptions", "build_canvas", "check_settings", "fim_gap", "generate",
+           "ignored_settings", "print_sampling_keys", "read_text", "sampling_configs"]
 
 T = TypeVar("T")
 NUM_SAMPLES, SEED = 3, 1337  # the defaults of `nanodlm sample` and of a web demo request
@@ -84,51 +85,6 @@ def read_text(value: str) -> str:
     return value
 
 
-# what each model type reads; a setting changed from its default that the model ignores gets a warning
-AR_OPTIONS = ("temperature", "top_k", "top_p", "use_kv_cache")
-DIFFUSION_EXTRAS = ("sampler", "use_kv_cache", "semi_ar_block", "approx_cache", "new_block")
-
-
-def ignored_settings(model_type: str, options: SamplerOptions, prompt: Prompt, block_size: int | None = None,
-                     diffusion_block: int = 0) -> list[str]:
-    """Every setting the generation will ignore, as ``--key=value: reason`` lines; the one place that decides it
-    (``nanodlm sample`` prints each as a warning). Keys set away from their defaults that ``model_type`` (and,
-    for diffusion, the chosen sampler) does not read, e.g. --sampler on a gpt2 model or --max_new_tokens on
-    diffusion; --approx_cache without semi-autoregressive decoding; --semi_ar_block not below the canvas length;
-    --length with an --infill template (the template sets the length)."""
-    if model_type == "gpt2":  # --length sizes a FIM model's gap between --start and --suffix
-        used_options, unused_prompt = set(AR_OPTIONS), () if prompt.suffix is not None else ("length",)
-        why = "not used by a gpt2 model"
-        if options.sampler in CAUSAL_SAMPLERS:  # --sampler=ar | speculative (a TiDAR model)
-            used_options |= {"sampler", *sampler_keys(options.sampler)}
-            why = f"not used by a gpt2 model with sampler {options.sampler}"
-    else:
-        used_options = set(sampler_keys(options.sampler)) | set(DIFFUSION_EXTRAS)
-        unused_prompt = ("max_new_tokens",)
-        why = f"not used by a diffusion model with sampler {options.sampler}"
-    out = []
-    for f in fields(SamplerOptions):
-        if f.name not in used_options and getattr(options, f.name) != f.default:
-            out.append(f"--{f.name}={getattr(options, f.name)}: {why}")
-    for f in fields(Prompt):
-        if f.name in unused_prompt and getattr(prompt, f.name) != f.default:
-            out.append(f"--{f.name}={getattr(prompt, f.name)}: {why}")
-    if model_type == "gpt2":
-        return out
-    if options.approx_cache != "none" and diffusion_block:
-        out.append(f"--approx_cache={options.approx_cache}: a block diffusion model keeps an exact KV cache")
-    elif options.approx_cache != "none" and not options.semi_ar_block:
-        out.append(f"--approx_cache={options.approx_cache}: it caches semi-autoregressive blocks; add --semi_ar_block")
-    if prompt.infill is not None and prompt.length is not None:
-        out.append(f"--length={prompt.length}: the --infill template sets the length")
-    length = prompt.length if prompt.length is not None else block_size
-    if options.semi_ar_block and not diffusion_block and length is not None and prompt.infill is None \
-            and options.semi_ar_block >= length:
-        out.append(f"--semi_ar_block={options.semi_ar_block}: not below the length {length}, so the canvas is one "
-                   "block")
-    return out
-
-
 def build_canvas(tok: Any, prompt: Prompt, block_size: int, mask_id: int) -> tuple[list[int], list[int], int]:
     """(prefix ids, suffix ids, total length) or, for an infill template, (the whole canvas, [], its length)."""
     if prompt.infill is not None:
@@ -156,18 +112,19 @@ def build_canvas(tok: Any, prompt: Prompt, block_size: int, mask_id: int) -> tup
     return prefix, suffix, length
 
 
-def sampling_configs(values: dict[str, Any], command: type[T], prompt: bool = True
+def sampling_configs(values: dict[str, Any], command: type[T], prompt: bool = True, text: bool = True
                      ) -> tuple[T, SamplerOptions, Prompt | None]:
     """{key: value} flags -> (the command's config, SamplerOptions, Prompt or None). A key of the command's own
-    shadows an option of the same name; ``max_steps`` is ``steps``; a key none of them has is an error."""
+    shadows an option of the same name; ``max_steps`` is ``steps``; a key none of them has is an error.
+    ``text=False``: the values are JSON (a request), typed: "16" is a string, not a length."""
     for alias, key in ALIASES.items():
         if alias in values and key in values and str(values[alias]) != str(values[key]):
             raise UserError(f"--{key}={values[key]} and --{alias}={values[alias]} are the same setting; give one")
     values = {ALIASES.get(k, k): v for k, v in values.items()}
     if prompt:
-        cfg, options, prompt_cfg = build_configs(values, command, SamplerOptions, Prompt)
+        cfg, options, prompt_cfg = build_configs(values, command, SamplerOptions, Prompt, text=text)
         return cfg, options, prompt_cfg
-    cfg, options = build_configs(values, command, SamplerOptions)
+    cfg, options = build_configs(values, command, SamplerOptions, text=text)
     return cfg, options, None
 
 
@@ -306,10 +263,6 @@ def _diffusion(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt
                gen: torch.Generator, on_step: OnStep | None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
     config = model.config
     mask_id = config.mask_token_id
-    if options.sampler in CAUSAL_SAMPLERS:
-        diffusion = ", ".join(name for name in SAMPLERS if name not in CAUSAL_SAMPLERS)
-        raise UserError(f"--sampler={options.sampler} is for AR models (speculative: trained with objective=tidar); "
-                        f"this is a diffusion model: choose one of {diffusion}")
     sampler: Callable[..., tuple[torch.Tensor, dict[str, Any]]] = get_sampler(options.sampler)
     if model_code(model) is not None:  # a prime model: ancestral and confidence reveal sub-tokens
         sampler = PRIME_SAMPLERS.get(options.sampler, sampler)
@@ -354,6 +307,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, options: SamplerOptions | N
     """
     options = options or SamplerOptions()
     prompt = prompt or Prompt()
+    refuse(model.config, options)  # a sampler this model cannot use, a draft_len that does not fit (settings.py)
     if num_samples < 1:
         raise UserError(f"num_samples must be >= 1; got {num_samples}")
     check_generation_size(model.config, num_samples, prompt.length or (model.config.block_size

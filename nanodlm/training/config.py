@@ -111,6 +111,9 @@ class TrainConfig(ModelArgs):
             if self.model_type != "gpt2":
                 raise UserError("objective=tidar trains a gpt2 model that also drafts (tidar.py): set model_type=gpt2")
             self.draft_len = self.draft_len or 8
+            if self.draft_len >= self.block_size:  # a pass holds at least one token of text beside the k masks
+                raise UserError(f"draft_len={self.draft_len} must be below block_size={self.block_size}: lower "
+                                "--draft_len (8 is TiDAR's)")
         elif self.draft_len:
             raise UserError(f"draft_len={self.draft_len} needs objective=tidar (or set draft_len=0)")
         check_fim(self)
@@ -188,15 +191,20 @@ def check_training_ranges(cfg: TrainConfig) -> None:
                             "the learning rate; lower min_lr (nanoGPT: learning_rate / 10)")
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check (and for strings from the command line, convert) ``value`` against a field's type."""
+def _coerce(key: str, value: Any, annotation: Any, text: bool = True) -> Any:
+    """Check (and for strings from the command line, convert) ``value`` against a field's type. ``text=False``
+    (JSON values, the web demo's requests): a string is a string, never a number, a bool or null."""
     hint = annotation
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
+        if value is None or (text and isinstance(value, str) and value.lower() == "none"):
             return None
         hint = args[0]
+    if not text and isinstance(value, str) and hint is not str:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(hint, hint.__name__)
+        raise UserError(f"key '{key}' expects {kind}{' or null' if hint is not annotation else ''}; got the "
+                        f"string {short(value)}: send the JSON value itself, not a string")
     if isinstance(value, str) and hint is not str:
         text = value.strip()
         if hint is bool:
@@ -272,20 +280,22 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.py")) if PRESET_DIR.exists() else []
 
 
-def build_config(cls: type[T], values: dict[str, Any]) -> T:
+def build_config(cls: type[T], values: dict[str, Any], text: bool = True) -> T:
+    """``cls`` from {key: value}: strings converted as command-line text (``text=False``: JSON values, typed)."""
     known = {f.name: f for f in fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
         if key not in known:
             raise UserError(f"unknown config key '{key}' (valid keys: {', '.join(sorted(known))})")
-        kwargs[key] = _coerce(key, value, hints[key])
+        kwargs[key] = _coerce(key, value, hints[key], text)
     return cls(**kwargs)
 
 
-def build_configs(values: dict[str, Any], *classes: type) -> list[Any]:
+def build_configs(values: dict[str, Any], *classes: type, text: bool = True) -> list[Any]:
     """Build every class from ``values``, each key going to the first class that has it (so a command's own
-    key shadows a shared one of the same name); a key no class has is an error listing them all."""
+    key shadows a shared one of the same name); a key no class has is an error listing them all. ``text``: as
+    ``build_config``."""
     groups: list[dict[str, Any]] = [{} for _ in classes]
     names = [{f.name for f in fields(cls) if f.init} for cls in classes]
     for key, value in values.items():
@@ -294,7 +304,7 @@ def build_configs(values: dict[str, Any], *classes: type) -> list[Any]:
             valid = sorted(set().union(*names))
             raise UserError(f"unknown config key '{key}' (valid keys: {', '.join(valid)})")
         groups[owner][key] = value
-    return [build_config(cls, group) for cls, group in zip(classes, groups)]
+    return [build_config(cls, group, text) for cls, group in zip(classes, groups)]
 
 
 def parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str]]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..core.errors import UserError
 from ..diffusion.diffusion import DiffusionOptions, get_objective, mask_inputs
 from ..diffusion.fim import fim_ids, fim_transform
 from ..diffusion.tidar import tidar_loss
@@ -48,6 +49,29 @@ def plain_eval_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.model_type != "gpt2" or cfg.objective == "tidar":
         return cfg
     return dataclasses.replace(cfg, input_mask_rate=0.0, objective="repair", fim_rate=None, fim_spm_rate=None)
+
+
+# the TrainConfig keys make_loss_fn reads: a val loss measured under other values is another quantity
+LOSS_KEYS = ("model_type", "objective", "tidar_alpha", "penalty_keep_mask", "penalty_mask_correct", "mdlm_eps",
+             "mdlm_t_max", "repair_rate_max", "copy_weight", "input_mask_rate", "fim_rate", "fim_spm_rate")
+
+
+def comparable_best(cfg: TrainConfig, saved_config: dict[str, Any], best_val_loss: float) -> tuple[float, str | None]:
+    """A resumed run's best val loss, kept only while the eval loss (``plain_eval_config``) is the one it was
+    measured with: (best, None), or (inf, a warning naming the keys) when a LOSS_KEYS value that the eval reads
+    changed (best.pt and the divergence check restart)."""
+    saved = {k: saved_config[k] for k in LOSS_KEYS if k in saved_config}
+    now = plain_eval_config(cfg)
+    try:
+        was = plain_eval_config(dataclasses.replace(cfg, **saved))
+    except (UserError, TypeError):  # a combination today's checks refuse: the loss is not the same one
+        was = None
+    changed = [f"--{k}={getattr(cfg, k)} (was {saved[k]})" for k in saved
+               if (getattr(was, k) != getattr(now, k) if was is not None else saved[k] != getattr(cfg, k))]
+    if not changed:
+        return best_val_loss, None
+    return float("inf"), (f"{', '.join(changed)}: the val loss now measures something else, so the best val loss "
+                          f"({best_val_loss:.4g}) restarts and best.pt is replaced at the next eval")
 
 
 def make_loss_fn(cfg: TrainConfig, mask_token_id: int | None, text_vocab: int | None = None):

@@ -33,7 +33,16 @@ from ..runs.rundir import SHAPE_KEYS, check_resume, load_optimizer, nothing_to_r
 from .adapt import init_from_source
 from .config import TrainConfig, build_config, config_to_dict, parse_overrides, read_config_file
 from .distributed import destroy_distributed, init_distributed
-from .step import Stepper, anneal_ratio, annealed, lr_at, make_loss_fn, plain_eval_config, step_seed
+from .step import (
+    Stepper,
+    anneal_ratio,
+    annealed,
+    comparable_best,
+    lr_at,
+    make_loss_fn,
+    plain_eval_config,
+    step_seed,
+)
 
 # a val loss above DIVERGED_FACTOR x the best so far is a diverged model, even when finite (a loss of 4e11 was
 # once saved): training stops and ckpt.pt keeps the last model that passed this test
@@ -274,6 +283,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if ckpt is not None:
         load_optimizer(ckpt, optimizer, stepper.scaler, out_dir / "ckpt.pt", master)
         iter_num, best_val_loss = ckpt["meta"]["iter_num"], ckpt["meta"]["best_val_loss"]
+        best_val_loss, note = comparable_best(cfg, ckpt["meta"].get("config") or {}, best_val_loss)
+        if note and master:
+            print(f"warning: {note}", file=sys.stderr)
     ckpt = None  # free memory
     raw_model = model
     if cfg.compile:
