@@ -4,6 +4,8 @@
     python benchmarks/tables.py parallel benchmarks/parallel-test-cpu-2026-12-03.json
     python benchmarks/tables.py fast DEV.json TEST.json [...] > nanodlm/configs/sample/fast.py  # bench parallel
     python benchmarks/tables.py prime benchmarks/prime-screen-cpu-DATE.json benchmarks/prime-report-cpu-DATE.json
+    python benchmarks/tables.py epochs benchmarks/epochs-cpu-DATE.json
+    python benchmarks/tables.py infill benchmarks/infill-test-cpu-DATE.json
 
 Every figure printed is the JSON's, rounded only here; ratios are computed from the JSON's own numbers.
 """
@@ -172,8 +174,63 @@ def prime(paths: list[str]) -> list[str]:
     return out
 
 
+def epochs(paths: list[str]) -> list[str]:
+    """bench epochs: per subset, each run's best-dev point (its test loss there), each side's choice, the budget
+    curve (each side early-stopped within E epochs, chosen on dev) and the crossover."""
+    out = []
+    for path in paths:
+        data = read_json(Path(path), "bench epochs JSON")
+        for sub in data["subsets"]:
+            out += [f"**{sub['train_tokens']:,} characters, up to {sub['epochs']:g} epochs** ({Path(path).name})", "",
+                    row(["run (seed)", "trained to (epochs)", "best dev at epoch", "dev", "test"]), row(["---"] * 5)]
+            for r in sub["runs"]:
+                if r["curve"]:
+                    b, last = r["best_dev"], r["curve"][-1]
+                    state = "" if r["finished"] else (" (the screen's stop)" if r["reached_iters"] == r[
+                        "screen_iters"] else " (unfinished)")
+                    out.append(row([f"{r['recipe']} ({r['seed']})", f"{last['epochs']:g}{state}", f"{b['epochs']:g}",
+                                    f"{b['dev']:.4f}", pm(b["test"], b["test_stderr"], ".4f")]))
+            out += ["", row(["budget (epochs)", "AR: recipe, epoch", "AR test CE", "diffusion: recipe, epoch",
+                             "diffusion test NELBO", "diffusion / AR"]), row(["---"] * 6)]
+            for c in sub["budget_curve"]:
+                a, d = c["ar"], c["diffusion"]
+                out.append(row([f"{c['epochs']:g}", a and f"{a['recipe']}, {a['epochs']:g}", a and f"{a['test']:.4f}",
+                                d and f"{d['recipe']}, {d['epochs']:g}", d and f"{d['test']:.4f}",
+                                f"{c['diffusion_over_ar']:.3f}" if c.get("diffusion_over_ar") else "–"]))
+            cross = sub["crossover_epochs"]
+            out += ["", f"crossover: {'none' if cross is None else f'{cross:g} epochs'}", ""]
+    return out
+
+
+def infill(paths: list[str]) -> list[str]:
+    """bench infill: per hole length, each method's middle NLL, greedy accuracy and sampled fills (judge NLL of the
+    window and of the seam, at the real middles' entropy)."""
+    out = []
+    for path in paths:
+        data = read_json(Path(path), "bench infill JSON")
+        ltr = data.get("left_to_right", {})
+        out += [f"**{data['split']} split, windows of {data['window_len']} characters** ({Path(path).name}); left "
+                "to right CE: " + ", ".join(f"{k} {v['ce']:.4f}" for k, v in ltr.items() if isinstance(v, dict)), "",
+                row(["L", "method", "middle NLL (nats/char)", "greedy accuracy", "judge NLL at real entropy",
+                     "seam NLL at real entropy", "passes / fill"]), row(["---"] * 7)]
+        for r in data["rows"]:
+            for k in data["methods"]:
+                smp = r.get("sampled", {}).get(k, {})
+                cells = [smp.get("judge_nll_at_real_entropy"), smp.get("seam_nll_at_real_entropy")]
+                out.append(row([r["L"], k, pm(r["likelihood"][k]["mean"], r["likelihood"][k]["se"], ".3f"),
+                                pm(r["greedy_accuracy"][k]["mean"], r["greedy_accuracy"][k]["se"], ".3f"),
+                                *("–" if c is None else f"{c:.3f}" for c in cells),
+                                f"{smp['passes_per_fill']:.0f}" if smp else "–"]))
+            if "real" in r:
+                out.append(row([r["L"], "real text", "–", "–", f"{r['real']['judge_nll']['mean']:.3f}",
+                                f"{r['real']['seam_nll']['mean']:.3f}", "–"]))
+        out.append("")
+    return out
+
+
 def main(argv: list[str]) -> int:
-    commands = {"quality": quality, "parallel": parallel, "fast": fast, "prime": prime}
+    commands = {"quality": quality, "parallel": parallel, "fast": fast, "prime": prime, "epochs": epochs,
+                "infill": infill}
     if len(argv) < 2 or argv[0] not in commands or (argv[0] == "fast" and len(argv) % 2 == 0):
         print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
         return 2

@@ -191,6 +191,11 @@ def test_bench_epochs_end_to_end_screens_on_dev_and_reports_on_test(work: Path) 
     assert all(row["flops"] > 0 for r in main for row in r["curve"])
     again = epochs_bench.bench_epochs([*argv, "--report_only=true", f"--json={work / 'again.json'}"])
     assert again["subsets"][0]["sides"] == sub["sides"]  # the cache reports the same figures without training
+    from test_tables import load_tables
+
+    table = "\n".join(load_tables().epochs([str(out)]))
+    assert f"{stopped['recipe']} (1337) | 2 (the screen's stop)" in table and "crossover:" in table
+    assert f"{sub['sides']['ar']['test']:.4f}" in table
 
 
 def test_bench_epochs_judges_each_sides_best_dev_checkpoint(work: Path) -> None:

@@ -197,6 +197,10 @@ def test_bench_infill_runs_end_to_end_and_its_json_has_every_field(infill_runs, 
             s = row["sampled"][k]
             assert {"curve", "chosen_temperature", "judge_nll_at_real_entropy", "seam_nll_at_real_entropy",
                     "passes_per_fill"} <= set(s)
+    from test_tables import load_tables
+
+    table = "\n".join(load_tables().infill([str(out)]))
+    assert table.count("| 4 | ") == 4 and f"{dev['rows'][1]['likelihood']['fim']['mean']:.3f}" in table
     test = bench_infill([*argv[:-3], "--seeds=5,6", "--split=test", f"--choose_from={out}",
                          f"--json={tmp_path / 'test.json'}"])
     assert [p["temperature"] for p in test["rows"][0]["sampled"]["fim"]["curve"]] == [
