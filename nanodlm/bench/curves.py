@@ -97,22 +97,23 @@ def train_flops(cfg: TrainConfig, iters: int) -> float:
 # --- the curve cache -----------------------------------------------------------------------------------------------
 
 def read_curve(out_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``out_dir/curve.jsonl``. A broken last line (a kill while writing it) is dropped, to be scored
-    again; a broken line before it is a one-line error naming the file."""
+    """The rows of ``out_dir/curve.jsonl`` (fileio's reader, line by line). A broken last line (a kill while it
+    was written) is dropped, to be scored again; a broken line before it is a one-line error naming the file."""
     path = out_dir / CURVE
     if not path.exists():
         return []
-    lines = path.read_text(errors="replace").splitlines()
+    lines = [line for line in read_text_file(path, "curve file").splitlines() if line.strip()]
+    hint = "; delete the file to score the run again"
     rows = []
-    for i, line in enumerate(lines):
+    for n, line in enumerate(lines, 1):
         try:
-            row = parse_json(line, f"{path} line {i + 1}", dict)
-            if "iters" not in row:
-                raise UserError(f"{path} line {i + 1} has no 'iters'")
+            row = parse_json(line, f"{path} line {n}", dict, hint)
         except UserError:
-            if i == len(lines) - 1:
+            if n == len(lines):
                 break
-            raise UserError(f"{path} line {i + 1} is not a curve row: delete the file to score the run again") from None
+            raise
+        if "iters" not in row:
+            raise UserError(f"{path} line {n} is not a curve row (no 'iters'){hint}")
         rows.append(row)
     return rows
 
@@ -130,8 +131,7 @@ def seed_curves(result: Path, runs_dir: Path) -> list[str]:
     changed recipe matches nothing). The JSON holds no weights: a run that trains on from a seeded point first
     retrains from scratch to its next point, to the same weights (train.py's step-keyed randomness). Returns the
     runs seeded."""
-    data = parse_json(read_text_file(result, "--seed_curves file"), f"--seed_curves {result}", dict,
-                      "; give a bench epochs JSON")
+    data = read_json(result, "--seed_curves file", dict, "; give a bench epochs JSON")
     seeded = []
     for sub in data.get("subsets", []):
         for run in sub.get("runs", []):

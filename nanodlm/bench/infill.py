@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..core.errors import UserError
-from ..core.fileio import parse_json, read_text_file
+from ..core.fileio import read_json
 from ..data.dataset import open_split
 from ..evaluation.evaluate import ar_cross_entropy, eval_windows
 from ..evaluation.infill import (
@@ -267,8 +267,7 @@ def _summarize(L: int, per_seed: dict[str, Any], methods: list[str], args: Infil
 
 
 def _choose_from(args: InfillArgs, seeds: list[int]) -> dict[str, list[float]]:
-    dev = parse_json(read_text_file(Path(args.choose_from), "--choose_from file"), f"--choose_from {args.choose_from}",
-                     dict, "; give a bench infill --split=dev result")
+    dev = read_json(Path(args.choose_from), "--choose_from file", dict, "; give a bench infill --split=dev result")
     if dev.get("split") != "dev" or dev.get("benchmark") != "infill":
         raise UserError(f"--choose_from must be a bench infill result with --split=dev; got {args.choose_from}")
     used = set(parse_list(dev["args"]["seeds"], int, "seeds"))
