@@ -245,9 +245,10 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
         plans[run] = p
         return p
 
-    # the order lanes take runs in: the first subset first; in it the AR screens, bidirectional diffusion, AR's
-    # shorter budgets (cheap), the AR finals, block diffusion (the slowest run), extra seeds
-    order = ("screen", "diffusion", "short", "final", "block", "seed")
+    # the order lanes take runs in: the first subset first; in it the AR screens, AR's shorter budgets (cheap: they
+    # finish, and a finished curve carries over to the next machine with --seed_curves), bidirectional diffusion,
+    # the AR finals, block diffusion (the slowest run), extra seeds
+    order = ("screen", "short", "diffusion", "final", "block", "seed")
 
     def job(p: dict[str, Any], kind: str, stop: int) -> Job:
         if kind == "full":
