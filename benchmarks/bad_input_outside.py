@@ -9,7 +9,9 @@ this). Each class has several members, so a fix of one case does not pass the cl
 - **a resume under another loss**: the best val loss of the other loss is not kept (warned);
 - **inputs that can be checked before the work**: a bench parallel dev file of other runs.
 
-The web demo's members of these classes (JSON types, refused samplers, ignored keys) are tested in test_serve.py.
+- **the web demo's requests** (``POST`` cases, answered by an in-process server of the world's runs): every field
+  of its JSON type, a sampler a panel cannot use refused up front (a 400, not a 200 and then an ``error`` event),
+  a setting given and not read a ``warning`` event, and the README's pairings racing (``ok`` cases).
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from nanodlm.bench.quality import bench_quality
+from nanodlm.core.errors import UserError
 from nanodlm.training.config import TrainConfig, build_config
 from nanodlm.training.train import train
+from nanodlm.web.serve import ServeConfig, Server, load_server
+
+SERVERS: dict[str, Server] = {}  # the world's two pairings, loaded once: "diffusion" and "tidar" main models
 
 
 def build(root: Path, w: dict[str, str], tiny: dict[str, Any]) -> dict[str, str]:
@@ -58,7 +64,42 @@ def build(root: Path, w: dict[str, str], tiny: dict[str, Any]) -> dict[str, str]
     shutil.copytree(Path(w["data"]) / "tiny", Path(w["data"]) / "meta_cut")
     meta = Path(w["data"]) / "meta_cut" / "meta.json"
     meta.write_bytes(meta.read_bytes()[:30])
+    SERVERS.clear()
+    SERVERS.update({name: load_server(ServeConfig(out_dir=main, ar_out_dir=w["ar"], ckpt="last", device="cpu"))
+                    for name, main in (("diffusion", w["dm"]), ("tidar", str(tidar)))})
     return {"tidar": str(tidar), "qcache": str(cache), **damaged, "dm_repair": str(root / "dm_repair")}
+
+
+def post(argv: list[str]) -> int:
+    """A ``["POST", server, body]`` case as the web demo answers it, in the CLI's terms: a 400 is ``error: ...`` and
+    exit 1; a 200 prints each ``warning`` event's lines as ``warning: ignored ...``, runs the jobs, and an ``error``
+    event after the 200 is ``late error: ...`` with exit 0 (the matrix counts it as a silent acceptance)."""
+    import sys
+    import threading
+
+    server = SERVERS[argv[1]]
+    try:
+        jobs = server.prepare(argv[2].encode())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for _, job in jobs:
+        for line in job.warnings:
+            print(f"warning: ignored {line}", file=sys.stderr)
+    events, ended = [], threading.Event()
+
+    def emit(event: str | None, data: dict[str, Any]) -> None:
+        events.append((event, data))
+        if event is None:
+            ended.set()
+
+    assert server.slots.acquire(blocking=False)
+    server.start(jobs, emit, threading.Event())
+    ended.wait(120)
+    for event, data in events:
+        if event == "error":
+            print(f"late error: {data['error']}", file=sys.stderr)
+    return 0
 
 
 def cases(w: dict[str, str], T: list[str], Case: type) -> list[Any]:
@@ -105,6 +146,26 @@ def cases(w: dict[str, str], T: list[str], Case: type) -> list[Any]:
         c("resume an mdlm run with objective=repair", ["train", "--init_from=resume", f"--out_dir={w['dm_repair']}",
                                                        "--max_iters=3", "--objective=repair"],
           expect="warn", must_say="--objective=repair", owns=w["dm_repair"]),
+        # --- the web demo: JSON types, what cannot run a 400, what is not read a warning, the README's pairings
+        *[c(f"POST {server} {body}", ["POST", server, body], expect=expect, must_say=say)
+          for server, body, expect, say in (
+              ("tidar", '{"max_new_tokens": 99999999999}', "error", "limit"),
+              ("diffusion", '{"length": "16"}', "error", "length"),
+              ("diffusion", '{"race": "yes"}', "error", "race"),
+              ("tidar", '{"predraft": "no"}', "error", "predraft"),
+              ("tidar", '{"model": "ar", "sampler": "speculative"}', "error", "TiDAR"),
+              ("diffusion", '{"race": true, "sampler": "ar"}', "error", "AR models"),
+              ("tidar", '{"race": true, "sampler": "remask"}', "error", "diffusion sampler"),
+              ("diffusion", '{"model": "ar", "sampler": "remask", "num_samples": 1}', "warn", "sampler=remask"),
+              ("tidar", '{"steps": 8, "num_samples": 1}', "warn", "steps=8"),
+              ("diffusion", '{"race": true, "max_new_tokens": 30, "steps": 2, "num_samples": 1}', "warn",
+               "max_new_tokens=30"),
+              ("diffusion", '{"model": "ar", "num_samples": 1}', "ok", ""),
+              ("tidar", '{"race": true, "sampler": "speculative", "num_samples": 1}', "ok", ""),
+              ("tidar", '{"race": true, "sampler": "speculative", "length": 16, "temperature": 1, "seed": 1337, '
+                        '"num_samples": 1, "start": "the"}', "ok", ""),  # the page's defaults
+              ("diffusion", '{"race": true, "sampler": "remask", "steps": 4, "num_samples": 1}', "ok", ""),
+          )],
         # --- checked before the work
         c("bench parallel --choose_from of other runs", ["bench", "parallel", f"--runs={w['dm']}", f"--judge={w['ar']}",
                                                          f"--ar_out_dir={w['ar']}", "--split=test", "--seeds=5",

@@ -59,7 +59,7 @@ TINY = dict(dataset="tiny", device="cpu", dtype="float32", n_layer=1, n_head=2, 
 class Case:
     name: str
     argv: list[str]
-    expect: str = "error"  # error | warn
+    expect: str = "error"  # error | warn | ok (a case that used to fail: it must now pass without a word)
     must_say: str = ""  # a word the message must contain (the key or the fix)
     owns: str = ""  # a folder the command writes as its own (a resumed run): its changes are not collateral
 
@@ -228,7 +228,7 @@ def run_case(case: Case, root: Path) -> dict[str, object]:
     tb = ""
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            rc = cli_main(case.argv)
+            rc = (bad_input_outside.post if case.argv[0] == "POST" else cli_main)(case.argv)
         except SystemExit as e:  # argparse errors exit 2 with a usage line: a clear error, not a traceback
             rc = e.code if isinstance(e.code, int) else 1
         except BaseException:  # noqa: BLE001 - an escaped exception is exactly what the matrix looks for
@@ -251,8 +251,13 @@ def run_case(case: Case, root: Path) -> dict[str, object]:
             problems.append("not one error line")
         elif case.must_say.lower() not in errors[0].lower():
             problems.append(f"message does not mention {case.must_say!r}")
+    elif case.expect == "ok":
+        if rc != 0 or lines:
+            problems.append(f"not clean: {(lines or ['exit ' + str(rc)])[0][:120]}")
     elif rc != 0 or not any(line.startswith("warning:") and case.must_say in line for line in lines):
         problems.append("no warning")
+    if any(line.startswith("late error:") for line in lines):  # a web request: a 200, then an error event
+        problems.append("error after a 200")
     if changed:
         problems.append(f"changed {', '.join(changed)}")
     if created:

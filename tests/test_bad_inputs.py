@@ -55,6 +55,10 @@ def test_matrix_detects_what_it_claims_to(tmp_path: Path, monkeypatch: pytest.Mo
             (tmp_path / "d" / "x.bin").write_bytes(b"2")
             print("error: touched", file=sys.stderr)
             return 1
+        if argv[0] == "late":  # a web request answered 200, then an error event
+            print("late error: boom", file=sys.stderr)
+        if argv[0] == "chatty":
+            print("warning: ignored --x=1: not read", file=sys.stderr)
         return 0
 
     monkeypatch.setattr(bad, "cli_main", fake_main)
@@ -63,6 +67,9 @@ def test_matrix_detects_what_it_claims_to(tmp_path: Path, monkeypatch: pytest.Mo
     assert bad.run_case(bad.Case("w", ["accept"], expect="warn"), tmp_path)["problems"] == ["no warning"]
     assert bad.run_case(bad.Case("c", ["touch"]), tmp_path)["problems"] == ["changed d/x.bin"]
     assert bad.run_case(bad.Case("n", ["create"]), tmp_path)["problems"] == ["created new, new/x.json"]
+    assert bad.run_case(bad.Case("o", ["accept"], expect="ok"), tmp_path)["ok"]
+    assert bad.run_case(bad.Case("o", ["chatty"], expect="ok"), tmp_path)["problems"][0].startswith("not clean")
+    assert "error after a 200" in bad.run_case(bad.Case("l", ["late"], expect="warn"), tmp_path)["problems"]
 
 
 def test_judge_warns_about_low_entropy_samples() -> None:

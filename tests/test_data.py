@@ -282,3 +282,13 @@ def test_get_batch_short_corpus() -> None:
 def test_get_batch_cuda() -> None:
     x, y = get_batch(np.arange(100, dtype=np.uint16), 2, 8, torch.Generator().manual_seed(0), "cuda")
     assert x.is_cuda and y.is_cuda and torch.equal(y[:, :-1].cpu(), x[:, 1:].cpu())
+
+
+@pytest.mark.parametrize("dataset, prepare_with", [("heldout", "nanodlm prepare text --input FILE --name heldout"),
+                                                   ("shakespeare_char", "nanodlm prepare shakespeare_char")])
+def test_a_dataset_prepared_elsewhere_names_data_dir_and_a_command_that_exists(tmp_path, dataset, prepare_with):
+    with pytest.raises(UserError) as e:
+        load_meta(str(tmp_path / "d"), dataset)
+    message = str(e.value)
+    assert "give --data_dir=" in message and f"`{prepare_with} --data_dir={tmp_path / 'd'}`" in message
+    assert "nanodlm prepare heldout" not in message  # no such command for a dataset of your own text

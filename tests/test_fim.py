@@ -222,12 +222,12 @@ def test_the_race_runs_in_infill_mode_against_a_fim_model_and_streams_its_gap(in
         model, _, tok = load_model(infill_runs[run], "last")
         return Engine(name, infill_runs[run], model, tok, "cpu")
 
-    server = Server({"diffusion": engine("diffusion", "diffusion"), "ar": engine("ar", "fim")},
+    server = Server({"main": engine("main", "diffusion"), "ar": engine("ar", "fim")},
                     build_config(ServeConfig, {"out_dir": infill_runs["diffusion"]}))
     assert server.info()["models"]["ar"]["infills"] is True
     jobs = server.prepare(json.dumps({"race": True, "infill": "to be, ____ not", "sampler": "remask",
                                       "num_samples": 2}).encode())
-    assert [e.name for e, _ in jobs] == ["diffusion", "ar"]
+    assert [e.name for e, _ in jobs] == ["main", "ar"]
     fim_engine, job = jobs[1]
     assert job.length == len("to be, ____ not") and job.steps == 4
     rec = Recorder(lambda i: fim_engine.tok.decode([i]), mask_token_id=fim_engine.mask_token_id, length=job.length)
@@ -235,7 +235,7 @@ def test_the_race_runs_in_infill_mode_against_a_fim_model_and_streams_its_gap(in
     assert all(t.startswith("to be, ") and t.endswith(" not") and len(t) == job.length for t in out.texts)
     masked = [len(rec.event(f)["samples"][0]["masked"]) for f in rec.frames]
     assert masked == [4, 3, 2, 1, 0]  # the gap, written left to right one character a step
-    plain = Server({"diffusion": engine("diffusion", "diffusion"), "ar": engine("ar", "ar")},
+    plain = Server({"main": engine("main", "diffusion"), "ar": engine("ar", "ar")},
                    build_config(ServeConfig, {"out_dir": infill_runs["diffusion"]}))
     with pytest.raises(UserError, match="objective=fim"):
         plain.prepare(json.dumps({"race": True, "infill": "to be, ____ not"}).encode())

@@ -30,7 +30,7 @@ def test_stream_events_in_order_with_fixed_prompt(live):
     evs = events(body)
     names = [name for name, _ in evs]
     assert names[0] == "start" and names[-1] == "done" and set(names[1:-1]) == {"step"}
-    assert evs[0][1] == {"model": "diffusion", "length": 16, "steps": 6, "num_samples": 2}
+    assert evs[0][1] == {"model": "main", "length": 16, "steps": 6, "num_samples": 2}
     steps = [data for name, data in evs if name == "step"]
     assert [s["step"] for s in steps] == sorted({s["step"] for s in steps}) and steps[0]["step"] == 0
     assert steps[0]["samples"][0]["masked"] == list(range(4, 16))  # step 0: the canvas as given
@@ -88,7 +88,6 @@ def cli_error(capsys, out_dir: str, *flags: str) -> str:
     ({"sampler": "nope"}, ["--sampler=nope"]),
     ({"placeholder": "ab"}, ["--placeholder=ab"]),
     ({"start": "The ", "length": 3}, ["--start=The ", "--length=3"]),
-    ({"steps": "many"}, ["--steps=many"]),
     ({"temperature": -1}, ["--temperature=-1"]),
     ({"infill": "no gaps"}, ["--infill=no gaps"]),
 ])
@@ -110,7 +109,20 @@ def test_bad_values_get_the_cli_message(live, tiny_runs, capsys, values, flags):
     ({"start": "FILE:/etc/passwd"}, "starts with FILE:"),
     ({"temperature": -1}, "'temperature' must be >= 0"),
     ({"model": "ar", "suffix": "x"}, "writes left to right"),
-    ({"model": "gpt-9"}, "model must be one of diffusion, ar"),
+    ({"model": "gpt-9"}, "model must be one of main, ar"),
+    # every field of its JSON type: a string is not a number, a bool or null (the CLI's text conversion is not used)
+    ({"length": "16"}, "key 'length' expects an integer or null; got the string '16'"),
+    ({"steps": "many"}, "key 'steps' expects an integer; got the string 'many'"),
+    ({"race": "yes"}, "key 'race' expects true or false; got the string 'yes'"),
+    ({"predraft": "no"}, "key 'predraft' expects true or false; got the string 'no'"),
+    ({"temperature": "0.5"}, "key 'temperature' expects a number; got the string '0.5'"),
+    ({"top_k": "none"}, "key 'top_k' expects an integer or null; got the string 'none'"),
+    ({"race": 1}, "'race' expects true/false"),
+    ({"steps": 8.5}, "'steps' expects int"),
+    ({"max_new_tokens": 99999999999, "model": "ar"}, "above this server's limit of 16"),
+    # what cannot run is a 400 before any event: a sampler the panel's model cannot use
+    ({"model": "ar", "sampler": "speculative"}, "needs a TiDAR model"),
+    ({"race": True, "sampler": "ar"}, "is for AR models"),
 ])
 def test_bad_requests_get_a_4xx_with_one_line(live, body, expect):
     status, text = post(live.url, body)
@@ -224,7 +236,7 @@ def drive_page(driver, url: str, prompt: str, screenshot: Path, timeout: float =
     box.send_keys(prompt)
     driver.execute_script(f"document.getElementById('pace').value = {pace_ms}")
     driver.find_element(By.ID, "generate").click()
-    done = (By.CSS_SELECTOR, "#diffusion-canvas[data-done='1']")
+    done = (By.CSS_SELECTOR, "#main-canvas[data-done='1']")
     wait.until(lambda d: d.find_elements(*done) or d.find_element(By.ID, "error").text)
     assert driver.find_element(By.ID, "error").text == ""
     if driver.find_element(By.ID, "race").is_selected():
@@ -242,12 +254,94 @@ def test_browser_types_a_prompt_and_watches_it_write(live, tmp_path):
         shot = tmp_path / "page.png"
         text = drive_page(driver, live.url, "The ", shot)
         assert text.startswith("The ") and MASK_TEXT not in text and len(text) == 16
-        canvas = driver.find_element(By.ID, "diffusion-canvas").text
+        canvas = driver.find_element(By.ID, "main-canvas").text
         assert canvas.startswith("The ") and "\u2591" not in canvas  # no masked cell left on the page
         assert "forward passes" in driver.find_element(By.ID, "ar-status").text
         assert shot.stat().st_size > 10_000  # a real picture (look at it: pytest --basetemp keeps it)
     finally:
         driver.quit()
+
+
+def readme_serve_commands() -> list[str]:
+    """The README's ``nanodlm serve --out_dir=... --ar_out_dir=...`` lines (the pairings it shows), as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return [line.split("#")[0].strip() for line in readme.splitlines()
+            if line.startswith("nanodlm serve --out_dir=") and "--ar_out_dir=" in line]
+
+
+@pytest.mark.slow  # a server subprocess and headless Chromium
+@pytest.mark.parametrize("command", readme_serve_commands())
+def test_browser_races_as_the_readme_says(command, tiny_runs, tidar_run, subprocess_env, tmp_path):
+    """Exactly the README's command (its run folders mapped to tiny runs), the page's defaults (race on, the
+    main model's default sampler): both panels write, no error."""
+    import shlex
+    import socket
+
+    from selenium.webdriver.common.by import By
+
+    runs = {"out-cpu-tidar": tidar_run, "out-cpu-diffusion": tiny_runs["diffusion"], "out-cpu": tiny_runs["gpt2"]}
+    argv = shlex.split(command)
+    assert argv[:2] == ["nanodlm", "serve"] and len(argv) == 4, command
+    flags = [f"{key}={runs[value]}" for key, value in (a.split("=", 1) for a in argv[2:])]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "nanodlm", "serve", *flags, f"--port={port}", "--ckpt=last",
+                             "--device=cpu"], env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    driver = chrome(tmp_path)
+    try:
+        first = proc.stdout.readline()
+        kind = "TiDAR model" if "tidar" in command else "diffusion model"
+        assert first.startswith(f"nanodlm serve: {kind}"), first
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                info(url)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        text = drive_page(driver, url, "th", tmp_path / "race.png")  # waits for both panels, asserts no error
+        assert text.startswith("th") and MASK_TEXT not in text
+        assert driver.find_element(By.ID, "race").is_selected()
+        assert driver.find_element(By.ID, "ar-canvas").get_attribute("data-done") == "1"
+        assert driver.find_element(By.ID, "warning").text == ""  # the page sends only what the sampler reads
+    finally:
+        driver.quit()
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.mark.slow  # headless Chromium
+def test_browser_an_error_in_either_panel_ends_the_job_and_unlocks_the_form(tiny_runs, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from webtools import LiveServer
+
+    from nanodlm.web.serve import ServeConfig, load_server
+
+    server = LiveServer(load_server(ServeConfig(out_dir=tiny_runs["diffusion"], ar_out_dir=tiny_runs["gpt2"],
+                                                device="cpu")))
+    driver = chrome(tmp_path)
+    try:
+        driver.get(server.url)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        driver.execute_script("document.getElementById('pace').value = 0; document.getElementById('steps').value = 4;")
+        for failing in ("ar", "main"):
+            model = server.server.engines[failing].model
+            hook = model.lm_head.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(RuntimeError("boom")))
+            try:
+                driver.find_element(By.ID, "generate").click()
+                wait.until(lambda d: "RuntimeError" in d.find_element(By.ID, "error").text)
+                wait.until(lambda d: d.find_element(By.ID, "generate").is_enabled())  # the form is unlocked
+                assert not driver.find_element(By.ID, "stop").is_enabled()
+                assert driver.find_element(By.ID, f"{failing}-status").text == "stopped: error"
+            finally:
+                hook.remove()
+    finally:
+        driver.quit()
+        server.close()
 
 
 def test_browser_plays_an_exported_animation_offline(tiny_runs, tmp_path):

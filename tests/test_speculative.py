@@ -6,6 +6,7 @@ trained for a few seconds on a Markov chain so that drafts are often, not always
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import pytest
@@ -16,7 +17,7 @@ from nanodlm.diffusion.tidar import draft_pass, tidar_loss, two_stream_logits
 from nanodlm.model.attention import tidar_pass_mask, tidar_train_mask
 from nanodlm.model.model import GPT, GPTConfig
 from nanodlm.sampling import speculative
-from nanodlm.sampling.ar_sampling import generate_ar
+from nanodlm.sampling.ar_sampling import filter_logits, generate_ar
 from nanodlm.sampling.speculative import sample_speculative, speculative_row, verify
 
 V = 4  # a tiny vocabulary; [MASK] is id V
@@ -170,46 +171,96 @@ def chi2_sf(stat: float, df: int) -> float:
                                          torch.tensor(stat / 2, dtype=torch.float64)))
 
 
-def exact_first_tokens(model: GPT, prompt: list[int], n: int) -> dict[tuple[int, ...], float]:
-    """P(the first n new tokens) under AR sampling at temperature 1, by enumeration."""
+def exact_tokens(model: GPT, prompt: list[int], n: int, temperature: float, top_k: int | None,
+                 top_p: float | None) -> dict[tuple[int, ...], float]:
+    """P(the first n new tokens) under AR sampling with these settings (filter_logits: what sample_logits draws
+    from), by enumeration."""
     out = {}
     with torch.no_grad():
         for seq in itertools.product(range(V), repeat=n):
-            x = torch.tensor([prompt + list(seq)])
-            logp = F.log_softmax(model(x, all_logits=True)[0][0].float(), -1)  # (L, V)
+            logits = model(torch.tensor([prompt + list(seq)]), all_logits=True)[0][0]  # (L, V)
+            logp = F.log_softmax(filter_logits(logits, temperature, top_k, top_p).double(), -1)
             out[seq] = float(sum(logp[len(prompt) - 1 + i, s] for i, s in enumerate(seq)).exp())
     return out
 
 
-def chi2_against_ar(model: GPT, prompt: list[int], n: int, k: int, samples: int, predraft: bool = False) -> float:
-    probs = exact_first_tokens(model, prompt, n)
+# Each configuration verifies several drafts in a pass (n new tokens after a 2-token prompt, k = 3: the second pass
+# checks 2 drafts), the predraft one drafts 3 blocks in a pass (n = 5 leaves room for them), and the filtered ones
+# draw drafts from a q that temperature, top-k and top-p change.
+CONFIGS = {
+    "T=1": dict(n=4, k=3, temperature=1.0, top_k=None, top_p=None, predraft=False),
+    "T=0.7 top-k top-p": dict(n=4, k=3, temperature=0.7, top_k=3, top_p=0.9, predraft=False),
+    "T=0.7 top-k top-p predraft": dict(n=5, k=3, temperature=0.7, top_k=3, top_p=0.9, predraft=True),
+}
+
+
+def chi2_against_ar(model: GPT, n: int, k: int, temperature: float, top_k: int | None, top_p: float | None,
+                    predraft: bool, samples: int = 1000) -> tuple[float, dict[str, list[int]]]:
+    """(p-value of a chi-square test of the speculative sampler's first n tokens against exact AR sampling,
+    every pass's stats pooled over the samples)."""
+    prompt = [0, 1]
+    probs = exact_tokens(model, prompt, n, temperature, top_k, top_p)
     counts = dict.fromkeys(probs, 0)
+    pooled: dict[str, list[int]] = {"drafts_per_pass": [], "accepted_per_pass": [], "blocks_per_pass": []}
     gen = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for _ in range(samples):
-            out, _ = speculative_row(model, prompt, n, draft_len=k, temperature=1.0, top_k=None, top_p=None,
-                                     generator=gen, predraft=predraft)
+            out, stats = speculative.speculative_row(model, prompt, n, draft_len=k, temperature=temperature,
+                                                     top_k=top_k, top_p=top_p, generator=gen, predraft=predraft)
             counts[tuple(out[len(prompt):])] += 1
+            for key in pooled:
+                pooled[key] += stats[key]
     big = [s for s in probs if probs[s] * samples >= 5]  # cells too rare for the test are pooled into one
     rest_p = 1.0 - sum(probs[s] for s in big)
     cells = [(counts[s], probs[s] * samples) for s in big] + [(samples - sum(counts[s] for s in big),
                                                                rest_p * samples)]
     stat = sum((o - e) ** 2 / e for o, e in cells if e > 0)
-    return chi2_sf(stat, len(cells) - 1)
+    return chi2_sf(stat, len(cells) - 1), pooled
 
 
-@pytest.mark.parametrize("predraft", [False, True])
-def test_temperature_one_matches_ar_sampling(model, predraft):
-    assert chi2_against_ar(model, [0, 1], n=3, k=4, samples=1500, predraft=predraft) > 1e-3
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_speculative_sampling_is_ar_sampling(model, config):
+    c = CONFIGS[config]
+    p, stats = chi2_against_ar(model, **c)
+    assert p > 1e-3
+    # the test has the power it claims: passes that verified several drafts, both rejected and accepted ones
+    several = [a for d, a in zip(stats["drafts_per_pass"], stats["accepted_per_pass"]) if d >= 2]
+    assert len(several) >= 500 and {0, 1, 2} <= set(several)
+    if c["predraft"]:
+        assert max(stats["blocks_per_pass"]) >= 3  # one block of masks per outcome, several outcomes
 
 
-def test_accept_always_is_caught(model, monkeypatch):
-    def accept_always(p, q, drafts, generator):
-        n = drafts.numel()
-        return n, int(torch.multinomial(p[n], 1, generator=generator))
+# Mutants of the rule, each applied to the source in place (so a change of the code that removes the mutated line
+# fails here instead of passing vacuously): the test above must fail for each.
+MUTANTS = {
+    "resample at the last rejection": ("verify", "a = int(rejected[0])", "a = int(rejected[-1])"),
+    "accept every draft": ("verify", "rejected = (u * q_d >= p_d).nonzero()",
+                           "rejected = (u * q_d >= p_d).nonzero()[:0]"),
+    "verify against the unfiltered q": (
+        "speculative_row", "drafts = draw(q, generator).tolist()",
+        "drafts = draw(q, generator).tolist()\n                q = distribution(dr[0, block, 1:], 1.0, None, None)"),
+}
 
-    monkeypatch.setattr(speculative, "verify", accept_always)
-    assert chi2_against_ar(model, [0, 1], n=3, k=4, samples=1500) < 1e-6
+
+def apply_mutant(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    function, old, new = MUTANTS[name]
+    source = inspect.getsource(getattr(speculative, function))
+    assert source.count(old) == 1, f"the mutant {name!r} no longer applies to {function}"
+    namespace = dict(vars(speculative))
+    exec(source.replace(old, new), namespace)  # noqa: S102 - a mutant of our own source, in a test
+    monkeypatch.setattr(speculative, function, namespace[function])  # speculative_row finds verify in the module
+
+
+@pytest.mark.slow  # each mutant samples its configurations again
+@pytest.mark.parametrize("mutant, config", [("resample at the last rejection", "T=1"),
+                                            ("resample at the last rejection", "T=0.7 top-k top-p predraft"),
+                                            ("accept every draft", "T=1"),
+                                            ("verify against the unfiltered q", "T=0.7 top-k top-p"),
+                                            ("verify against the unfiltered q", "T=0.7 top-k top-p predraft")])
+def test_each_broken_rule_is_caught(model, monkeypatch, mutant, config):
+    apply_mutant(monkeypatch, mutant)
+    p, _ = chi2_against_ar(model, **CONFIGS[config])
+    assert p < 1e-6
 
 
 def test_verify_writes_p_whatever_q():
@@ -288,15 +339,15 @@ def test_serve_races_a_tidar_model_against_ar(tidar_run, tiny_runs):
     try:
         described = info(server.url)
         assert described["samplers"] == ["ar", "speculative"] and described["defaults"]["sampler"] == "speculative"
-        assert described["models"]["diffusion"]["draft_len"] == 4
+        assert described["models"]["main"]["draft_len"] == 4
         status, body = post(server.url, {"start": "ab", "length": 14, "race": True, "seed": 1, "temperature": 0,
                                          "num_samples": 1})
         assert status == 200, body
         evs = events(body)
         done = {data["model"]: data for name, data in evs if name == "done"}
-        assert set(done) == {"diffusion", "ar"} and len(done["diffusion"]["texts"][0]) == 14
-        steps = [data for name, data in evs if name == "step" and data["model"] == "diffusion"]
-        assert done["diffusion"]["forward_passes"] == steps[-1]["forward_passes"] <= 12  # 12 new tokens
+        assert set(done) == {"main", "ar"} and len(done["main"]["texts"][0]) == 14
+        steps = [data for name, data in evs if name == "step" and data["model"] == "main"]
+        assert done["main"]["forward_passes"] == steps[-1]["forward_passes"] <= 12  # 12 new tokens
         status, body = post(server.url, {"start": "ab", "race": True, "num_samples": 1})  # no length: block_size
         assert status == 200, body
         assert [data["length"] for name, data in events(body) if name == "start"] == [16, 16]

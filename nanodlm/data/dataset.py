@@ -175,11 +175,12 @@ def prepare(name: str, *, input_path: str | None = None, data_dir: str = "data",
 # --- loading ----------------------------------------------------------------------------------------
 
 
-def _prepare_hint(dataset: str) -> str:
+def _prepare_hint(dataset: str, data_dir: str | None = None) -> str:
+    """The command that prepares ``dataset`` (again): its own for the built-in ones, ``prepare text`` otherwise."""
+    where = f" --data_dir={data_dir}" if data_dir not in (None, "data") else ""
     if dataset in DATASETS and dataset != "text":
-        return f"run `nanodlm prepare {dataset}`"
-    return (f"run `nanodlm prepare {dataset}` (for your own text: "
-            f"`nanodlm prepare text --input FILE --name {dataset}`)")
+        return f"run `nanodlm prepare {dataset}{where}`"
+    return f"prepare it from its text: `nanodlm prepare text --input FILE --name {dataset}{where}`"
 
 
 TOKEN_DTYPES = {"uint16": 65536, "uint32": 2**32}  # the dtypes prepare writes, and the vocabulary each holds
@@ -193,8 +194,9 @@ def load_meta(data_dir: str, dataset: str) -> dict:
     folder = Path(data_dir) / dataset
     if not folder.is_dir():
         recover_dataset(folder)  # a prepare killed between its two renames left the old dataset beside it
-    if not folder.is_dir():
-        raise UserError(f"dataset {dataset!r} not found: {folder} does not exist; {_prepare_hint(dataset)}")
+    if not folder.is_dir():  # prepared in another folder (the run's data_dir was relative, or moved), or never
+        raise UserError(f"dataset {dataset!r} not found: {folder} does not exist; if it was prepared elsewhere, "
+                        f"give --data_dir=THAT_FOLDER, else {_prepare_hint(dataset, data_dir)}")
     path = folder / "meta.json"
     if not path.is_file():
         raise UserError(f"{path} is missing (dataset not prepared or preparation interrupted); "

@@ -75,7 +75,8 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
                     top_k: int | None, top_p: float | None, generator: torch.Generator | None,
                     predraft: bool = False, on_pass: Any = None) -> tuple[list[int], dict[str, Any]]:
     """Append n_new tokens to ids (one sample, batch 1) -> (ids + new, stats): ``passes``, ``tokens_per_pass``
-    (tokens written by each pass), ``drafts_per_pass`` / ``accepted_per_pass`` (drafts verified / accepted).
+    (tokens written by each pass), ``drafts_per_pass`` / ``accepted_per_pass`` (drafts verified / accepted),
+    ``blocks_per_pass`` (blocks of masks drafted: 0, 1, or with ``predraft`` one per outcome).
     ``predraft``: every pass drafts for each number of drafts that may be accepted (n + 1 blocks of k masks,
     TiDAR's), so the pass after a rejection verifies drafts too. on_pass(text, n_accepted, rejected: bool) is
     called after every pass with the text so far."""
@@ -85,7 +86,8 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
     text, target = list(ids), len(ids) + n_new
     drafts: list[int] = []
     q = torch.empty(0)
-    stats: dict[str, Any] = {"passes": 0, "tokens_per_pass": [], "drafts_per_pass": [], "accepted_per_pass": []}
+    stats: dict[str, Any] = {"passes": 0, "tokens_per_pass": [], "drafts_per_pass": [], "accepted_per_pass": [],
+                             "blocks_per_pass": []}
 
     def probs(logits: torch.Tensor) -> torch.Tensor:
         return distribution(logits, temperature, top_k, top_p)
@@ -97,6 +99,7 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
             logits = model.decode(torch.tensor([text[-bs:]], device=device), cache)  # (1, 1, V)
             n_acc, nxt, drafts, rejected = 0, int(draw(probs(logits[0, -1]), generator)), [], False
             stats["drafts_per_pass"].append(0)
+            stats["blocks_per_pass"].append(0)
         else:
             drafts = drafts[:min(bs - before, target - before - 1)]  # the clean part must fit; no draft past target
             q = q[:len(drafts)]
@@ -114,6 +117,7 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
             text += drafts[:n_acc]
             cache.advance(before - pos + n_acc)  # the pending tokens and the accepted drafts: exact keys
             stats["drafts_per_pass"].append(nd)
+            stats["blocks_per_pass"].append(blocks if m else 0)  # mask blocks drafted (predraft: one per outcome)
             drafts = []
             block = n_acc if blocks > 1 else 0 if not rejected else None  # the block drafted for this outcome
             if block is not None and m >= 2:

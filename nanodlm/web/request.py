@@ -10,25 +10,27 @@ import json
 from dataclasses import dataclass, fields
 
 from ..core.errors import UserError
-from ..sampling.generate import NUM_SAMPLES, SEED, Prompt, SamplerOptions, sampling_configs
+from ..sampling.generate import ALIASES, NUM_SAMPLES, SEED, Prompt, SamplerOptions, sampling_configs
 
-MODELS = ("diffusion", "ar")  # the main model (--out_dir) and the optional AR one (--ar_out_dir)
+MODELS = ("main", "ar")  # the main model (--out_dir: diffusion or TiDAR) and the optional AR one (--ar_out_dir)
+MODEL_ALIASES = {"diffusion": "main"}  # the main model's name before it could be a TiDAR model
 
 
 @dataclass
 class GenerateRequest:
     """A request's own keys beside the sampler options and the prompt (defaults: ``nanodlm sample``'s)."""
 
-    model: str = "diffusion"  # diffusion | ar (the --ar_out_dir model)
+    model: str = "main"  # main (the --out_dir model: diffusion or TiDAR; "diffusion" is an alias) | ar (--ar_out_dir)
     num_samples: int = NUM_SAMPLES
     seed: int = SEED
-    race: bool = False  # diffusion, then the AR model on the same prompt and length: one job, one stream
+    race: bool = False  # the main model, then the AR model on the same prompt and length: one job, one stream
 
     def __post_init__(self) -> None:
+        self.model = MODEL_ALIASES.get(self.model, self.model)
         if self.model not in MODELS:
-            raise UserError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
-        if self.race and self.model != "diffusion":
-            raise UserError("race runs the diffusion model, then the AR model: leave model at diffusion")
+            raise UserError(f"model must be one of {', '.join(MODELS)} (diffusion = main); got {self.model!r}")
+        if self.race and self.model != "main":
+            raise UserError("race runs the main model, then the AR model: leave model at main")
         if self.num_samples < 1:
             raise UserError(f"num_samples must be >= 1; got {self.num_samples}")
         if not 0 <= self.seed < 2**63:
@@ -40,8 +42,9 @@ def request_keys() -> list[str]:
     return [f.name for cls in (GenerateRequest, SamplerOptions, Prompt) for f in fields(cls) if f.init]
 
 
-def parse_request(body: bytes) -> tuple[GenerateRequest, SamplerOptions, Prompt]:
-    """JSON object -> the three configs, built and validated as the CLI builds them (UserError otherwise)."""
+def parse_request(body: bytes) -> tuple[GenerateRequest, SamplerOptions, Prompt, set[str]]:
+    """JSON object -> the three configs, built and validated as the CLI builds them (UserError otherwise), each
+    value of its JSON type ("16" is not a length, "yes" not true), and the keys the request gave."""
     def no_constants(name: str) -> None:
         raise ValueError(f"{name} is not a number")
 
@@ -56,5 +59,5 @@ def parse_request(body: bytes) -> tuple[GenerateRequest, SamplerOptions, Prompt]
     for key, value in values.items():
         if isinstance(value, str) and value.startswith("FILE:"):
             raise UserError(f"'{key}' starts with FILE:, which reads a file on the command line; send the text itself")
-    request, options, prompt = sampling_configs(values, GenerateRequest)
-    return request, options, prompt
+    request, options, prompt = sampling_configs(values, GenerateRequest, text=False)
+    return request, options, prompt, {ALIASES.get(k, k) for k in values}

@@ -1,21 +1,24 @@
-"""``nanodlm serve``: a local web page that shows a diffusion model writing, step by step.
+"""``nanodlm serve``: a local web page that shows a model writing, step by step.
 
-The main model (``--out_dir``) may also be a TiDAR model (objective=tidar): it writes with the speculative
-sampler, its accepted drafts shown as revealed and the position of a rejected draft as re-masked.
+The main model (``--out_dir``, ``"model": "main"`` in requests and events; ``diffusion`` is an alias) is a
+diffusion model or a TiDAR model (objective=tidar), which writes with the speculative sampler: its accepted drafts
+shown as revealed, the position of a rejected draft as re-masked. An AR model (``--ar_out_dir``, ``"ar"``) may
+write beside it (``jobs.py``).
 
 The page (``nanodlm/web/static/``) posts its form to ``POST /api/generate``, which streams the trajectory as
-server-sent events (README, "Web demo"): ``start``, then one ``step`` per canvas update (the event format of
-``nanodlm.sampling.trajectory``), then ``done`` (or ``error``). ``GET /api/info`` describes the models and the limits.
-Starlette and uvicorn are an optional extra (``pip install -e ".[serve]"``), imported only here.
+server-sent events (README, "Web demo"): ``warning`` when a given setting will not be read, ``start``, then one
+``step`` per canvas update (the event format of ``nanodlm.sampling.trajectory``), then ``done`` (or ``error``).
+``GET /api/info`` describes the models, what each sampler reads and the limits. Starlette and uvicorn are an
+optional extra (``pip install -e ".[serve]"``), imported only here.
 
 Safe by default: binds 127.0.0.1 and answers only requests whose Host and Origin are this server
 (``webguard``: no DNS rebinding, no cross-site posts; JSON bodies only); requests never name a file; every
-sampling value is validated by the same config as ``nanodlm sample`` (same one-line messages, as a 400); length,
-steps and samples are capped by the model and the ``limit_*`` keys; at most ``limit_concurrent`` generations run
-at once (others get 503 "busy" with Retry-After); a race (``"race": true``: the diffusion model, then the AR
-model, in one stream) is one generation; each runs in a worker thread that stops at its next step when the client
-disconnects. Every event of a generation carries its ``model``, so the page replays each panel by its own
-forward passes or measured time.
+sampling value is validated by the same config as ``nanodlm sample`` (same one-line messages, as a 400), each of
+its JSON type; length, steps and samples are capped by the model and the ``limit_*`` keys (above them: a 400); at
+most ``limit_concurrent`` generations run at once (others get 503 "busy" with Retry-After); a race (``"race":
+true``: the main model, then the AR model, in one stream) is one generation, and an error in either ends it; each
+runs in a worker thread that stops at its next step when the client disconnects. Every event of a generation
+carries its ``model``, so the page replays each panel by its own forward passes or measured time.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -33,11 +36,13 @@ import torch
 
 from ..core.errors import UserError, check_finite
 from ..runs.checkpoint import load_model
-from ..sampling.generate import Generation, Prompt, SamplerOptions, build_canvas, fim_gap, generate
+from ..sampling.generate import Prompt, SamplerOptions
 from ..sampling.samplers import CAUSAL_SAMPLERS, DIFFUSION_SAMPLERS
+from ..sampling.settings import options_read
 from ..sampling.trajectory import Aborted, Recorder
 from ..training.config import load_config
 from ..training.distributed import resolve_device
+from .jobs import KINDS, Engine, Job, check_limits, plan_job
 from .request import GenerateRequest, parse_request, request_keys
 from .webguard import BodyError, Guard, allowed_hosts, header_timeout_protocol, is_json, read_body
 
@@ -50,7 +55,7 @@ INSTALL_HINT = "nanodlm serve needs Starlette and uvicorn: pip install -e '.[ser
 
 @dataclass
 class ServeConfig:
-    out_dir: str = "out"  # the diffusion model
+    out_dir: str = "out"  # the main model: a diffusion model or a TiDAR model (objective=tidar)
     ar_out_dir: str | None = None  # optional: an autoregressive model that writes the same length beside it
     ckpt: str = "best"  # best | last
     host: str = "127.0.0.1"  # this machine only; 0.0.0.0 lets anyone who can reach it use the model
@@ -77,95 +82,6 @@ class ServeConfig:
             raise UserError(f"--threads must be >= 0 (0 = torch's default); got {self.threads}")
 
 
-@dataclass
-class Engine:
-    """A loaded model, its tokenizer and where it came from."""
-
-    name: str  # diffusion | ar
-    out_dir: str
-    model: Any
-    tok: Any
-    device: str
-
-    @property
-    def mask_token_id(self) -> int | None:
-        return self.model.config.mask_token_id if self.name == "diffusion" else None
-
-    def describe(self) -> dict[str, Any]:
-        c = self.model.config
-        return {"out_dir": self.out_dir, "model_type": c.model_type, "block_size": c.block_size,
-                "diffusion_block": c.diffusion_block, "draft_len": c.draft_len, "infills": self.infills,
-                "n_params": sum(p.numel() for p in self.model.parameters())}
-
-    @property
-    def infills(self) -> bool:
-        """Keeps a suffix and fills a gap: a diffusion model, or a gpt2 model trained with objective=fim."""
-        c = self.model.config
-        return (c.model_type == "diffusion" and not c.draft_len) or bool(getattr(c, "fim_sentinels", 0))
-
-    @property
-    def drafts(self) -> bool:
-        """A TiDAR model (objective=tidar) in the main panel: it writes with the speculative sampler."""
-        return bool(self.model.config.draft_len)
-
-
-@dataclass
-class Job:
-    """A validated request: its sizes (checked against the limits) and ``run(on_step) -> Generation``."""
-
-    length: int
-    steps: int
-    num_samples: int
-    run: Callable[[Callable[..., None]], Generation]
-
-
-def plan_job(engine: Engine, request: GenerateRequest, options: SamplerOptions, prompt: Prompt) -> Job:
-    """The job's sizes, found as ``generate`` will find them (the same one-line errors), and its run function."""
-    model, tok = engine.model, engine.tok
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(request.seed)
-    if engine.name == "diffusion" and not engine.drafts:
-        _, _, length = build_canvas(tok, prompt, model.config.block_size, model.config.mask_token_id)
-        steps = options.steps
-    else:  # AR or TiDAR; in a race the AR model writes the same length (prompt included) as the main model
-        if engine.drafts and options.sampler not in CAUSAL_SAMPLERS:
-            options = replace(options, sampler="speculative")
-        if engine.drafts and prompt.length is None:  # the main panel's default, as a diffusion canvas: block_size
-            prompt = replace(prompt, length=model.config.block_size)
-        if prompt.suffix is not None or prompt.infill is not None:
-            if not engine.infills:
-                raise UserError("this autoregressive model writes left to right: suffix and infill need the diffusion "
-                                "model or an AR model trained to fill in the middle (objective=fim)")
-            prefix, suffix, gap = fim_gap(tok, prompt)  # a FIM model: the gap's size, or until <EOM>
-            steps = gap or prompt.max_new_tokens
-            job_prompt, ar_options = prompt, replace(options, sampler="ar")  # it writes as AR, whatever the race's
-
-            def run_fim(on_step: Callable[..., None]) -> Generation:
-                return generate(model, tok, ar_options, job_prompt, num_samples=request.num_samples, seed=generator,
-                                on_step=on_step)
-            return Job(len(prefix) + steps + len(suffix), steps, request.num_samples, run_fim)
-        n_prompt = len(tok.encode(prompt.start) or [0]) if prompt.start is not None else 1  # generate's "\n"
-        if prompt.length is not None:
-            if prompt.length <= n_prompt:
-                raise UserError(f"--length {prompt.length} leaves no room after {n_prompt} prompt tokens: "
-                                "raise --length")
-            prompt = replace(prompt, max_new_tokens=prompt.length - n_prompt, length=None)
-        length, steps = n_prompt + prompt.max_new_tokens, prompt.max_new_tokens  # one token per step
-
-    def run(on_step: Callable[..., None]) -> Generation:
-        return generate(model, tok, options, prompt, num_samples=request.num_samples, seed=generator, on_step=on_step)
-
-    return Job(length, steps, request.num_samples, run)
-
-
-def check_limits(job: Job, cfg: ServeConfig, block_size: int) -> None:
-    limit_length = min(cfg.limit_length or block_size, block_size)
-    for key, value, limit, flag in (("length", job.length, limit_length, "limit_length"),
-                                    ("steps", job.steps, cfg.limit_steps, "limit_steps"),
-                                    ("num_samples", job.num_samples, cfg.limit_samples, "limit_samples")):
-        if value > limit:
-            raise UserError(f"{key} {value} is above this server's limit of {limit} (nanodlm serve --{flag})")
-
-
 def sse(event: str, data: dict[str, Any]) -> str:
     """One server-sent event; the JSON is on one line (json.dumps escapes newlines)."""
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
@@ -181,20 +97,23 @@ class Server:
         self.lock = threading.Lock()
 
     def limits(self) -> dict[str, int]:
-        block_size = self.engines["diffusion"].model.config.block_size
+        block_size = self.engines["main"].model.config.block_size
         return {"length": min(self.cfg.limit_length or block_size, block_size), "steps": self.cfg.limit_steps,
                 "num_samples": self.cfg.limit_samples, "concurrent": self.cfg.limit_concurrent}
 
     def info(self) -> dict[str, Any]:
-        drafts = self.engines["diffusion"].drafts  # a TiDAR main model: ar | speculative
-        defaults = {"sampler": "speculative" if drafts else SamplerOptions.sampler, "steps": SamplerOptions.steps,
-                    "seed": GenerateRequest.seed, "temperature": SamplerOptions.temperature,
-                    "placeholder": Prompt.placeholder, "num_samples": GenerateRequest.num_samples}
+        main = self.engines["main"]
+        samplers = CAUSAL_SAMPLERS if main.kind == "tidar" else DIFFUSION_SAMPLERS
+        defaults = {"sampler": "speculative" if main.kind == "tidar" else SamplerOptions.sampler,
+                    "steps": SamplerOptions.steps, "seed": GenerateRequest.seed,
+                    "temperature": SamplerOptions.temperature, "placeholder": Prompt.placeholder,
+                    "num_samples": GenerateRequest.num_samples}
         with self.lock:
             stats = dict(self.stats)
         return {"models": {name: e.describe() for name, e in self.engines.items()}, "limits": self.limits(),
-                "samplers": list(CAUSAL_SAMPLERS if drafts else DIFFUSION_SAMPLERS), "defaults": defaults,
-                "keys": request_keys(), "stats": stats}
+                "samplers": list(samplers), "defaults": defaults, "keys": request_keys(), "stats": stats,
+                # the sampler options the main model reads with each sampler (settings.py): the page sends only these
+                "reads": {name: sorted(options_read(main.model.config.model_type, name)) for name in samplers}}
 
     def _count(self, key: str, delta: int = 1) -> None:
         with self.lock:
@@ -202,23 +121,22 @@ class Server:
 
     def prepare(self, body: bytes) -> list[tuple[Engine, Job]]:
         """Validate a request body (UserError with the CLI's message on any problem): the jobs it asks for, one
-        (its model's) or, for a race, the diffusion job and then the AR job on the same prompt and length."""
-        request, options, prompt = parse_request(body)
-        names = ["diffusion", "ar"] if request.race else [request.model]
+        (its model's) or, for a race, the main model's job and then the AR job on the same prompt and length."""
+        request, options, prompt, given = parse_request(body)
+        names = ["main", "ar"] if request.race else [request.model]
         if "ar" in names and "ar" not in self.engines:
             raise UserError("this server has no autoregressive model: start it with --ar_out_dir=DIR")
         if request.race and (prompt.suffix is not None or prompt.infill is not None) \
                 and not self.engines["ar"].infills:
             raise UserError("race: this autoregressive model writes left to right, so it cannot keep a suffix or fill "
                             "an infill template; race an AR model trained with objective=fim, or turn the race off")
-        jobs = []
+        jobs: list[tuple[Engine, Job]] = []
+        limits = self.limits()
         for name in names:
-            engine = self.engines[name]
-            if name == "ar" and jobs and prompt.length is None:  # a race: the AR model writes the canvas's length
-                prompt = replace(prompt, length=jobs[0][1].length)
-            job = plan_job(engine, request, options, prompt)
-            check_limits(job, self.cfg, self.engines["diffusion"].model.config.block_size)
-            jobs.append((engine, job))
+            race_length = jobs[0][1].length if jobs else None  # a race: the AR model writes the main panel's length
+            job = plan_job(self.engines[name], request, options, prompt, given, limits["length"], race_length)
+            check_limits(job, limits)
+            jobs.append((self.engines[name], job))
         return jobs
 
     def start(self, jobs: list[tuple[Engine, Job]], emit: Callable[[str | None, dict[str, Any]], None],
@@ -242,18 +160,20 @@ class Server:
 
         def work() -> None:
             self._count("running")
-            outcome = "failed"
+            outcome, panel = "failed", jobs[0][0].name
             try:
                 for engine, job in jobs:
+                    panel = engine.name
                     run_one(engine, job)
                 outcome = "finished"
             except Aborted:
                 outcome = "aborted"
-            except UserError as e:
-                emit("error", {"error": str(e)})
+            except UserError as e:  # an error in either panel ends the job (the stream ends after it)
+                emit("error", {"model": panel, "error": str(e)})
             except Exception as e:  # a bug: logged here with its traceback, one line to the client
                 log.exception("generation failed")
-                emit("error", {"error": f"generation failed ({type(e).__name__}); see the server's log"})
+                emit("error", {"model": panel, "error": f"generation failed ({type(e).__name__}); see the server's "
+                                                        "log"})
             finally:
                 self._count("running", -1)
                 self._count(outcome)
@@ -314,7 +234,11 @@ def create_app(server: Server):
 
         async def stream():
             try:
-                for engine, job in jobs:  # every panel's size up front (a race: both)
+                for engine, job in jobs:  # settings given and not read, then every panel's size up front
+                    if job.warnings:
+                        yield sse("warning", {"model": engine.name, "warnings": [w.removeprefix("--")
+                                                                                 for w in job.warnings]})
+                for engine, job in jobs:
                     yield sse("start", {"model": engine.name, "length": job.length, "steps": job.steps,
                                         "num_samples": job.num_samples})
                 while True:
@@ -344,16 +268,17 @@ def load_server(cfg: ServeConfig) -> Server:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     engines = {}
-    for name, out_dir, want in (("diffusion", cfg.out_dir, "diffusion"), ("ar", cfg.ar_out_dir, "gpt2")):
+    for name, out_dir in (("main", cfg.out_dir), ("ar", cfg.ar_out_dir)):
         if out_dir is None:
             continue
         model, _, tok = load_model(out_dir, cfg.ckpt, device)
-        if model.config.model_type != want and not (name == "diffusion" and model.config.draft_len):
-            flag = "--out_dir" if name == "diffusion" else "--ar_out_dir"
-            also = " or a TiDAR model (objective=tidar)" if name == "diffusion" else ""
-            raise UserError(f"{flag}={out_dir} holds a {model.config.model_type} model; it must be a {want} "
-                            f"model{also}")
-        engines[name] = Engine(name, out_dir, model, tok, device)
+        engine = Engine(name, out_dir, model, tok, device)
+        if name == "main" and engine.kind == "gpt2":
+            raise UserError(f"--out_dir={out_dir} holds a gpt2 model; it must be a diffusion model or a TiDAR model "
+                            "(objective=tidar); serve an AR model beside one with --ar_out_dir")
+        if name == "ar" and engine.kind == "diffusion":
+            raise UserError(f"--ar_out_dir={out_dir} holds a diffusion model; it must be a gpt2 model")
+        engines[name] = engine
     return Server(engines, cfg)
 
 
@@ -366,8 +291,10 @@ def main(argv: list[str]) -> int:
         raise UserError(INSTALL_HINT) from None
     server = load_server(cfg)
     app = create_app(server)
+    main_kind = KINDS[server.engines["main"].kind]
+    print(f"nanodlm serve: {main_kind} {cfg.out_dir} (\"model\": \"main\")" +
+          (f", AR model {cfg.ar_out_dir} (\"model\": \"ar\")" if cfg.ar_out_dir else ""))
     limits = server.limits()
-    print(f"nanodlm serve: diffusion model {cfg.out_dir}" + (f", AR model {cfg.ar_out_dir}" if cfg.ar_out_dir else ""))
     print(f"limits: length <= {limits['length']}, steps <= {limits['steps']}, num_samples <= {limits['num_samples']}, "
           f"{limits['concurrent']} generation(s) at once")
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):

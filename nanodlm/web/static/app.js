@@ -1,6 +1,6 @@
 // The demo page: sends the form to POST /api/generate and replays the server-sent events in the panels.
-// A race is one request ("race": true): the server runs the diffusion model, then the AR model, and tags every
-// event with its model. Replay is honest: with "ms per forward pass" > 0 each event is shown at
+// A race is one request ("race": true): the server runs the main model (diffusion or TiDAR), then the AR model,
+// and tags every event with its model ("main" | "ar"); an error in either ends the job and unlocks the form. Replay is honest: with "ms per forward pass" > 0 each event is shown at
 // pace x (its forward passes), so a step without a forward pass takes no time; with 0, at its measured time.
 "use strict";
 
@@ -9,10 +9,14 @@ const NUMBERS = ["steps", "length", "temperature", "seed", "num_samples"];
 let info = null;
 let current = null;  // the running generation: {controller}
 
+const OPTIONS = ["steps", "temperature"];  // the sampler options among NUMBERS: sent only when the sampler reads them
+
 // The request body, or throws an Error naming an empty or invalid number field.
 function fields() {
   const body = { sampler: $("sampler").value };
+  const reads = info.reads[body.sampler] || [];
   for (const key of NUMBERS) {
+    if (OPTIONS.includes(key) && !reads.includes(key)) continue;  // e.g. steps for a TiDAR model
     const text = $(key).value.trim();
     if (text === "" || !Number.isFinite(Number(text))) {
       throw new Error(key.replace("_", " ") + " is empty or not a number: enter one");
@@ -102,6 +106,7 @@ async function post(body, job, panels) {
 async function generate(event) {
   event.preventDefault();
   $("error").textContent = "";
+  $("warning").textContent = "";
   let body;
   try {
     body = fields();
@@ -113,8 +118,8 @@ async function generate(event) {
   const race = $("race").checked && Boolean(info.models.ar);
   const sitsOut = templated && !info.models.ar?.infills;  // an AR model trained with objective=fim infills too
   $("ar-panel").classList.toggle("hidden", !race);
-  const panels = { diffusion: panel("diffusion"), ar: panel("ar") };
-  panels.diffusion.reset("starting\u2026");
+  const panels = { main: panel("main"), ar: panel("ar") };
+  panels.main.reset("starting\u2026");
   panels.ar.reset(sitsOut ? "the AR model writes left to right: it cannot keep a suffix or fill a template, " +
     "so it sits this one out (an AR model trained with objective=fim can)" : "starting\u2026");
   body.race = race && !sitsOut;
@@ -122,7 +127,7 @@ async function generate(event) {
   current = job;
   $("generate").disabled = true;
   $("stop").disabled = false;
-  const active = body.race ? [panels.diffusion, panels.ar] : [panels.diffusion];
+  const active = body.race ? [panels.main, panels.ar] : [panels.main];
   const pace = Math.max(0, Number($("pace").value) || 0);
   const t0 = performance.now();
   let last = Promise.resolve();
@@ -136,7 +141,13 @@ async function generate(event) {
       const seen = {};
       await readEvents(response, (name, data) => {
         const p = panels[data.model];
-        if (name === "error") { $("error").textContent = data.error; return; }
+        if (name === "warning") { $("warning").textContent = "ignored: " + data.warnings.join("; "); return; }
+        if (name === "error") {  // either panel: the job ends here, the form unlocks
+          $("error").textContent = data.error;
+          for (const p of active) if (!p.canvas.dataset.done) p.status.textContent = "stopped: error";
+          job.controller.abort();
+          return;
+        }
         if (name === "start") { p.start(data); return; }
         if (name === "step") seen[data.model] = data;
         const ref = name === "step" ? data : seen[data.model] || { forward_passes: 0, elapsed: 0 };
@@ -152,7 +163,9 @@ async function generate(event) {
   } catch (e) {
     if (e.name !== "AbortError") $("error").textContent = String(e);
   }
-  await Promise.race([last, new Promise((resolve) => job.controller.signal.addEventListener("abort", resolve))]);
+  const aborted = job.controller.signal.aborted ? Promise.resolve()
+    : new Promise((resolve) => job.controller.signal.addEventListener("abort", resolve));
+  await Promise.race([last, aborted]);
   if (current === job) finish();
 }
 
@@ -166,7 +179,7 @@ function stop() {
   const job = current;
   if (!job) return;
   job.controller.abort();  // ends the stream (the server stops the generation at its next step) and the replay
-  for (const model of ["diffusion", "ar"]) {
+  for (const model of ["main", "ar"]) {
     const s = $(model + "-status");
     if (!$(model + "-canvas").dataset.done && !s.textContent.endsWith("(stopped)")) s.textContent += " (stopped)";
   }
@@ -175,7 +188,7 @@ function stop() {
 
 async function init() {
   info = await (await fetch("/api/info")).json();
-  const d = info.models.diffusion;
+  const d = info.models.main;
   if (d.draft_len) {  // a TiDAR model (issue 18): its masks draft, its AR stream verifies, in one pass
     document.querySelector(".panel h2").textContent = "TiDAR: diffusion drafts, AR verifies";
     document.querySelector(".nd-legend .nd-revealed").textContent = "written this pass (accepted drafts, AR's token)";
