@@ -185,6 +185,23 @@ def test_train_eval_resume_and_sample_a_prime_model(tiny_values, tmp_path: Path)
         assert g.texts[0].startswith("Th") and g.info["forward_passes"] <= 6
 
 
+def test_bench_parallel_takes_a_prime_run(tiny_runs: dict[str, str], tiny_values, tmp_path: Path) -> None:
+    """Its curves run the prime confidence sampler on the whole canvas and semi-AR with the dual cache (decode)."""
+    from nanodlm.bench.parallel import bench_parallel
+
+    out = tmp_path / "prime"
+    train(build_config(TrainConfig, tiny_values(out, model_type="diffusion", objective="prime", max_iters=2,
+                                                n_layer=1)))
+    r = bench_parallel([f"--runs={out}", f"--judge={tiny_runs['gpt2']}", f"--ar_out_dir={tiny_runs['gpt2']}",
+                        "--taus=0,0.9", "--steps=4", "--semi_ar_blocks=0,4", "--approx_caches=none,dual", "--seeds=1",
+                        "--num_samples=2", "--length=12", "--batch1_reps=1", "--device=cpu",
+                        f"--json={tmp_path / 'p.json'}"])
+    assert [(c["semi_ar_block"], c["approx_cache"]) for c in r["curves"]] == [(0, "none"), (4, "none"), (4, "dual")]
+    for c in r["curves"]:
+        for p in c["points"]:
+            assert math.isfinite(p["judge_ppl"]) and 1 <= p["passes_per_256"] <= 4 * 256 / 12 * (1 + 1e-6)
+
+
 @pytest.mark.slow  # trains the smoke protocol's runs
 def test_bench_quality_trains_prime_contestants(tmp_path: Path) -> None:
     chosen = quality.bench_quality(["--preset=smoke", f"--work_dir={tmp_path}", "--device=cpu", "--progress=false",
