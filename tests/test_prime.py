@@ -77,6 +77,17 @@ def test_permutation_problem_names_the_fault() -> None:
     assert "int64" in S.permutation_problem(torch.arange(4.0), 4)
 
 
+def test_prime_checkpoints_from_before_prime_embed_load_as_the_digit_sum(tmp_path: Path) -> None:
+    model = tiny(prime_base=2, prime_embed="sum")
+    args = {k: v for k, v in model.config.to_dict().items() if k != "prime_embed"}
+    save_checkpoint(tmp_path / "ckpt.pt", {"model": model.state_dict(), "meta": {"model_args": args, "iter_num": 1}})
+    ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["meta"]["model_args"]["prime_embed"] == "sum"
+    x = torch.randint(0, 66, (2, 16), generator=gen(0))
+    with torch.no_grad():
+        assert torch.equal(build_model(ckpt["meta"]["model_args"], ckpt["model"], "ckpt.pt")(x)[0], model(x)[0])
+
+
 def test_shuffle_survives_save_and_load(tmp_path: Path) -> None:
     model = tiny(prime_base=2)
     perm = model.transformer.wse.perm.clone()
@@ -92,13 +103,18 @@ def test_shuffle_survives_save_and_load(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- exactness
 
 
-def test_one_digit_per_token_is_exactly_mdlm() -> None:
+@pytest.mark.parametrize("embed", ["candidates", "sum"])
+def test_one_digit_per_token_is_exactly_mdlm(embed: str) -> None:
     """prime_bits 1 (base V): same weights, same seed -> the same corruption, loss and bound, bit for bit."""
     plain = tiny()
-    prime = tiny(prime_bits=1, prime_shuffle=False)
+    prime = tiny(prime_bits=1, prime_shuffle=False, prime_embed=embed)
     assert (prime.config.prime_base, prime.config.prime_bits) == (65, 1)
     state = {k: v for k, v in plain.state_dict().items()}
-    state["transformer.wse.weight"] = plain.transformer.wte.weight[:66].detach().clone()  # token rows + [MASK]'s
+    wte = plain.transformer.wte.weight[:66].detach()  # token rows + [MASK]'s
+    if embed == "sum":  # the digit vectors are the token rows
+        state["transformer.wse.weight"] = wte.clone()
+    else:  # a known token brings its own wte row (the one candidate left); [MASK] its digit's masked vector
+        state["transformer.wse.weight"] = torch.cat((torch.zeros_like(wte[:65]), wte[65:]))
     state["transformer.wse.perm"] = torch.arange(65)
     prime.load_state_dict(state)
     x = torch.randint(0, 65, (6, 16), generator=gen(1))
@@ -219,6 +235,8 @@ def test_bench_quality_trains_prime_contestants(tmp_path: Path) -> None:
     ({"model_type": "diffusion", "objective": "mdlm", "prime_base": 2}, "need objective=prime"),
     ({"model_type": "diffusion", "objective": "prime", "diffusion_block": 4, "block_size": 16}, "diffusion_block=0"),
     ({"model_type": "diffusion", "objective": "prime", "prime_bits": -1}, ">= 0"),
+    ({"model_type": "diffusion", "objective": "prime", "prime_embed": "concat"}, "prime_embed' must be one of"),
+    ({"model_type": "diffusion", "objective": "mdlm", "prime_embed": "sum"}, "need objective=prime"),
 ])
 def test_prime_flags_in_the_wrong_place_are_one_line_errors(values: dict, match: str) -> None:
     with pytest.raises(UserError, match=match) as e:

@@ -76,7 +76,8 @@ def test_run_hash_of_older_runs_survives_new_keys() -> None:
     those keys sit at their defaults."""
     cfg = build_config(TrainConfig, {"n_layer": 2, "out_dir": "a", "model_type": "diffusion"})
     late = ("diffusion_block", "mdlm_t_max", "shift", "attn_anneal_iters", "draft_len", "tidar_alpha", "attn_dropout",
-            "fim_rate", "fim_spm_rate", "input_mask_rate", "prime_bits", "prime_base", "prime_shuffle")
+            "fim_rate", "fim_spm_rate", "input_mask_rate", "prime_bits", "prime_base", "prime_shuffle",
+            "prime_embed")
     values = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED and k not in late}
     old = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     assert config_hash(cfg) == old

@@ -33,7 +33,8 @@ NOT_HASHED = ("out_dir", "data_dir", "init_from", "eval_only", "progress", "plot
 # keys added after runs were first hashed: left out while at these values, so those runs keep their hash
 HASHED_IF_SET = {"diffusion_block": 0, "mdlm_t_max": 1.0, "shift": None, "attn_anneal_iters": 0, "draft_len": 0,
                  "tidar_alpha": 1.0, "fim_rate": None, "fim_spm_rate": None,
-                 "input_mask_rate": 0.0, "prime_bits": 0, "prime_base": 0, "prime_shuffle": True}
+                 "input_mask_rate": 0.0, "prime_bits": 0, "prime_base": 0, "prime_shuffle": True,
+                 "prime_embed": "candidates"}
 # keys a gpt2 run never reads: its hash must not change when their defaults do
 DIFFUSION_ONLY = ("objective", "penalty_keep_mask", "penalty_mask_correct", "mdlm_eps", "repair_rate_max",
                   "copy_weight", "diffusion_block", "mdlm_t_max", "shift", "attn_anneal_iters")

@@ -43,7 +43,7 @@ from .attention import (
     shift_hidden,
     tidar_train_mask,
 )
-from .subtokens import SubTokenEmbedding, code_size
+from .subtokens import PRIME_EMBEDS, SubTokenEmbedding, code_size
 
 MODEL_TYPES = ("gpt2", "diffusion")
 # auto: learned for gpt2, rope for diffusion; learned_rope: both (AR -> diffusion adaptation of a learned-position
@@ -75,6 +75,7 @@ class ModelArgs:
     prime_bits: int = 0  # objective=prime: sub-tokens per token (0 = the fewest for prime_base: ceil(log2 V) at base 2)
     prime_base: int = 0  # objective=prime: the sub-tokens' base (0 = 2, or the smallest for prime_bits)
     prime_shuffle: bool = True  # objective=prime: shuffle token ids before encoding them (MDM-Prime-v2; saved)
+    prime_embed: str = "candidates"  # objective=prime: input, candidates (+ the possible tokens' mean embedding) | sum
 
     def __post_init__(self) -> None:
         for key, allowed in (("model_type", MODEL_TYPES), ("pos_emb", POS_EMBS)):
@@ -103,6 +104,9 @@ class ModelArgs:
         if self.prime_bits < 0 or self.prime_base < 0:
             raise ValueError(f"prime_bits and prime_base must be >= 0 (0 = automatic); got {self.prime_bits} and "
                              f"{self.prime_base}")
+        if self.prime_embed not in PRIME_EMBEDS:
+            raise ValueError(f"config key 'prime_embed' must be one of {', '.join(PRIME_EMBEDS)}; got "
+                             f"{self.prime_embed!r}")
         if (self.prime_bits or self.prime_base) and (self.model_type != "diffusion" or self.diffusion_block):
             raise ValueError(f"prime_bits={self.prime_bits}, prime_base={self.prime_base}: partial masking is for "
                              "bidirectional diffusion models (objective=prime, model_type=diffusion, block 0)")
@@ -255,7 +259,7 @@ class GPT(nn.Module):
         )
         if config.prime_bits:  # partial masking: ids are digit states (subtokens.py); wte stays the output layer
             modules["wse"] = SubTokenEmbedding(config.vocab_size - 1, config.prime_base, config.prime_bits,
-                                               config.n_embd, config.prime_shuffle)
+                                               config.n_embd, config.prime_shuffle, config.prime_embed)
         if "learned" in config.pos_emb:
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         if "rope" in config.pos_emb:  # rotary tables, computed once; not saved (derived from the config)
@@ -384,7 +388,10 @@ class GPT(nn.Module):
     def _trunk(self, idx: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor | None,
                cache: KVCache | None) -> torch.Tensor:
         """Embeddings and the transformer blocks: idx (B, T), pos (T,) -> residual stream (B, T, C)."""
-        x = (self.transformer.wse if "wse" in self.transformer else self.transformer.wte)(idx)  # (B, T, C)
+        if "wse" in self.transformer:  # partial masking: digit states (and the tokens still possible, tied to wte)
+            x = self.transformer.wse(idx, self.transformer.wte.weight)  # (B, T, C)
+        else:
+            x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if "learned" in self.config.pos_emb:
             x = x + self.transformer.wpe(pos)

@@ -145,14 +145,24 @@ def digit_log_marginals(log_probs: torch.Tensor, code: Code) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the model's part
 
 
+PRIME_EMBEDS = ("candidates", "sum")  # a prime model's input embedding (``SubTokenEmbedding``)
+
+
 class SubTokenEmbedding(nn.Module):
     """The input embedding of a prime model: ids (B, T) -> (B, T, C), the sum over digits j of a learned vector for
     (j, state of digit j), states 0..base-1 known and ``base`` masked (so a partly known token is a point between
-    masked and known). Holds the shuffle ``perm`` (V,) as a buffer: it is saved in the checkpoint with the weights."""
+    masked and known); with ``candidates`` (the default) plus the mean token embedding (the model's wte, the
+    output layer's weights) of the tokens the position may still be, so a known token gets its own vector as in a
+    plain model, where a digit sum alone is a linear code of its shuffled bits (``sum``: the digit vectors alone;
+    a fully masked position gets the digit vectors alone either way). Holds the shuffle ``perm`` (V,) as a buffer:
+    it is saved in the checkpoint with the weights."""
 
-    def __init__(self, vocab: int, base: int, bits: int, n_embd: int, shuffle: bool) -> None:
+    def __init__(self, vocab: int, base: int, bits: int, n_embd: int, shuffle: bool, embed: str = "candidates"
+                 ) -> None:
         super().__init__()
-        self.base, self.bits = base, bits
+        if embed not in PRIME_EMBEDS:
+            raise ValueError(f"prime_embed must be one of {', '.join(PRIME_EMBEDS)}; got {embed!r}")
+        self.base, self.bits, self.candidates = base, bits, embed == "candidates"
         # global RNG: under the training seed, as the other initial weights
         self.register_buffer("perm", torch.randperm(vocab) if shuffle else torch.arange(vocab))
         # std 0.02 / sqrt(bits): the sum of bits vectors has the scale of a token embedding (GPT-2's 0.02)
@@ -161,10 +171,20 @@ class SubTokenEmbedding(nn.Module):
     def code(self) -> Code:
         return make_code(self.perm, self.base, self.bits)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        digits = state_digits(ids, self.code())  # (B, T, bits)
+    def forward(self, ids: torch.Tensor, token_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, T) -> (B, T, C); ``token_weight`` (>= V, C): the token embeddings the candidates average over."""
+        code = self.code()
+        digits = state_digits(ids, code)  # (B, T, bits)
         rows = digits + (self.base + 1) * torch.arange(self.bits, device=ids.device)  # row of (j, state)
-        return F.embedding(rows, self.weight).sum(-2)  # (B, T, bits, C) -> (B, T, C)
+        x = F.embedding(rows, self.weight).sum(-2)  # (B, T, bits, C) -> (B, T, C)
+        if self.candidates:
+            if token_weight is None:
+                raise ValueError("prime_embed=candidates needs the token embeddings (token_weight)")
+            # (B, T, V): the tokens still possible; none where every digit is masked (its digit vectors say it all)
+            allowed = consistent(digits, code) & (digits != self.base).any(-1, keepdim=True)
+            share = allowed.to(x.dtype) / allowed.sum(-1, keepdim=True).clamp(min=1)  # a known token: one-hot
+            x = x + share @ token_weight[: code.vocab]
+        return x
 
     def restrict(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         code = self.code()

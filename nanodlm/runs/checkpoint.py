@@ -77,6 +77,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", resume
     model_args.setdefault("bias", True)  # GPTConfig's default before model keys had one home
     model_args.setdefault("qk_norm", False)
     model_args.setdefault("diffusion_block", 0)
+    if model_args.get("prime_bits"):  # prime models saved before prime_embed existed embedded the digit sum alone
+        model_args.setdefault("prime_embed", "sum")
     return ckpt
 
 

@@ -133,9 +133,10 @@ class TrainConfig(ModelArgs):
                 raise UserError("objective=prime trains from scratch (sub-token embeddings have no pretrained source): "
                                 "use init_from=scratch")
             self.prime_base = self.prime_base if self.prime_bits or self.prime_base else 2
-        elif self.prime_bits or self.prime_base:
-            raise UserError(f"prime_bits={self.prime_bits}, prime_base={self.prime_base} need objective=prime "
-                            f"(partial masking); got objective={self.objective}")
+        elif self.prime_bits or self.prime_base or self.prime_embed != "candidates":
+            raise UserError(f"prime_bits={self.prime_bits}, prime_base={self.prime_base}, prime_embed="
+                            f"{self.prime_embed} need objective=prime (partial masking); got "
+                            f"objective={self.objective}")
         positive = ("batch_size", "eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps")
         for key in positive:
             if getattr(self, key) <= 0:
