@@ -102,6 +102,7 @@ def _score(split: str, dirs: list[str]) -> None:
         curve = [[r["iter"], r["val_loss"]] for r in read_metrics(Path(d) / "metrics.jsonl") if r.get("kind") == "eval"]
         rows.append({"split": split, "nelbo": out["nelbo"], "stderr": out["stderr"], "windows": int(windows.size(0)),
                      "iter": meta["iter_num"], "prime": [model.config.prime_base, model.config.prime_bits],
+                     "prime_embed": model.config.prime_embed if model.config.prime_bits else None,
                      "val_curve": curve, "out_dir": d,
                      "ms_per_iter": _ms_per_iter(Path(d) / "metrics.jsonl")})
     print(json.dumps(rows))
