@@ -28,6 +28,7 @@ from .sampling.generate import (
     generate,
     sampling_configs,
 )
+from .sampling.settings import notes
 from .sampling.trajectory import Recorder, partial_texts
 from .training.config import PRESET_DIR, parse_overrides, read_config_file
 from .training.distributed import resolve_device
@@ -106,6 +107,8 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
         ignored.append("--show: the output is not a terminal (piped or redirected), so there is no canvas to draw on")
     for line in ignored:
         print(f"warning: ignored {line}", file=sys.stderr)
+    for line in notes(model.config, options, prompt):
+        print(f"warning: {line}", file=sys.stderr)
     view = None
     if cfg.show and sys.stdout.isatty() and model.config.model_type != "gpt2":
         view = LiveView(lambda i: tok.decode([i]), mask_token_id=model.config.mask_token_id,
@@ -129,7 +132,9 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
     if cfg.verbose and info["sampler"] == "speculative":
         print(f"forward passes per sample: {info['passes_per_sample']}, tokens per pass: "
               f"{[round(t, 2) for t in info['tokens_per_pass']]}, drafts accepted per pass: "
-              f"{[round(a, 2) for a in info['accepted_per_pass']]} (draft_len {info['draft_len']})", file=sys.stderr)
+              f"{[round(a, 2) for a in info['accepted_per_pass']]} (draft_len {info['draft_len']}); tokens through "
+              f"the model: {info['pass_tokens']}, of them full-window passes past block_size: "
+              f"{info['window_passes']}", file=sys.stderr)
     elif cfg.verbose and info["model_type"] != "gpt2":
         print(f"steps used: {info['steps_used']}, forward passes per sample: {info.get('passes_per_sample')} "
               f"({info['forward_passes']} batched calls), committed per step (all {cfg.num_samples} samples "

@@ -9,7 +9,7 @@ from nanodlm.cli import main
 from nanodlm.core.errors import UserError
 from nanodlm.model.model import GPTConfig
 from nanodlm.sampling.generate import Prompt, SamplerOptions
-from nanodlm.sampling.settings import check_settings
+from nanodlm.sampling.settings import check_settings, notes
 
 GPT2 = GPTConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=16)
 TIDAR = GPTConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=16, draft_len=4, mask_token_id=8)
@@ -64,3 +64,15 @@ def test_the_cli_warns_or_refuses(tiny_runs: dict[str, str], tidar_run: str, cap
     assert main([*tidar, "--draft_len=1000"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --draft_len=1000 does not fit") and "\n" not in err
+
+
+def test_speculative_past_block_size_is_said_once_before_it_starts(tidar_run: str, capsys: pytest.CaptureFixture
+                                                                   ) -> None:
+    options = SamplerOptions(sampler="speculative")
+    assert notes(TIDAR, options, Prompt(max_new_tokens=15)) == []  # prompt + 15 fits in block_size 16
+    assert len(notes(TIDAR, options, Prompt(max_new_tokens=16))) == 1
+    assert notes(TIDAR, SamplerOptions(sampler="ar"), Prompt(max_new_tokens=40)) == []  # AR slides as nanoGPT
+    assert main(["sample", f"--out_dir={tidar_run}", "--ckpt=last", "--device=cpu", "--num_samples=1",
+                 "--sampler=speculative", "--max_new_tokens=20", "--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("runs past block_size 16") == 1 and "full-window passes past block_size: [" in err

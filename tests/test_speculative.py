@@ -126,6 +126,21 @@ def test_greedy_equals_greedy_ar_across_the_block_size(model, k, predraft):
         assert accepted > 0  # the drafts were used, not only rejected
 
 
+def test_past_block_size_each_full_window_pass_is_counted_with_its_cost(model):
+    prompt, n, bs = [0, 1, 2, 3], 30, model.config.block_size
+    calls = []
+    hook = model.transformer.h[0].register_forward_hook(lambda module, args, out: calls.append(args[0].size(1)))
+    try:
+        out, stats = run(model, prompt, n, k=4, temperature=1.0, seed=2)
+    finally:
+        hook.remove()
+    window = [t for t, d in zip(stats["pass_tokens"], stats["drafts_per_pass"]) if t == bs and d == 0]
+    past = len(prompt) + n - bs - 1  # tokens written once the text is longer than the window: one per pass
+    assert stats["window_passes"] == past == len(window) and stats["passes"] == len(calls)
+    assert stats["pass_tokens"] == calls  # each pass's reported cost is the tokens the model ran
+    assert max(stats["drafts_per_pass"][:stats["passes"] - past]) >= 2  # within the window it drafted
+
+
 def test_reported_passes_are_forward_calls(model):
     calls = []
     hook = model.transformer.h[0].register_forward_hook(lambda *_: calls.append(1))

@@ -96,6 +96,18 @@ def ignored_settings(model_type: str, options: SamplerOptions, prompt: Any, bloc
     return out
 
 
+def notes(config: Any, options: SamplerOptions, prompt: Any) -> list[str]:
+    """What a generation with these settings does that the user may not expect, one line each (warnings, not
+    ignored settings): speculative decoding past block_size writes one token per full-window pass, no drafts."""
+    out = []
+    if options.sampler == "speculative" and config.model_type == "gpt2" and prompt.suffix is None \
+            and prompt.infill is None and prompt.max_new_tokens + 1 > config.block_size:
+        out.append(f"--max_new_tokens={prompt.max_new_tokens} runs past block_size {config.block_size}: there the "
+                   "speculative sampler writes one token per pass over the whole window, without drafts (exact AR "
+                   "sampling; --verbose counts these window passes)")
+    return out
+
+
 def check_settings(config: Any, options: SamplerOptions, prompt: Any, given: Collection[str] | None = None
                    ) -> list[str]:
     """``refuse`` what cannot run on a model of ``config``, then the ``ignored_settings`` lines of what will not

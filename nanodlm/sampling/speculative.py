@@ -19,7 +19,12 @@ drafter and the verifier in one model and one pass (Liu et al. 2025, TiDAR, arXi
   1 + n + (n + 1) k tokens).
 - Only verified tokens enter the cache (``cache.advance``): the cache is exact, as a plain AR model's.
 - Past ``block_size`` the text slides as ``generate_ar``'s does: one token per pass over the last block_size
-  tokens, no drafts, so the text still equals AR sampling of the same model.
+  tokens, no drafts, so the text still equals AR sampling of the same model (each token's context is the
+  block_size tokens before it, which no cache of earlier passes holds). Such a pass costs a full window: the
+  stats count them (``window_passes``) and every pass's tokens through the model (``pass_tokens``), and
+  ``settings.notes`` warns once before such a generation starts. A rolling cache would keep drafting there, but
+  it changes what the model reads (keys computed under a longer context, the first tokens evicted), so it is not
+  AR sampling of the model and is not used.
 Every model call is one forward pass in ``forward_passes``.
 """
 
@@ -76,7 +81,8 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
                     predraft: bool = False, on_pass: Any = None) -> tuple[list[int], dict[str, Any]]:
     """Append n_new tokens to ids (one sample, batch 1) -> (ids + new, stats): ``passes``, ``tokens_per_pass``
     (tokens written by each pass), ``drafts_per_pass`` / ``accepted_per_pass`` (drafts verified / accepted),
-    ``blocks_per_pass`` (blocks of masks drafted: 0, 1, or with ``predraft`` one per outcome).
+    ``blocks_per_pass`` (blocks of masks drafted: 0, 1, or with ``predraft`` one per outcome), ``pass_tokens``
+    (tokens through the model in each pass: its cost), ``window_passes`` (passes past block_size, see above).
     ``predraft``: every pass drafts for each number of drafts that may be accepted (n + 1 blocks of k masks,
     TiDAR's), so the pass after a rejection verifies drafts too. on_pass(text, n_accepted, rejected: bool) is
     called after every pass with the text so far."""
@@ -87,7 +93,7 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
     drafts: list[int] = []
     q = torch.empty(0)
     stats: dict[str, Any] = {"passes": 0, "tokens_per_pass": [], "drafts_per_pass": [], "accepted_per_pass": [],
-                             "blocks_per_pass": []}
+                             "blocks_per_pass": [], "pass_tokens": [], "window_passes": 0}
 
     def probs(logits: torch.Tensor) -> torch.Tensor:
         return distribution(logits, temperature, top_k, top_p)
@@ -100,6 +106,8 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
             n_acc, nxt, drafts, rejected = 0, int(draw(probs(logits[0, -1]), generator)), [], False
             stats["drafts_per_pass"].append(0)
             stats["blocks_per_pass"].append(0)
+            stats["pass_tokens"].append(bs)  # a full window, for one token
+            stats["window_passes"] += 1
         else:
             drafts = drafts[:min(bs - before, target - before - 1)]  # the clean part must fit; no draft past target
             q = q[:len(drafts)]
@@ -118,6 +126,7 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
             cache.advance(before - pos + n_acc)  # the pending tokens and the accepted drafts: exact keys
             stats["drafts_per_pass"].append(nd)
             stats["blocks_per_pass"].append(blocks if m else 0)  # mask blocks drafted (predraft: one per outcome)
+            stats["pass_tokens"].append(len(clean) + blocks * m)
             drafts = []
             block = n_acc if blocks > 1 else 0 if not rejected else None  # the block drafted for this outcome
             if block is not None and m >= 2:
@@ -184,8 +193,9 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
     ``draft_len`` k: masks per block (None = the model's); ``predraft``: see the module docstring. info:
     ``forward_passes`` (model calls, all rows), ``passes_per_sample``, ``tokens_per_pass`` (mean per row),
     ``accepted_per_pass`` (accepted drafts, mean per row), ``acceptance`` (accepted / drafted, per row),
-    ``draft_len``. on_step(pass, tokens (B, L), revealed
-    (the tokens this pass wrote), remasked (the position of a rejected draft, now the corrected token)).
+    ``draft_len``, ``window_passes`` and ``pass_tokens`` (per row: passes past block_size, tokens through the
+    model). on_step(pass, tokens (B, L), revealed (the tokens this pass wrote), remasked (the position of a
+    rejected draft, now the corrected token)).
     """
     check_sampling_args(temperature, top_k, top_p)
     k = draft_len or check_tidar(model)
@@ -197,7 +207,7 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
     masked = tokens == mask_token_id
     info: dict[str, Any] = {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0,
                             "passes_per_sample": [], "tokens_per_pass": [], "accepted_per_pass": [],
-                            "acceptance": [], "draft_len": k}
+                            "acceptance": [], "draft_len": k, "window_passes": [], "pass_tokens": []}
     with inference_mode(model):
         for b in range(tokens.size(0)):
             P = int(n_prompt[b])
@@ -229,4 +239,6 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
             info["tokens_per_pass"].append(sum(stats["tokens_per_pass"]) / n)
             info["accepted_per_pass"].append(sum(stats["accepted_per_pass"]) / n)
             info["acceptance"].append(sum(stats["accepted_per_pass"]) / max(1, sum(stats["drafts_per_pass"])))
+            info["window_passes"].append(stats["window_passes"])  # per row: full-window passes past block_size
+            info["pass_tokens"].append(sum(stats["pass_tokens"]))  # per row: tokens through the model, all passes
     return tokens, info
