@@ -138,8 +138,8 @@ def test_a_fim_run_trains_evaluates_left_to_right_and_samples_without_sentinels(
     plain = generate(model, tok, SamplerOptions(sampler="ar"), Prompt(start="ab", max_new_tokens=20), num_samples=3,
                      seed=0)
     assert plain.tokens.max() < model.config.text_vocab_size and plain.tokens.min() >= 0
-    filled = generate(model, tok, SamplerOptions(sampler="ar"), Prompt(infill="to be, ____ not"), num_samples=4,
-                      seed=0)
+    filled = generate(model, tok, SamplerOptions(), Prompt(infill="to be, ____ not"), num_samples=4,
+                      seed=0)  # the default options, as `nanodlm sample --infill=...` gives them
     assert all(t.startswith("to be, ") and t.endswith(" not") and len(t) == len("to be, ____ not")
                for t in filled.texts)
     free = generate(model, tok, SamplerOptions(sampler="ar"), Prompt(start="to", suffix="be", max_new_tokens=6),
@@ -157,6 +157,8 @@ def test_fim_bad_inputs_are_one_line_errors(infill_runs) -> None:
     cases = [(model, Prompt(infill="____"), "all gap"), (model, Prompt(infill="a__b__c"), "fills one gap"),
              (model, Prompt(start="a" * 20, suffix="b" * 10, length=40), "do not fit"),
              (ar, Prompt(start="a", suffix="b"), "objective=fim")]
+    with pytest.raises(UserError, match="TiDAR"):
+        generate(model, tok, SamplerOptions(sampler="speculative"), Prompt(infill="a__b"), seed=0)
     for m, prompt, message in cases:
         with pytest.raises(UserError, match=message):
             generate(m, tok, SamplerOptions(sampler="ar"), prompt, seed=0)

@@ -225,8 +225,8 @@ def _fim(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Prom
     if not getattr(model.config, "fim_sentinels", 0):
         raise UserError("--suffix and --infill need a diffusion model or a gpt2 model trained with objective=fim; "
                         "this gpt2 model continues --start only")
-    if options.sampler != "ar":
-        raise UserError(f"--sampler={options.sampler} cannot fill a gap with a FIM model: it writes with --sampler=ar")
+    if options.sampler == "speculative":  # any other sampler name is a diffusion one: ignored (and warned) as in _ar
+        raise UserError("--sampler=speculative drafts with a TiDAR model; a FIM model fills a gap with --sampler=ar")
     prefix, suffix, length = fim_gap(tok, prompt)
     device = _device(model)
 
