@@ -112,3 +112,12 @@ def test_an_error_in_either_panel_ends_the_job(servers) -> None:
     assert "RuntimeError" in events[-2][1]["error"]
     assert server.slots.acquire(blocking=False)  # its slot is free again
     server.slots.release()
+
+
+def test_a_capped_server_setting_is_said(tiny_runs) -> None:
+    server = load_server(ServeConfig(out_dir=tiny_runs["diffusion"], ckpt="last", device="cpu", limit_length=1000))
+    assert server.limits()["length"] == 16
+    assert server.capped() == ["--limit_length=1000 is above the main model's block_size 16: requests are capped "
+                               "at 16"]
+    assert load_server(ServeConfig(out_dir=tiny_runs["diffusion"], ckpt="last", device="cpu",
+                                   limit_length=8)).capped() == []

@@ -101,6 +101,14 @@ class Server:
         return {"length": min(self.cfg.limit_length or block_size, block_size), "steps": self.cfg.limit_steps,
                 "num_samples": self.cfg.limit_samples, "concurrent": self.cfg.limit_concurrent}
 
+    def capped(self) -> list[str]:
+        """The server's settings it cannot honour as given, one line each (printed at start)."""
+        block_size = self.engines["main"].model.config.block_size
+        if self.cfg.limit_length is not None and self.cfg.limit_length > block_size:
+            return [f"--limit_length={self.cfg.limit_length} is above the main model's block_size {block_size}: "
+                    f"requests are capped at {block_size}"]
+        return []
+
     def info(self) -> dict[str, Any]:
         main = self.engines["main"]
         samplers = CAUSAL_SAMPLERS if main.kind == "tidar" else DIFFUSION_SAMPLERS
@@ -295,6 +303,8 @@ def main(argv: list[str]) -> int:
     print(f"nanodlm serve: {main_kind} {cfg.out_dir} (\"model\": \"main\")" +
           (f", AR model {cfg.ar_out_dir} (\"model\": \"ar\")" if cfg.ar_out_dir else ""))
     limits = server.limits()
+    for line in server.capped():
+        print(f"warning: {line}")
     print(f"limits: length <= {limits['length']}, steps <= {limits['steps']}, num_samples <= {limits['num_samples']}, "
           f"{limits['concurrent']} generation(s) at once")
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
