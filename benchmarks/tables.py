@@ -181,6 +181,9 @@ def epochs(paths: list[str]) -> list[str]:
     for path in paths:
         data = read_json(Path(path), "bench epochs JSON")
         for sub in data["subsets"]:
+            if not any(r["curve"] for r in sub["runs"]):
+                out += [f"**{sub['train_tokens']:,} characters, up to {sub['epochs']:g} epochs**: not started", ""]
+                continue
             out += [f"**{sub['train_tokens']:,} characters, up to {sub['epochs']:g} epochs** ({Path(path).name})", "",
                     row(["run (seed)", "trained to (epochs)", "best dev at epoch", "dev", "test"]), row(["---"] * 5)]
             for r in sub["runs"]:
