@@ -9,6 +9,7 @@ first half of val.bin, masks seeded 1) or test (the second half, masks seeded 13
     python benchmarks/prime_ruler.py screen    # prime_bits 2, 3, 7 at seed 1337 -> dev NELBO; the winner is chosen
     python benchmarks/prime_ruler.py report    # the winner and mdlm at seeds 1337, 1338, 1339 -> test NELBO
     python benchmarks/prime_ruler.py status    # what is trained, where each run stands
+    python benchmarks/prime_ruler.py plot SCREEN.json REPORT.json --png=OUT.png   # val NELBO against iterations
 
 Each phase trains what is missing (a killed run resumes from its last checkpoint: the same numbers), scores it in a
 cpu-slot process, and writes ``benchmarks/prime-<phase>-cpu-DATE.json`` (``--json`` to name it). Long runs go from
@@ -124,6 +125,34 @@ def fair() -> dict:
             "repair": {"dev": rep_dev, "test": d["diffusion"]["nelbo"], "test_stderr": d["diffusion"]["nelbo_stderr"]}}
 
 
+def plot(paths: list[str], png: str) -> None:
+    """Each scored run's val loss (the training objective on val batches: the NELBO estimate for mdlm and prime)
+    against iterations, one line per run (seed 1337 solid, other seeds dotted), from the screen and report JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    seen = set()
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            if (r["name"], r["seed"]) in seen:
+                continue
+            seen.add((r["name"], r["seed"]))
+            its, vals = zip(*[(i, v) for i, v in r["val_curve"] if i > 0])
+            ax.plot(its, vals, "-o" if r["seed"] == SEEDS[0] else ":", ms=3,
+                    label=f"{r['name']} (seed {r['seed']})")
+    ax.axhline(fair()["ar"]["dev"], color="k", lw=0.8, ls="--", label="AR dev CE (the ruler's)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("val loss = NELBO estimate (nats/char)")
+    ax.set_title("partial masking vs mdlm, the fair ruler's contestant (4 x 128, 2,000 iterations)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
+
+
 def write(phase: str, result: dict, path: str | None) -> None:
     target = Path(path or REPO / "benchmarks" / f"prime-{phase}-cpu-{datetime.date.today()}.json")
     target.write_text(json.dumps(result, indent=1) + "\n")
@@ -132,14 +161,17 @@ def write(phase: str, result: dict, path: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("phase", choices=["screen", "report", "status", "_score"])
+    ap.add_argument("phase", choices=["screen", "report", "status", "plot", "_score"])
     ap.add_argument("rest", nargs="*")
     ap.add_argument("--json", default=None)
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--screen", default=None, help="report: the screen's JSON (default: the newest in benchmarks/)")
+    ap.add_argument("--png", default=None)
     a = ap.parse_args()
     if a.phase == "_score":
         return _score(a.rest[0], a.rest[1:])
+    if a.phase == "plot":
+        return plot(a.rest, a.png or str(Path(a.rest[-1]).with_suffix(".png")))
     started, load = datetime.datetime.now().isoformat(timespec="seconds"), list(os.getloadavg())
     screen = [(f"prime{b}", SEEDS[0]) for b in SCREEN_BITS]
     if a.phase == "status":
