@@ -136,7 +136,7 @@ def plot(paths: list[str], png: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     seen = set()
     for path in paths:
-        for r in json.loads(Path(path).read_text())["rows"]:
+        for r in read_json(Path(path), "prime_ruler JSON")["rows"]:
             if (r["name"], r["seed"]) in seen:
                 continue
             seen.add((r["name"], r["seed"]))
