@@ -145,7 +145,7 @@ def prime(paths: list[str]) -> list[str]:
         fair, name = r["fair"], Path(path).name
         if "chosen" in r and r["benchmark"].startswith("prime screen"):
             out += [row(["run (seed 1337)", "dev NELBO", "× AR dev CE", "val loss at 500 / 1,000 / 1,500 / 2,000",
-                         "ms/iter", "JSON"]), row(["---"] * 6)]
+                         "ms/iter as trained (shared CPU)", "JSON"]), row(["---"] * 6)]
             for x in r["rows"]:
                 curve = " / ".join(f"{v:.3f}" for i, v in x["val_curve"] if i > 0)
                 label = f"{x['name']} (base {x['prime'][0]}, {x['prime'][1]} digits)" + (
