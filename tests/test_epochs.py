@@ -18,6 +18,7 @@ from nanodlm.bench.curves import (
     eval_epochs,
     read_curve,
     run_curve,
+    stalled,
     subset_dataset,
 )
 from nanodlm.core.errors import UserError
@@ -120,7 +121,7 @@ def test_an_input_masked_gpt2_model_has_a_mask_row_but_never_a_mask_logit() -> N
 
 # --- one run: the curve, the best-dev checkpoint, resume -----------------------------------------------------------
 
-def _spec(work: Path, name: str, stop: int | None = None, **over) -> dict:
+def _spec(work: Path, name: str, stop: int | None = None, patience: int = 0, **over) -> dict:
     data = work / "data"
     ds = subset_dataset(data, "tiny", 2000, 32)
     values = {**TINY_MODEL, "model_type": "gpt2", "dataset": ds, "data_dir": str(data), "out_dir": str(work / name),
@@ -129,7 +130,7 @@ def _spec(work: Path, name: str, stop: int | None = None, **over) -> dict:
     cfg = build_config(TrainConfig, {**values, "max_iters": total, "lr_decay_iters": total})
     points = [{"epochs": e, "iters": epochs_to_iters(e, 2000, 4 * 32)} for e in eval_epochs(8, 1)]
     return {"config": config_to_dict(cfg), "points": points, "stop_iters": stop or total, "eval_windows": 4,
-            "eval_batch_size": 4}
+            "eval_batch_size": 4, "patience": patience}
 
 
 def test_the_best_dev_checkpoint_is_the_one_kept(work: Path) -> None:
@@ -153,6 +154,23 @@ def test_resume_from_the_cache_gives_the_same_curve(work: Path) -> None:
     again = run_curve(part)
     assert [(r["iters"], r["dev"], r["test"]) for r in again] == [(r["iters"], r["dev"], r["test"]) for r in whole]
     assert read_curve(work / "parts") == again
+
+
+def test_early_stopping_ends_a_run_whose_dev_loss_has_not_improved_for_patience_points(work: Path) -> None:
+    rows = [{"iters": i, "dev": d} for i, d in enumerate([3.0, 2.0, 2.5, 2.1, 2.2])]
+    assert stalled(rows, 3) and not stalled(rows, 4) and not stalled(rows, 0)
+    assert not stalled([*rows, {"iters": 5, "dev": 1.9}], 3)  # a new best resets the count
+    spec = _spec(work, "run", patience=1)
+    first = run_curve({**spec, "stop_iters": spec["points"][1]["iters"]})
+    assert len(first) == 2
+    # the second point made worse on dev: with patience 1 the run stops there, its checkpoint untouched
+    worse = [first[0], {**first[1], "dev": first[0]["dev"] + 1.0}]
+    (work / "run" / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in worse))
+    before = (work / "run" / "ckpt.pt").read_bytes()
+    assert run_curve(spec) == worse
+    assert (work / "run" / "ckpt.pt").read_bytes() == before
+    on = run_curve({**spec, "patience": 0})  # without early stopping it trains to the budget
+    assert [r["iters"] for r in on] == [p["iters"] for p in spec["points"]]
 
 
 def test_a_curve_file_broken_before_its_last_line_is_a_one_line_error(tmp_path: Path) -> None:

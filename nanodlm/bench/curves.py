@@ -8,7 +8,8 @@ cross-entropy, diffusion NELBO: the ruler's windows, ``bench quality``'s loss), 
 is part of every recipe), and resumes to the next point. train.py's randomness is keyed by (seed, iteration),
 so a segmented run is the run an uninterrupted training would be, and a run killed anywhere resumes from its
 ``ckpt.pt`` and ``curve.jsonl`` to the same curve. ``stop_iters`` ends a run early (the screen) without
-changing its schedule: a screened run that goes on continues the same run.
+changing its schedule: a screened run that goes on continues the same run. ``patience`` ends it for good
+once its dev loss has not improved for that many points (the same rule for every recipe, both sides).
 
 Run as a lane's worker: ``python -m nanodlm.bench.curves SPEC.json``.
 """
@@ -186,9 +187,14 @@ def run_curve(spec: dict[str, Any]) -> list[dict[str, Any]]:
         atomic_write(out_dir / CURVE, "".join(json.dumps(r) + "\n" for r in rows).encode())
     scored = {r["iters"] for r in rows}
     scorer = None
+    patience = int(spec.get("patience", 0))
     for point in spec["points"]:
         iters = int(point["iters"])
         if iters > stop:
+            break
+        if stalled(rows, patience):
+            print(f"{out_dir.name}: stopped at epoch {rows[-1]['epochs']:g}, dev not improved for {patience} points "
+                  f"(best at epoch {best_row(rows)['epochs']:g})", flush=True)
             break
         if iters in scored:
             continue
@@ -221,6 +227,14 @@ def best_row(rows: list[dict[str, Any]], upto_iters: int | None = None) -> dict[
     early-stopped model of a budget. Its test loss is what the budget reports."""
     rows = [r for r in rows if upto_iters is None or r["iters"] <= upto_iters]
     return rows[choose_dev([r["dev"] for r in rows])] if rows else None
+
+
+def stalled(rows: list[dict[str, Any]], patience: int) -> bool:
+    """True when the best-dev row is ``patience`` or more rows before the last: dev has not improved for that many
+    evaluation points, and early stopping ends the run (0: never)."""
+    if patience <= 0 or not rows:
+        return False
+    return len(rows) - 1 - choose_dev([r["dev"] for r in rows]) >= patience
 
 
 def choose_dev(dev_losses: list[float]) -> int:

@@ -10,7 +10,8 @@ arXiv 2511.03276), unless AR is regularized as well (arXiv 2510.04071: input mas
    masking {0, 0.15} (``input_mask_rate``), weight decay as the ruler has it; diffusion ``repair``,
    bidirectional and blocks of 4, dropout 0. One run per recipe and subset, its budget in epochs
    (``--epochs``), its schedule over the whole budget, scored on dev and test at log-spaced epochs, the
-   best-dev checkpoint kept (``curves.py``).
+   best-dev checkpoint kept (``curves.py``); a run whose dev loss has not improved for ``--patience`` points
+   stops there (early stopping, the same rule on both sides).
 3. **Screen**: the AR recipes first train ``--screen_fraction`` of their budget (the first part of their own full
    runs: nothing is trained twice) and the ``--keep`` best on dev (lowest dev loss so far) go on to the end.
 4. **Seeds**: each side's best recipe on dev (its best-dev loss) trains again with ``--extra_seeds`` on the
@@ -49,6 +50,7 @@ from .curves import (
     read_curve,
     run_curve,
     seed_curves,
+    stalled,
     subset_dataset,
 )
 from .epochs_judge import judge_sides
@@ -91,6 +93,9 @@ class EpochsArgs:
     # AR recipes kept by the screen also train with these shorter budgets, each its own whole schedule (an
     # early-stopped run is stopped at a high learning rate; a short run anneals): AR's best budget is searched too
     ar_budgets: str = "16,32"
+    # early stopping: a run ends once its dev loss has not improved for this many evaluation points (4 = two
+    # octaves of epochs at 2 per octave; both sides; 0 = train every run to its budget)
+    patience: int = 4
     extra_seeds: str = "1338"  # more seeds for each side's best recipe on the first subset ('' = none)
     work_dir: str = "~/.cache/nanodlm/epochs"  # data/ and runs/ live here; a killed bench resumes from it
     lanes: int = 1  # runs train in this many worker processes at once (1 without launcher: in this process)
@@ -108,6 +113,8 @@ class EpochsArgs:
             raise UserError(f"--preset must be one of {', '.join(SIZES)}; got {self.preset!r}")
         if self.lanes < 1 or self.evals_per_octave < 1 or self.keep < 1:
             raise UserError("--lanes, --evals_per_octave and --keep must be >= 1")
+        if self.patience < 0:
+            raise UserError(f"--patience must be >= 0 (0 = no early stopping); got {self.patience}")
         if not 0 < self.screen_fraction <= 1:
             raise UserError(f"--screen_fraction must be in (0, 1]; got {self.screen_fraction}")
 
@@ -239,7 +246,7 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
                   for e in eval_epochs(budget, args.evals_per_octave, extra=(screen,))]
         spec = {"config": config_to_dict(cfg), "points": points, "stop_iters": total,
                 "eval_windows": SIZES[args.preset]["eval_windows"],
-                "eval_batch_size": SIZES[args.preset]["eval_batch_size"]}
+                "eval_batch_size": SIZES[args.preset]["eval_batch_size"], "patience": args.patience}
         p = {"name": run, "subset": si, "recipe": recipe, "side": side(recipe), "seed": seed, "spec": spec,
              "screen_iters": epochs_to_iters(screen, train_tokens, tokens_per_iter), "total": total}
         plans[run] = p
@@ -342,7 +349,7 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
 
 def _reached(p: dict[str, Any], iters: int) -> bool:
     rows = read_curve(Path(p["spec"]["config"]["out_dir"]))
-    return any(r["iters"] >= iters for r in rows)
+    return any(r["iters"] >= iters for r in rows) or stalled(rows, p["spec"].get("patience", 0))
 
 
 def _keep(ar: list[dict[str, Any]], keep: int) -> list[str]:

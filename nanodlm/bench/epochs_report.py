@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .curves import best_row, choose_dev, read_curve
+from .curves import best_row, choose_dev, read_curve, stalled
 
 SIDES = ("ar", "diffusion")
 
@@ -19,7 +19,9 @@ def _run_entry(p: dict[str, Any]) -> dict[str, Any]:
     return {"name": p["name"], "recipe": p["recipe"], "side": p["side"], "seed": p["seed"],
             "out_dir": cfg["out_dir"], "max_iters": p["total"], "screen_iters": p["screen_iters"],
             "reached_iters": max((r["iters"] for r in rows), default=0),
-            "finished": any(r["iters"] >= p["total"] for r in rows),
+            "finished": any(r["iters"] >= p["total"] for r in rows) or stalled(rows, p["spec"].get("patience", 0)),
+            "stopped_early": (rows[-1]["epochs"] if stalled(rows, p["spec"].get("patience", 0))
+                              and not any(r["iters"] >= p["total"] for r in rows) else None),
             "settings": {k: cfg[k] for k in ("dropout", "input_mask_rate", "objective", "diffusion_block",
                                              "learning_rate", "weight_decay", "pos_emb") if k in cfg},
             "curve": rows, "best_dev": best}
@@ -47,7 +49,7 @@ def report(args: Any, subsets: list[tuple[int, float]], plans: dict[str, dict[st
            work_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"benchmark": "epochs", "subsets": [], "protocol": {
         "dataset": args.dataset, "preset": args.preset, "evals_per_octave": args.evals_per_octave,
-        "screen_fraction": args.screen_fraction, "keep": args.keep, "seed": args.seed,
+        "screen_fraction": args.screen_fraction, "keep": args.keep, "patience": args.patience, "seed": args.seed,
         "extra_seeds": args.extra_seeds, "work_dir": str(work_dir), "report_only": args.report_only,
         "choose_on": "dev (first half of val.bin): the screen, each side's recipe, early stopping",
         "report_on": "test (second half of val.bin): every figure below named test",
