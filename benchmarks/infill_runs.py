@@ -1,7 +1,8 @@
 """Train (or reuse) the four runs ``bench infill`` compares, at the fair ruler's size and budget, in bench quality's
 run cache (so the protocol and this script share them): the ruler's AR final (rope, lr 3e-3, dropout 0: its dev
-choice), the same AR trained with objective=fim (fim_rate 0.5; and with half of those windows in SPM order), the ruler's bidirectional diffusion model (repair,
-rope, lr 3e-3) and the ruler's judge. Equal compute: every contestant trains 2,000 iterations of 12 x 256 tokens.
+choice), the same AR trained with objective=fim (fim_rate 0.5; and with half of those windows in SPM order), the
+ruler's bidirectional diffusion model (repair, rope, lr 3e-3) and the ruler's judge. Equal compute: every contestant
+trains 2,000 iterations of 12 x 256 tokens.
 
     python benchmarks/infill_runs.py [--work_dir=~/.cache/nanodlm/quality] [--launcher=../shared/bin/cpu-slot]
         [--lanes=1] [--seed=1337]

@@ -224,6 +224,10 @@ def infill(paths: list[str]) -> list[str]:
                                 pm(r["greedy_accuracy"][k]["mean"], r["greedy_accuracy"][k]["se"], ".3f"),
                                 *("–" if c is None else f"{c:.3f}" for c in cells),
                                 f"{smp['passes_per_fill']:.0f}" if smp else "–"]))
+                if k == "diffusion" and "diffusion_l2r" in r["likelihood"]:  # its exact left-to-right figure
+                    exact = r["likelihood"]["diffusion_l2r"]
+                    out.append(row([r["L"], "diffusion, left to right (exact)", pm(exact["mean"], exact["se"], ".3f"),
+                                    "–", "–", "–", r["L"]]))
             if "real" in r:
                 out.append(row([r["L"], "real text", "–", "–", f"{r['real']['judge_nll']['mean']:.3f}",
                                 f"{r['real']['seam_nll']['mean']:.3f}", "–"]))

@@ -106,13 +106,14 @@ def test_fim_flags_are_checked() -> None:
 
 @pytest.fixture(scope="module")
 def infill_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> dict[str, str]:
-    """{"fim", "ar", "diffusion", "judge"}: tiny runs of 20 iterations on the ``tiny`` dataset, block 32."""
+    """{"fim", "fim_spm", "ar", "diffusion", "judge"}: tiny runs of 20 iterations on the ``tiny`` dataset, block 32."""
     from nanodlm.training.train import train
 
     rng = torch.get_rng_state()
     root = tmp_path_factory.mktemp("infill-runs")
     runs = {}
     for name, values in (("fim", {"model_type": "gpt2", "objective": "fim", "fim_rate": 0.9}),
+                         ("fim_spm", {"model_type": "gpt2", "objective": "fim", "fim_rate": 0.9, "fim_spm_rate": 0.5}),
                          ("ar", {"model_type": "gpt2"}), ("judge", {"model_type": "gpt2", "n_layer": 2}),
                          ("diffusion", {"model_type": "diffusion", "objective": "mdlm"})):
         runs[name] = str(root / name)
@@ -186,7 +187,8 @@ def test_bench_infill_runs_end_to_end_and_its_json_has_every_field(infill_runs, 
 
     out = tmp_path / "dev.json"
     argv = [f"--diffusion_run={infill_runs['diffusion']}", f"--fim_run={infill_runs['fim']}",
-            f"--ar_run={infill_runs['ar']}", f"--judge={infill_runs['judge']}", "--lengths=1,4", "--windows=3",
+            f"--fim_spm_run={infill_runs['fim_spm']}", f"--ar_run={infill_runs['ar']}",
+            f"--judge={infill_runs['judge']}", "--lengths=1,4", "--windows=3",
             "--seeds=1,2", "--temperatures=0.8,1.2", "--n_draws=2", "--seam=4", f"--json={out}"]
     dev = bench_infill(argv)
     assert out.is_file() and out.with_suffix(".png").is_file()
@@ -194,7 +196,9 @@ def test_bench_infill_runs_end_to_end_and_its_json_has_every_field(infill_runs, 
     assert ltr["fim_over_ar"] == pytest.approx(ltr["fim"]["ce"] / ltr["ar"]["ce"]) and ltr["fim"]["ce"] > 0
     for row in dev["rows"]:
         assert set(row) == {"L", "likelihood", "greedy_accuracy", "real", "sampled"}
-        for k in ("diffusion", "fim", "ar"):
+        assert row["likelihood"]["diffusion_l2r"]["mean"] > 0
+        assert row["sampled"]["diffusion"]["passes_per_fill"] == row["L"]  # one token per step: L passes a fill
+        for k in ("diffusion", "fim", "fim_spm", "ar"):
             assert row["likelihood"][k]["mean"] > 0 and 0 <= row["greedy_accuracy"][k]["mean"] <= 1
             s = row["sampled"][k]
             assert {"curve", "chosen_temperature", "judge_nll_at_real_entropy", "seam_nll_at_real_entropy",
@@ -202,13 +206,16 @@ def test_bench_infill_runs_end_to_end_and_its_json_has_every_field(infill_runs, 
     from test_tables import load_tables
 
     table = "\n".join(load_tables().infill([str(out)]))
-    assert table.count("| 4 | ") == 4 and f"{dev['rows'][1]['likelihood']['fim']['mean']:.3f}" in table
+    assert table.count("| 4 | ") == 6 and f"{dev['rows'][1]['likelihood']['fim']['mean']:.3f}" in table
+    assert f"{dev['rows'][1]['likelihood']['diffusion_l2r']['mean']:.3f}" in table
     test = bench_infill([*argv[:-3], "--seeds=5,6", "--split=test", f"--choose_from={out}",
                          f"--json={tmp_path / 'test.json'}"])
     assert [p["temperature"] for p in test["rows"][0]["sampled"]["fim"]["curve"]] == [
         dev["rows"][0]["sampled"]["fim"]["chosen_temperature"]]
     with pytest.raises(UserError, match="chose on dev"):
         bench_infill([*argv[:-3], "--split=test", f"--choose_from={out}", f"--json={tmp_path / 'x.json'}"])
+    with pytest.raises(UserError, match="fim_spm_rate above 0"):
+        bench_infill([*argv[:2], f"--fim_spm_run={infill_runs['fim']}", *argv[3:]])
     with pytest.raises(UserError, match="leaves no context"):
         bench_infill([*argv[:-1], "--lengths=40", f"--json={tmp_path / 'y.json'}"])
 
@@ -241,3 +248,24 @@ def test_the_race_runs_in_infill_mode_against_a_fim_model_and_streams_its_gap(in
                    build_config(ServeConfig, {"out_dir": infill_runs["diffusion"]}))
     with pytest.raises(UserError, match="objective=fim"):
         plain.prepare(json.dumps({"race": True, "infill": "to be, ____ not"}).encode())
+
+
+def test_the_left_to_right_hole_likelihood_is_a_distribution_and_exact_for_one_token() -> None:
+    from nanodlm.diffusion.diffusion import subs_log_probs
+    from nanodlm.evaluation.infill import diffusion_hole_nll_l2r, hole_mask
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(model_type="diffusion", n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=6)).eval()
+    V = model.config.mask_token_id  # the text tokens are 0..V-1, [MASK] is V
+    context = torch.randint(0, V, (8,))
+    middles = torch.cartesian_prod(torch.arange(V), torch.arange(V))  # (V^2, 2): every middle of a 2-token hole
+    windows = context.repeat(len(middles), 1)
+    windows[:, 3:5] = middles
+    hole = hole_mask(len(windows), 8, [3] * len(windows), 2)
+    nll = diffusion_hole_nll_l2r(model, windows, hole, batch_size=7) * 2  # nats per hole -> per middle
+    assert float(torch.exp(-nll).sum()) == pytest.approx(1.0, abs=1e-5)  # sums to one over the middles
+    one = hole_mask(1, 8, [5], 1)
+    with torch.no_grad():
+        logits, _ = model(context.masked_fill(one[0], V)[None])
+    direct = -subs_log_probs(logits, V)[0, 5, context[5]]
+    assert float(diffusion_hole_nll_l2r(model, context[None], one)) == pytest.approx(float(direct), rel=1e-5)

@@ -4,9 +4,11 @@ Windows of ``window_len`` characters (default block_size - 3: a FIM prompt adds 
 the AR model's context) from the dev or test half of val.bin, at evenly spaced offsets; one hole per window of
 each length L at a uniform position (a seed draws the positions and the fills). Methods side by side: the
 diffusion model (``--sampler``, ``--steps``: default one step per hole token), the FIM AR model, a plain AR
-model continuing the prefix only (what the suffix is worth), and the real text. Per method and L:
+model continuing the prefix only (what the suffix is worth), optionally a FIM model trained with SPM windows too
+(``--fim_spm_run``, prompted in SPM order: prefix next to the middle), and the real text. Per method and L:
 
 1. **likelihood of the true middle**, nats per character (``evaluation/infill.py`` says what each conditions on);
+   for diffusion both its bound and the exact figure of its left-to-right decoder (``diffusion_l2r``);
 2. **greedy fills**: character accuracy against the truth (temperature 0);
 3. **sampled fills** over a temperature sweep: the fills' character entropy, the judge's NLL per character of
    the whole window with the fill, and the **seam**, the judge's NLL of the first 32 characters after the hole
@@ -34,6 +36,7 @@ from ..evaluation.infill import (
     ar_prefix_nll,
     char_accuracy,
     diffusion_hole_nll,
+    diffusion_hole_nll_l2r,
     hole_mask,
     hole_starts,
     judge_window,
@@ -47,13 +50,14 @@ from ..sampling.samplers import SamplerOptions, get_sampler
 from ..training.distributed import resolve_device
 from .common import machine_info, now, parse_list, split_args, write_json
 
-METHODS = ("diffusion", "fim", "ar")
+METHODS = ("diffusion", "fim", "fim_spm", "ar")
 
 
 @dataclass
 class InfillArgs:
     diffusion_run: str = ""  # a bidirectional diffusion run's out_dir
     fim_run: str = ""  # a gpt2 run trained with objective=fim
+    fim_spm_run: str = ""  # a FIM run trained with SPM windows too (fim_spm_rate > 0), prompted SPM ('': none)
     ar_run: str = ""  # a plain gpt2 run: continues the prefix only ('' = leave it out)
     judge: str = ""  # the judge's run (an AR model of the same tokenizer; '' = no sampled fills)
     split: str = "dev"  # dev chooses, test reports (halves of val.bin)
@@ -93,7 +97,8 @@ class Methods:
 
     def __init__(self, args: InfillArgs, device: str) -> None:
         loaded = {m: load_model(d, args.ckpt, device) for m, d in
-                  (("diffusion", args.diffusion_run), ("fim", args.fim_run), ("ar", args.ar_run)) if d}
+                  (("diffusion", args.diffusion_run), ("fim", args.fim_run), ("fim_spm", args.fim_spm_run),
+                   ("ar", args.ar_run)) if d}
         self.models = {m: v[0] for m, v in loaded.items()}
         self.tok, self.data = loaded["diffusion"][2], loaded["diffusion"][1]["config"]  # its dataset's val split
         self.args, self.device = args, device
@@ -102,18 +107,22 @@ class Methods:
             raise UserError(f"--diffusion_run must be a bidirectional diffusion run; {args.diffusion_run} is not")
         if not getattr(self.models["fim"].config, "fim_sentinels", 0):
             raise UserError(f"--fim_run must be a gpt2 run trained with objective=fim; {args.fim_run} is not")
+        if "fim_spm" in self.models and not (loaded["fim_spm"][1]["config"].get("fim_spm_rate") or 0) > 0:
+            raise UserError(f"--fim_spm_run must be a FIM run trained with --fim_spm_rate above 0; "
+                            f"{args.fim_spm_run} is not")
         if "ar" in self.models and self.models["ar"].config.model_type != "gpt2":
             raise UserError(f"--ar_run must be a gpt2 run; {args.ar_run} is not")
         self.newline = self.tok.encode("\n") or [0]
 
     def likelihood(self, method: str, prefix: list[int], middle: list[int], suffix: list[int]) -> float:
-        if method == "fim":
-            return fim_middle_nll(self.models["fim"], prefix, middle, suffix) / len(middle)
+        if method in ("fim", "fim_spm"):
+            return fim_middle_nll(self.models[method], prefix, middle, suffix, spm=method == "fim_spm") / len(middle)
         return ar_prefix_nll(self.models["ar"], prefix or self.newline, middle) / len(middle)
 
     def fill(self, method: str, windows: torch.Tensor, starts: list[int], L: int, temperature: float,
              gen: torch.Generator) -> tuple[list[list[int]], int]:
-        """Fills (one per window) and the forward passes they took."""
+        """Fills (one per window) and the forward passes one fill took (the diffusion sampler fills every window in
+        each of its passes: a fill took all of them)."""
         rows = windows.tolist()
         if method == "diffusion":
             model = self.models["diffusion"]
@@ -122,12 +131,12 @@ class Methods:
             opts = SamplerOptions(sampler=self.args.sampler, steps=self.args.steps or L, temperature=temperature)
             out, info = get_sampler(opts.sampler)(model, canvas, mask_token_id=model.config.mask_token_id,
                                                   generator=gen, **{k: v for k, v in opts.sampler_kwargs().items()})
-            return [r[s:s + L] for r, s in zip(out.tolist(), starts, strict=True)], int(info["forward_passes"])
+            return [r[s:s + L] for r, s in zip(out.tolist(), starts, strict=True)], float(info["forward_passes"])
         fills, passes = [], 0
         for row, s in zip(rows, starts, strict=True):
-            if method == "fim":
-                mids, info = generate_fim(self.models["fim"], row[:s], row[s + L:], 1, length=L, max_new=L,
-                                          temperature=temperature, generator=gen)
+            if method in ("fim", "fim_spm"):
+                mids, info = generate_fim(self.models[method], row[:s], row[s + L:], 1, length=L, max_new=L,
+                                          temperature=temperature, generator=gen, spm=method == "fim_spm")
                 fills.append(mids[0])
                 passes += info["forward_passes"]
             else:
@@ -136,7 +145,7 @@ class Methods:
                                   temperature=temperature, generator=gen)
                 fills.append(out[0, len(ctx):].tolist())
                 passes += L
-        return fills, passes
+        return fills, passes / len(rows)
 
 
 def _judged(judge: torch.nn.Module, rows: list[list[int]], starts: list[int], fills: list[list[int]], L: int,
@@ -169,9 +178,10 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
     methods = [k for k in METHODS if k in m.models]
     block = min(model.config.block_size for model in m.models.values())
     W = args.window_len or block - 3
-    if W + 3 > m.models["fim"].config.block_size or W > m.models["diffusion"].config.block_size:
+    fim_block = min(m.models[k].config.block_size for k in ("fim", "fim_spm") if k in m.models)
+    if W + 3 > fim_block or W > m.models["diffusion"].config.block_size:
         raise UserError(f"--window_len {W} does not fit: the FIM prompt needs window_len + 3 <= its block_size "
-                        f"{m.models['fim'].config.block_size}")
+                        f"{fim_block}")
     for L in lengths:
         if not 1 <= L < W:
             raise UserError(f"a hole of {L} leaves no context in a window of {W}: use lengths below {W}")
@@ -182,18 +192,20 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
     windows = eval_windows(split, W - 1, args.windows)  # (N, W): evenly spaced, the same for every method
     # what FIM costs left to right: each AR model's plain next-token CE on the split's windows of its block_size
     ltr = {}
-    for k in ("fim", "ar"):
+    for k in ("fim", "fim_spm", "ar"):
         if k in m.models:
             T = m.models[k].config.block_size
             out = ar_cross_entropy(m.models[k], eval_windows(split, T, min(200, max(1, len(split) // (T + 1)))), 16)
             ltr[k] = {"ce": out["loss"], "stderr": out["stderr"]}
     if "ar" in ltr:
         ltr["fim_over_ar"] = ltr["fim"]["ce"] / ltr["ar"]["ce"]
+        if "fim_spm" in ltr:
+            ltr["fim_spm_over_ar"] = ltr["fim_spm"]["ce"] / ltr["ar"]["ce"]
     rows_out = []
     for L in lengths:
         per_seed: dict[str, Any] = {"likelihood": {k: [] for k in methods}, "accuracy": {k: [] for k in methods},
                                     "sampled": {k: {t: [] for t in temps} for k in methods}, "real": [],
-                                    "passes": {k: [] for k in methods}}
+                                    "passes": {k: [] for k in methods}, "l2r": []}
         for seed in seeds:
             gen = torch.Generator().manual_seed(seed * 1000 + L)
             starts = hole_starts(windows.size(0), W, L, gen)
@@ -205,6 +217,8 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
                     nll = diffusion_hole_nll(m.models[k], windows, hole_mask(len(rows), W, starts, L), dgen,
                                              n_draws=args.n_draws)
                     per_seed["likelihood"][k].append(float(nll.mean()))
+                    exact = diffusion_hole_nll_l2r(m.models[k], windows, hole_mask(len(rows), W, starts, L))
+                    per_seed["l2r"].append(float(exact.mean()))
                 else:
                     per_seed["likelihood"][k].append(sum(
                         m.likelihood(k, r[:s], r[s:s + L], r[s + L:]) for r, s in zip(rows, starts, strict=True))
@@ -220,7 +234,7 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
                 for t in todo:
                     fills, passes = m.fill(k, windows, starts, L, t, torch.Generator(device=device).manual_seed(seed))
                     per_seed["sampled"][k].setdefault(t, []).append(_judged(judge, rows, starts, fills, L, args.seam))
-                    per_seed["passes"][k].append(passes / len(rows))
+                    per_seed["passes"][k].append(passes)
         rows_out.append(_summarize(L, per_seed, methods, args))
         print(f"L={L}: " + "; ".join(
             f"{k} nll {rows_out[-1]['likelihood'][k]['mean']:.3f} acc {rows_out[-1]['greedy_accuracy'][k]['mean']:.3f}"
@@ -228,7 +242,10 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
     result = {"benchmark": "infill", "split": args.split, "window_len": W, "lengths": lengths,
               "methods": methods, "args": dataclasses.asdict(args), "rows": rows_out, "left_to_right": ltr,
               "conditions": {"diffusion": "bound on -log p(middle | prefix, suffix, L): only the hole masked",
+                             "diffusion_l2r": "exact -log p(middle | prefix, suffix, L) of the diffusion model's "
+                                              "left-to-right decoder (one hole token per pass, L passes)",
                              "fim": "exact -log p(middle | prefix, suffix, L): sentinels ruled out until L",
+                             "fim_spm": "as fim, a model trained with SPM windows too, prompted in SPM order",
                              "ar": "exact -log p(middle | prefix): no suffix"},
               "runs": {k: getattr(args, f"{k}_run") for k in methods}, "judge": args.judge,
               "diffusion_block_size": cfg.block_size, "date": now(), "machine": machine_info(device)}
@@ -241,7 +258,9 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
 
 
 def _summarize(L: int, per_seed: dict[str, Any], methods: list[str], args: InfillArgs) -> dict[str, Any]:
-    row: dict[str, Any] = {"L": L, "likelihood": {k: _mean_se(per_seed["likelihood"][k]) for k in methods},
+    likelihood = {k: _mean_se(per_seed["likelihood"][k]) for k in methods}
+    likelihood["diffusion_l2r"] = _mean_se(per_seed["l2r"])
+    row: dict[str, Any] = {"L": L, "likelihood": likelihood,
                            "greedy_accuracy": {k: _mean_se(per_seed["accuracy"][k]) for k in methods}}
     if not per_seed["real"]:
         return row
@@ -291,7 +310,7 @@ def _plot(result: dict[str, Any], png: str) -> bool:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     Ls = [r["L"] for r in result["rows"]]
     for ax, (key, label) in zip(axes, panels, strict=True):
-        for k in result["methods"]:
+        for k in [*result["methods"], *(["diffusion_l2r"] if key == "likelihood" else [])]:
             if key == "seam":
                 ys = [r.get("sampled", {}).get(k, {}).get("seam_nll_at_real_entropy") for r in result["rows"]]
             else:

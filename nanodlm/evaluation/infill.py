@@ -6,6 +6,9 @@ What each likelihood conditions on:
 - ``fim``: the FIM model's exact -log p(middle | prefix, suffix, the middle's length) (sampling/fim.py);
 - ``diffusion_hole_nll``: the masked-diffusion bound on -log p(middle | prefix, suffix, length) with only the
   hole ever masked (the window's other tokens always visible): an upper bound;
+- ``diffusion_hole_nll_l2r``: the diffusion model's exact -log p(middle | prefix, suffix, length) under one
+  decoder, the hole revealed left to right one token per pass (a distribution over middles of its own: exact for
+  it, L passes; the bound averages over random reveal orders instead);
 - ``ar_prefix_nll``: a plain AR model's exact -log p(middle | prefix): no suffix (what the suffix is worth).
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..diffusion.diffusion import nelbo
+from ..diffusion.diffusion import denoise, masked_nll, nelbo
 from ..sampling.ar_sampling import inference_mode, model_device
 
 
@@ -44,6 +47,25 @@ def diffusion_hole_nll(model: torch.nn.Module, windows: torch.Tensor, hole: torc
             x, m = windows[i:i + batch_size].to(device), hole[i:i + batch_size].to(device)
             terms = nelbo(model, x, model.config.mask_token_id, generator, n_draws, maskable=m)  # (B, draws)
             out.append(terms.mean(dim=1).cpu())
+    return torch.cat(out)
+
+
+def diffusion_hole_nll_l2r(model: torch.nn.Module, windows: torch.Tensor, hole: torch.Tensor,
+                           batch_size: int = 32) -> torch.Tensor:
+    """(N,) -log p(middle | the rest) per hole token, exact for the decoder that reveals each window's hole ``hole``
+    (N, W) left to right, one token per pass: pass i scores the hole's i-th token with the tokens before it (the
+    true ones) visible and the rest of the hole [MASK]. As many passes as the longest hole in a batch."""
+    device, mask_id = model_device(model), model.config.mask_token_id
+    out = []
+    with inference_mode(model):
+        for i in range(0, windows.size(0), batch_size):
+            x, m = windows[i:i + batch_size].to(device), hole[i:i + batch_size].to(device)
+            rank = torch.where(m, m.long().cumsum(dim=1) - 1, torch.full_like(x, -1))  # (B, W): order in the hole
+            total = torch.zeros(x.size(0), device=device)
+            for step in range(int(m.sum(dim=1).max())):
+                logits = denoise(model, x.masked_fill(rank >= step, mask_id), x, 0)  # (B, W, V)
+                total += masked_nll(logits, x, rank == step, mask_id).sum(dim=1)
+            out.append((total / m.sum(dim=1).clamp_min(1)).cpu())
     return torch.cat(out)
 
 
