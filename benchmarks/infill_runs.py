@@ -1,4 +1,4 @@
-"""Train (or reuse) the four runs ``bench infill`` compares, at the fair ruler's size and budget, in bench quality's
+"""Train (or reuse) the five runs ``bench infill`` compares, at the fair ruler's size and budget, in bench quality's
 run cache (so the protocol and this script share them): the ruler's AR final (rope, lr 3e-3, dropout 0: its dev
 choice), the same AR trained with objective=fim (fim_rate 0.5; and with half of those windows in SPM order), the
 ruler's bidirectional diffusion model (repair, rope, lr 3e-3) and the ruler's judge. Equal compute: every contestant
