@@ -10,6 +10,7 @@ first half of val.bin, masks seeded 1) or test (the second half, masks seeded 13
     python benchmarks/prime_ruler.py report    # the winner and mdlm at seeds 1337, 1338, 1339 -> test NELBO
     python benchmarks/prime_ruler.py status    # what is trained, where each run stands
     python benchmarks/prime_ruler.py plot SCREEN.json REPORT.json --png=OUT.png   # val NELBO against iterations
+    python benchmarks/prime_ruler.py summarize REPORT.json   # (re)writes its summary over seeds (report does too)
 
 Each phase trains what is missing (a killed run resumes from its last checkpoint: the same numbers), scores it in a
 cpu-slot process, and writes ``benchmarks/prime-<phase>-cpu-DATE.json`` (``--json`` to name it). Long runs go from
@@ -125,6 +126,32 @@ def fair() -> dict:
             "repair": {"dev": rep_dev, "test": d["diffusion"]["nelbo"], "test_stderr": d["diffusion"]["nelbo_stderr"]}}
 
 
+def _mean_se(vals: list[float]) -> dict[str, float | None]:
+    """Mean, standard error over the values (seeds; None for one) and the spread (min, max)."""
+    m = sum(vals) / len(vals)
+    se = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1) / len(vals)) ** 0.5 if len(vals) > 1 else None
+    return {"mean": m, "se": se, "min": min(vals), "max": max(vals)}
+
+
+def summary(result: dict) -> dict:
+    """Per objective and split: the NELBO over training seeds (mean, s.e., spread) and its ratio to AR's CE of that
+    split; and the chosen objective minus mdlm, paired by seed (the same seed's data order and masks)."""
+    out: dict = {"by": "training seed; s.e. = sample std / sqrt(seeds)"}
+    for split in ("test", "dev"):
+        ar = result["fair"]["ar"][split]
+        got = {}
+        for name in (result["chosen"], "mdlm"):
+            rows = sorted((r for r in result["rows"] if r["name"] == name and r["split"] == split),
+                          key=lambda r: r["seed"])
+            s = _mean_se([r["nelbo"] for r in rows])
+            got[name] = {r["seed"]: r["nelbo"] for r in rows}
+            out[f"{name}_{split}"] = {"seeds": [r["seed"] for r in rows], **s, "mean_over_ar": s["mean"] / ar,
+                                      "min_over_ar": s["min"] / ar, "max_over_ar": s["max"] / ar}
+        paired = [v - got["mdlm"][k] for k, v in got[result["chosen"]].items() if k in got["mdlm"]]
+        out[f"{result['chosen']}_minus_mdlm_{split}"] = _mean_se(paired) if paired else None
+    return out
+
+
 def plot(paths: list[str], png: str) -> None:
     """Each scored run's val loss (the training objective on val batches: the NELBO estimate for mdlm and prime)
     against iterations, one line per run (seed 1337 solid, other seeds dotted), from the screen and report JSON."""
@@ -161,7 +188,7 @@ def write(phase: str, result: dict, path: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("phase", choices=["screen", "report", "status", "plot", "_score"])
+    ap.add_argument("phase", choices=["screen", "report", "status", "plot", "summarize", "_score"])
     ap.add_argument("rest", nargs="*")
     ap.add_argument("--json", default=None)
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
@@ -172,6 +199,13 @@ def main() -> None:
         return _score(a.rest[0], a.rest[1:])
     if a.phase == "plot":
         return plot(a.rest, a.png or str(Path(a.rest[-1]).with_suffix(".png")))
+    if a.phase == "summarize":  # a report JSON written before the summary existed: add it, nothing else changes
+        path = Path(a.rest[0])
+        result = read_json(path, "prime_ruler report JSON")
+        result["summary"] = summary(result)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["summary"], indent=1))
+        return None
     started, load = datetime.datetime.now().isoformat(timespec="seconds"), list(os.getloadavg())
     screen = [(f"prime{b}", SEEDS[0]) for b in SCREEN_BITS]
     if a.phase == "status":
@@ -199,6 +233,7 @@ def main() -> None:
             train(name, seed)
         rows = score(runs, "test") + score(runs, "dev")
         result = {"benchmark": "prime report (test)", "chosen": chosen, "rows": rows, "fair": fair()}
+        result["summary"] = summary(result)
     result.update(ruler=RULER, started=started, finished=datetime.datetime.now().isoformat(timespec="seconds"),
                   load={"start": load, "end": list(os.getloadavg())}, command=" ".join(sys.argv))
     write(a.phase, result, a.json)

@@ -167,6 +167,10 @@ def prime(paths: list[str]) -> list[str]:
             curve = " / ".join(f"{v:.3f}" for i, v in first["val_curve"] if i > 0)
             out.append(row([obj, ", ".join(str(x["seed"]) for x in xs), pm(mean, se, ".4f"),
                             ", ".join(f"{v:.4f}" for v in vals), f"{mean / fair['ar']['test']:.3f}", curve, name]))
+        d = r.get("summary", {}).get(f"{r['chosen']}_minus_mdlm_test")
+        if d and d["se"] is not None:  # paired by training seed: the same data order and masks
+            out.append(row([f"{r['chosen']} − mdlm, paired by seed", ", ".join(str(x["seed"]) for x in xs),
+                            pm(d["mean"], d["se"], ".4f"), f"{d['min']:.4f} to {d['max']:.4f}", "–", "–", name]))
         for obj, key in (("repair (the ruler's diffusion)", "repair"), ("AR (the ruler's)", "ar")):
             out.append(row([obj, "1337", pm(fair[key]["test"], fair[key]["test_stderr"], ".4f") + " (s.e. over "
                             "windows)", "–", f"{fair[key]['test'] / fair['ar']['test']:.3f}", "–", fair["json"]]))
