@@ -15,7 +15,9 @@ entropy. ``forward_passes`` at the operating point: the batch's passes for 256 c
 
 Each entry (``ar``, or a run under ``~/.cache/nanodlm/prime/runs``) is computed once and cached in
 ``~/.cache/nanodlm/prime/judge/``: a killed job loses only the entry it was on, and a later call with more entries
-computes only the new ones. The JSON holds every listed entry that is cached.
+computes only the new ones. The JSON holds every listed entry that is cached. Its test frontiers as a plot:
+
+    python benchmarks/prime_judge.py plot --json=benchmarks/prime-judge-cpu-DATE.json   # -> the same name, .png
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from nanodlm.bench.runs import CKPT
 from nanodlm.core.fileio import read_json
 from nanodlm.data.dataset import load_meta, open_split
 from nanodlm.data.tokenizers import load_tokenizer
-from nanodlm.evaluation.protocol import dev_test
+from nanodlm.evaluation.protocol import dev_test, plot_frontier
 from nanodlm.runs.checkpoint import load_model
 from nanodlm.sampling.generate import Prompt, SamplerOptions, generate
 
@@ -89,6 +91,16 @@ def entry(name: str, fair: dict[str, Any], judge: Judge, real: dict[str, Any]) -
             op["point"]["forward_passes"] * 256 / LENGTH, "frontier": curves}
 
 
+def plot(path: Path) -> None:
+    """Each entry's test frontier (judge PPL against entropy, knob values labelled) and real test text."""
+    r = read_json(path, "prime_judge JSON")
+    curves = {x["name"]: {"knob": x["knob"], "rows": x["frontier"]["test"]} for x in r["rows"]}
+    png = path.with_suffix(".png")
+    plot_frontier(curves, r["real"], png, "prime and mdlm (seed 1337) against the ruler's AR: test frontiers, "
+                  "judge-e2a0abbc")
+    print(f"wrote {png}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("entries", nargs="+", help="ar | RUN | RUN:SAMPLER (RUN under ~/.cache/nanodlm/prime/runs)")
@@ -96,6 +108,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a seconds-long check of the plumbing: 2 samples of 32 "
                     "characters, one seed a split, two knob values, cached apart")
     a = ap.parse_args()
+    if a.entries == ["plot"]:
+        return plot(Path(a.json))
     cache = WORK / ("judge-smoke" if a.smoke else "judge")
     if a.smoke:
         global NUM, LENGTH, SEEDS
