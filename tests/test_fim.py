@@ -210,8 +210,21 @@ def test_bench_infill_runs_end_to_end_and_its_json_has_every_field(infill_runs, 
     assert f"{dev['rows'][1]['likelihood']['diffusion_l2r']['mean']:.3f}" in table
     test = bench_infill([*argv[:-3], "--seeds=5,6", "--split=test", f"--choose_from={out}",
                          f"--json={tmp_path / 'test.json'}"])
-    assert [p["temperature"] for p in test["rows"][0]["sampled"]["fim"]["curve"]] == [
-        dev["rows"][0]["sampled"]["fim"]["chosen_temperature"]]
+    for k in ("fim", "diffusion"):  # the dev pair around the real entropy (or the nearest) only
+        assert [p["temperature"] for p in test["rows"][0]["sampled"][k]["curve"]] == dev["rows"][0]["sampled"][k][
+            "chosen_temperatures"]
+    # the diffusion sampler screened on dev, and taken by the test run
+    screened = bench_infill([*argv[:-1], "--samplers=confidence,ancestral", f"--json={tmp_path / 'screen.json'}"])
+    assert screened["diffusion_sampler"] in ("confidence", "ancestral")
+    scores = screened["sampler_screen"]["judge_nll_at_chosen_temperatures"]
+    assert screened["diffusion_sampler"] == min(scores, key=scores.get)
+    assert screened["rows"][0]["sampled"]["diffusion"] == screened["rows"][0]["sampled"][
+        f"diffusion:{screened['diffusion_sampler']}"]
+    again = bench_infill([*argv[:-3], "--seeds=5", "--split=test", f"--choose_from={tmp_path / 'screen.json'}",
+                          "--lengths=1", f"--json={tmp_path / 'test2.json'}"])
+    assert again["diffusion_sampler"] == screened["diffusion_sampler"] == again["args"]["sampler"]
+    with pytest.raises(UserError, match="screens diffusion samplers on dev"):
+        bench_infill([*argv[:-3], "--split=test", "--samplers=confidence,ancestral", f"--json={tmp_path / 'z.json'}"])
     with pytest.raises(UserError, match="chose on dev"):
         bench_infill([*argv[:-3], "--split=test", f"--choose_from={out}", f"--json={tmp_path / 'x.json'}"])
     with pytest.raises(UserError, match="fim_spm_rate above 0"):

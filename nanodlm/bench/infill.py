@@ -14,8 +14,10 @@ model continuing the prefix only (what the suffix is worth), optionally a FIM mo
    the whole window with the fill, and the **seam**, the judge's NLL of the first 32 characters after the hole
    given the prefix and the fill; interpolated at the real middles' entropy (matched diversity, as the ruler).
 
-Choose on dev, report on test: a dev run chooses each method's temperature (entropy nearest the real middles'),
-and ``--choose_from=DEV.json`` on test measures only those (and the seeds must differ).
+Choose on dev, report on test: a dev run chooses each method's temperatures (the two whose fills' entropy brackets
+the real middles', or the nearest), and with ``--samplers`` the diffusion sampler too (the one whose fills the judge
+scores best at the chosen temperatures, mean over L); ``--choose_from=DEV.json`` on test measures only those
+(and the seeds must differ).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class InfillArgs:
     seeds: str = "1,2,3"  # each seed draws the hole positions and the fills
     temperatures: str = "0.7,0.85,1.0,1.15"  # the sampled fills' sweep (every method)
     sampler: str = "confidence"  # the diffusion model's sampler
+    samplers: str = ""  # dev: diffusion samplers screened (comma list, '' = --sampler); --choose_from takes the choice
     steps: int = 0  # diffusion steps per hole (0: L, one token per step)
     n_draws: int = 4  # Monte-Carlo draws of the diffusion bound per window
     seam: int = 32  # characters after the hole the seam scores
@@ -120,7 +123,7 @@ class Methods:
         return ar_prefix_nll(self.models["ar"], prefix or self.newline, middle) / len(middle)
 
     def fill(self, method: str, windows: torch.Tensor, starts: list[int], L: int, temperature: float,
-             gen: torch.Generator) -> tuple[list[list[int]], int]:
+             gen: torch.Generator, sampler: str | None = None) -> tuple[list[list[int]], float]:
         """Fills (one per window) and the forward passes one fill took (the diffusion sampler fills every window in
         each of its passes: a fill took all of them)."""
         rows = windows.tolist()
@@ -128,7 +131,8 @@ class Methods:
             model = self.models["diffusion"]
             canvas = windows.clone().to(self.device)
             canvas[hole_mask(len(rows), windows.size(1), starts, L).to(self.device)] = model.config.mask_token_id
-            opts = SamplerOptions(sampler=self.args.sampler, steps=self.args.steps or L, temperature=temperature)
+            opts = SamplerOptions(sampler=sampler or self.args.sampler, steps=self.args.steps or L,
+                                  temperature=temperature)
             out, info = get_sampler(opts.sampler)(model, canvas, mask_token_id=model.config.mask_token_id,
                                                   generator=gen, **{k: v for k, v in opts.sampler_kwargs().items()})
             return [r[s:s + L] for r, s in zip(out.tolist(), starts, strict=True)], float(info["forward_passes"])
@@ -174,7 +178,18 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
     lengths = parse_list(args.lengths, int, "lengths")
     seeds = parse_list(args.seeds, int, "seeds")
     temps = parse_list(args.temperatures, float, "temperatures")
+    samplers = parse_list(args.samplers, str, "samplers") if args.samplers.strip() else [args.sampler]
+    if len(samplers) > 1 and (args.split != "dev" or args.choose_from):
+        raise UserError("--samplers screens diffusion samplers on dev: give it with --split=dev and no --choose_from")
+    chosen_temps = None
+    if args.choose_from:
+        chosen_temps, chosen_sampler = _choose_from(args, seeds)
+        args = dataclasses.replace(args, sampler=chosen_sampler)
+        samplers = [chosen_sampler]
     m = Methods(args, device)
+    # what sampled fills run under: every method, diffusion once per screened sampler ("diffusion:<sampler>")
+    skeys = [k for k in METHODS if k in m.models and k != "diffusion"]
+    skeys = [f"diffusion:{s}" for s in samplers] + skeys if len(samplers) > 1 else ["diffusion", *skeys]
     methods = [k for k in METHODS if k in m.models]
     block = min(model.config.block_size for model in m.models.values())
     W = args.window_len or block - 3
@@ -185,7 +200,6 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
     for L in lengths:
         if not 1 <= L < W:
             raise UserError(f"a hole of {L} leaves no context in a window of {W}: use lengths below {W}")
-    chosen_temps = _choose_from(args, seeds) if args.choose_from else None
     judge = load_model(args.judge, "last", device)[0] if args.judge else None
     cfg = m.models["diffusion"].config
     split = dev_test(open_split(m.data["data_dir"], m.data["dataset"], "val"))[args.split]
@@ -204,8 +218,8 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
     rows_out = []
     for L in lengths:
         per_seed: dict[str, Any] = {"likelihood": {k: [] for k in methods}, "accuracy": {k: [] for k in methods},
-                                    "sampled": {k: {t: [] for t in temps} for k in methods}, "real": [],
-                                    "passes": {k: [] for k in methods}, "l2r": []}
+                                    "sampled": {k: {} for k in skeys}, "real": [],
+                                    "passes": {k: [] for k in skeys}, "l2r": []}
         for seed in seeds:
             gen = torch.Generator().manual_seed(seed * 1000 + L)
             starts = hole_starts(windows.size(0), W, L, gen)
@@ -229,17 +243,21 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
             if judge is None:
                 continue
             per_seed["real"].append(_judged(judge, rows, starts, mids, L, args.seam))
-            for k in methods:
-                todo = chosen_temps.get(f"{k}/{L}", temps) if chosen_temps else temps
+            for k in skeys:
+                method, _, sampler = k.partition(":")
+                todo = chosen_temps.get(f"{method}/{L}", temps) if chosen_temps else temps
                 for t in todo:
-                    fills, passes = m.fill(k, windows, starts, L, t, torch.Generator(device=device).manual_seed(seed))
+                    fills, passes = m.fill(method, windows, starts, L, t,
+                                           torch.Generator(device=device).manual_seed(seed), sampler or None)
                     per_seed["sampled"][k].setdefault(t, []).append(_judged(judge, rows, starts, fills, L, args.seam))
                     per_seed["passes"][k].append(passes)
-        rows_out.append(_summarize(L, per_seed, methods, args))
+        rows_out.append(_summarize(L, per_seed, methods, skeys, args))
         print(f"L={L}: " + "; ".join(
             f"{k} nll {rows_out[-1]['likelihood'][k]['mean']:.3f} acc {rows_out[-1]['greedy_accuracy'][k]['mean']:.3f}"
             for k in methods))
+    screen = _choose_sampler(rows_out, samplers) if len(samplers) > 1 else None
     result = {"benchmark": "infill", "split": args.split, "window_len": W, "lengths": lengths,
+              "diffusion_sampler": screen["chosen"] if screen else args.sampler, "sampler_screen": screen,
               "methods": methods, "args": dataclasses.asdict(args), "rows": rows_out, "left_to_right": ltr,
               "conditions": {"diffusion": "bound on -log p(middle | prefix, suffix, L): only the hole masked",
                              "diffusion_l2r": "exact -log p(middle | prefix, suffix, L) of the diffusion model's "
@@ -257,7 +275,8 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
     return result
 
 
-def _summarize(L: int, per_seed: dict[str, Any], methods: list[str], args: InfillArgs) -> dict[str, Any]:
+def _summarize(L: int, per_seed: dict[str, Any], methods: list[str], skeys: list[str],
+               args: InfillArgs) -> dict[str, Any]:
     likelihood = {k: _mean_se(per_seed["likelihood"][k]) for k in methods}
     likelihood["diffusion_l2r"] = _mean_se(per_seed["l2r"])
     row: dict[str, Any] = {"L": L, "likelihood": likelihood,
@@ -267,35 +286,55 @@ def _summarize(L: int, per_seed: dict[str, Any], methods: list[str], args: Infil
     real = {key: _mean_se([r[key] for r in per_seed["real"]]) for key in ("judge_nll", "seam_nll", "entropy_bits")}
     row["real"] = real
     row["sampled"] = {}
-    for k in methods:
+    for k in skeys:
         curve = [{"temperature": t, **{key: _mean_se([r[key] for r in rs])["mean"]
                                        for key in ("judge_nll", "seam_nll", "entropy_bits")}}
                  for t, rs in sorted(per_seed["sampled"][k].items()) if rs]
         target = real["entropy_bits"]["mean"]
-        chosen = None
-        if args.split == "dev":  # the temperature whose fills' entropy is nearest the real middles' (test reuses it)
+        chosen, pair = None, None
+        if args.split == "dev":  # the temperature whose fills' entropy is nearest the real middles', and the two
+            # nearest on either side of it (test reuses them: its figure is interpolated between them)
             stamped = [{**p, "split": "dev", "gap": abs(p["entropy_bits"] - target)} for p in curve]
-            i = choose_on(stamped, lambda p: p["gap"], uses=[{"split": "dev"}])
-            chosen = curve[i]
+            chosen = curve[choose_on(stamped, lambda p: p["gap"], uses=[{"split": "dev"}])]
+            pair = {chosen["temperature"]}
+            for side in ([p for p in stamped if p["entropy_bits"] <= target],
+                         [p for p in stamped if p["entropy_bits"] >= target]):
+                if side:
+                    pair.add(side[choose_on(side, lambda p: p["gap"], uses=[{"split": "dev"}])]["temperature"])
         row["sampled"][k] = {"curve": curve, "chosen_temperature": chosen and chosen["temperature"],
-                             "at_chosen": chosen,
+                             "chosen_temperatures": pair and sorted(pair), "at_chosen": chosen,
                              "judge_nll_at_real_entropy": _at_entropy(curve, "judge_nll", target),
                              "seam_nll_at_real_entropy": _at_entropy(curve, "seam_nll", target),
                              "passes_per_fill": _mean_se(per_seed["passes"][k])["mean"]}
     return row
 
 
-def _choose_from(args: InfillArgs, seeds: list[int]) -> dict[str, list[float]]:
+def _choose_sampler(rows: list[dict[str, Any]], samplers: list[str]) -> dict[str, Any]:
+    """The screened diffusion sampler whose fills the judge scores best (per-character NLL of the window at each
+    L's chosen temperature, mean over L; dev only, through choose_on); its fills become the rows' ``diffusion``."""
+    if not all("sampled" in r for r in rows):
+        raise UserError("--samplers chooses by the judge's score of sampled fills: give --judge=RUN too")
+    scores = [{"split": "dev", "sampler": s, "judge_nll": sum(r["sampled"][f"diffusion:{s}"]["at_chosen"]["judge_nll"]
+                                                              for r in rows) / len(rows)} for s in samplers]
+    chosen = samplers[choose_on(scores, lambda r: r["judge_nll"], uses=[{"split": "dev"}])]
+    for r in rows:
+        r["sampled"]["diffusion"] = r["sampled"][f"diffusion:{chosen}"]
+    return {"chosen": chosen, "judge_nll_at_chosen_temperatures": {r["sampler"]: r["judge_nll"] for r in scores}}
+
+
+def _choose_from(args: InfillArgs, seeds: list[int]) -> tuple[dict[str, list[float]], str]:
+    """A dev run's choices: each method's temperatures per L ({"method/L": [t, ...]}) and the diffusion sampler."""
     dev = read_json(Path(args.choose_from), "--choose_from file", dict, "; give a bench infill --split=dev result")
     if dev.get("split") != "dev" or dev.get("benchmark") != "infill":
         raise UserError(f"--choose_from must be a bench infill result with --split=dev; got {args.choose_from}")
     used = set(parse_list(dev["args"]["seeds"], int, "seeds"))
     if used & set(seeds):
         raise UserError(f"seeds {sorted(used & set(seeds))} chose on dev; report with other --seeds")
-    picks = {f"{k}/{r['L']}": [v["chosen_temperature"]] for r in dev["rows"] for k, v in r.get("sampled", {}).items()}
+    picks = {f"{k}/{r['L']}": v.get("chosen_temperatures") or [v["chosen_temperature"]]
+             for r in dev["rows"] for k, v in r.get("sampled", {}).items() if ":" not in k}
     if not picks:
         raise UserError(f"{args.choose_from} has no sampled fills to choose from (run it with --judge)")
-    return picks
+    return picks, dev.get("diffusion_sampler") or dev["args"]["sampler"]
 
 
 def _plot(result: dict[str, Any], png: str) -> bool:
