@@ -134,7 +134,11 @@ def sample(cfg: SampleConfig, options: SamplerOptions | None = None, prompt: Pro
               f"{[round(t, 2) for t in info['tokens_per_pass']]}, drafts accepted per pass: "
               f"{[round(a, 2) for a in info['accepted_per_pass']]} (draft_len {info['draft_len']}); tokens through "
               f"the model: {info['pass_tokens']}, of them full-window passes past block_size: "
-              f"{info['window_passes']}", file=sys.stderr)
+              f"{info['window_passes']}, passes over a rolled cache (--rolling_cache, approximate): "
+              f"{info['rolled_passes']}", file=sys.stderr)
+    elif cfg.verbose and info["model_type"] == "gpt2" and options.rolling_cache:
+        print(f"forward passes: {info['forward_passes']}, of them over a rolled cache (approximate): "
+              f"{info.get('rolled_passes', 0)}", file=sys.stderr)
     elif cfg.verbose and info["model_type"] != "gpt2":
         print(f"steps used: {info['steps_used']}, forward passes per sample: {info.get('passes_per_sample')} "
               f"({info['forward_passes']} batched calls), committed per step (all {cfg.num_samples} samples "

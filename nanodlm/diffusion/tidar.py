@@ -76,7 +76,7 @@ def draft_pass(model: GPT, clean: torch.Tensor, n_masks: int, cache: KVCache, bl
     first = start + c - blocks + 1  # the position of block 0's first mask
     # one small tensor per pass (a decoding pass is short: its fixed costs count)
     pos = torch.tensor([*range(start, start + c), *(first + b + j for b in range(blocks) for j in range(m))],
-                       device=clean.device)  # (c + blocks * m,)
+                       device=clean.device) + cache.offset  # (c + blocks * m,): absolute (a rolling cache's offset)
     idx = torch.cat((clean, clean.new_full((B, blocks * m), model.config.mask_token_id)), dim=1)
     h = model._trunk(idx, pos, tidar_pass_mask(start, c, m, clean.device, blocks), cache)
     logits = model._head(h, True)  # (B, c + blocks * m, V)

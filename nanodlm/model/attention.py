@@ -20,6 +20,15 @@ def rotary_cos_sin(T: int, head_size: int, device: torch.device, offset: int = 0
     return angles.cos(), angles.sin()
 
 
+def rotary_at(pos: torch.Tensor, head_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (T, head_size // 2) fp32 at any positions pos (T,), e.g. past the model's table (a rolling
+    cache keeps absolute positions). Angles in float64 on the CPU: in fp32 an angle at position p is off by
+    ~p * 6e-8 rad, which grows without bound in a long generation; float64 keeps it below 1e-12 rad."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_size, 2, dtype=torch.float64) / head_size))
+    angles = torch.outer(pos.detach().to("cpu", torch.float64), inv_freq)  # (T, hs/2)
+    return angles.cos().float().to(device), angles.sin().float().to(device)
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: (..., T, hs) with cos/sin broadcastable to (..., T, hs/2); rotate the two halves as complex pairs
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast x is bf16/fp16: stay in its dtype
@@ -147,6 +156,8 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self._pos = 0
+        # the position of slot 0: 0 unless ``evict`` dropped the oldest keys (a rolling cache, sampling only)
+        self.offset = 0
         self.hidden: torch.Tensor | None = None  # (B, block_size, C): final states, for a shifted head
 
     @property
@@ -161,6 +172,24 @@ class KVCache:
     def reset(self) -> None:
         """Forget every position (the next pass is a prefill from position 0)."""
         self._pos = 0
+        self.offset = 0
+
+    def evict(self, n: int) -> None:
+        """Drop the n oldest positions (a rolling cache): the kept keys and values move to the front of the slots
+        and ``offset`` grows by n, so a key keeps the absolute position it was rotated at (rope scores depend on
+        the distance between positions only). n above ``pos`` also skips n - pos positions that were never kept
+        (the next pass starts there). Approximate by design: the kept keys were computed while the evicted
+        positions were visible, which a fresh pass over the kept window would not see."""
+        if n < 0:
+            raise ValueError(f"evict takes n >= 0 positions; got {n}")
+        keep = max(0, self._pos - n)
+        if keep:  # clone: the source and destination slices overlap
+            self.k[:, :, :, :keep] = self.k[:, :, :, self._pos - keep:self._pos].clone()
+            self.v[:, :, :, :keep] = self.v[:, :, :, self._pos - keep:self._pos].clone()
+            if self.hidden is not None:
+                self.hidden[:, :keep] = self.hidden[:, self._pos - keep:self._pos].clone()
+        self._pos = keep
+        self.offset += n
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, nh, T, hs) after the kept positions; returns the keys and values up to them."""

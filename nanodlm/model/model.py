@@ -39,6 +39,7 @@ from .attention import (
     TwoStreamAttention,
     apply_rotary,
     block_diffusion_mask,
+    rotary_at,
     rotary_cos_sin,
     shift_hidden,
     tidar_train_mask,
@@ -365,7 +366,7 @@ class GPT(nn.Module):
         n_keep = T if keep is True else int(keep)
         if not 0 <= n_keep <= T:
             raise ValueError(f"keep must be a bool or 0 <= n <= {T}; got {keep}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device) + cache.offset  # absolute
         mask = None
         if block and T > block:  # several blocks: block-causal among themselves, the whole cache before them
             mask = torch.cat((torch.ones(T, start, dtype=torch.bool, device=idx.device),
@@ -394,9 +395,15 @@ class GPT(nn.Module):
             x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if "learned" in self.config.pos_emb:
+            if cache is not None and cache.offset:
+                raise ValueError("a rolling KV cache moves positions past block_size, which learned position "
+                                 "embeddings do not have: use it with pos_emb=rope models only")
             x = x + self.transformer.wpe(pos)
         if "rope" in self.config.pos_emb:
-            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each
+            if cache is not None and cache.offset:  # a rolling cache: positions may run past the table
+                rope = rotary_at(pos, self.config.n_embd // self.config.n_head, x.device)
+            else:
+                rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each
         x = self.transformer.drop(x)
         for layer, block_module in enumerate(self.transformer.h):
             x = block_module(x, rope, cache, layer, attn_mask)

@@ -115,7 +115,8 @@ def cache_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
 def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
                 use_cache: bool = True, on_token: Callable[[int, torch.Tensor], None] | None = None,
-                stats: dict[str, int] | None = None, vocab_size: int | None = None) -> torch.Tensor:
+                stats: dict[str, int] | None = None, vocab_size: int | None = None, rolling_cache: bool = False
+                ) -> torch.Tensor:
     """Append ``max_new_tokens`` sampled tokens to idx (B, T) -> (B, T + max_new_tokens).
 
     The context is cropped to the last ``block_size`` tokens (nanoGPT). With the KV cache each new
@@ -126,6 +127,10 @@ def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, tempera
     stats: ``stats["passes"]`` grows by one at every model call (full, cached or re-prefill), counted where the
     call is made.
     ``vocab_size``: sample from the first ids only (a FIM model's text, its sentinels ruled out).
+    ``rolling_cache`` (with the KV cache, a rope model): once the cache is full, evict its oldest key and decode
+    the newest token against the other block_size - 1 (one token through the model instead of a window). Not AR
+    sampling of the model past block_size: the kept keys were computed while the evicted tokens were visible
+    (StreamingLLM's window attention, without sink tokens); ``stats["rolled"]`` counts these passes.
     """
     check_sampling_args(temperature, top_k, top_p)
     config = getattr(model, "config", None)
@@ -137,6 +142,11 @@ def generate_ar(model: Model, idx: torch.Tensor, max_new_tokens: int, *, tempera
             window = idx if block_size is None else idx[:, -block_size:]  # (B, <= block_size)
             if not cached:
                 logits, _ = model(window)
+            elif rolling_cache and cache is not None and cache.pos >= block_size:
+                cache.evict(1)  # (B, nh, block_size - 1, hs) kept; keys keep their absolute positions
+                logits = model.decode(idx[:, -1:], cache)  # attends to exactly block_size keys
+                if stats is not None:
+                    stats["rolled"] = stats.get("rolled", 0) + 1
             elif cache is None or cache.pos >= block_size:
                 # first step, or the cache is full: (re-)prefill the cropped window from position 0
                 if cache is None:

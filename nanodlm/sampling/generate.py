@@ -188,8 +188,9 @@ def _ar(model: torch.nn.Module, tok: Any, options: SamplerOptions, prompt: Promp
     stats = {"passes": 0}  # the model calls, counted by generate_ar (batched: each is one call at batch 1 too)
     out = generate_ar(model, idx, prompt.max_new_tokens, temperature=options.temperature, top_k=options.top_k,
                       top_p=options.top_p, generator=gen, use_cache=options.use_kv_cache, on_token=on_token,
-                      stats=stats, vocab_size=model.config.text_vocab_size)
+                      stats=stats, vocab_size=model.config.text_vocab_size, rolling_cache=options.rolling_cache)
     info = {"sampler": "ar", "steps_used": n, "forward_passes": stats["passes"],
+            "rolled_passes": stats.get("rolled", 0),  # passes over a rolled cache (--rolling_cache, approximate)
             "passes_per_sample": [stats["passes"]] * B, "committed_per_step": [B] * n, "remasked_per_step": [0] * n}
     return out, info, fixed
 

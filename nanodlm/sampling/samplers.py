@@ -85,6 +85,7 @@ class SamplerOptions:
     new_block: int | None = None  # diffusion text longer than block_size: new tokens per window (block_size // 2)
     draft_len: int | None = None  # speculative: [MASK] per pass, k (None = the model's); a pass writes 1..k tokens
     predraft: bool = False  # speculative: draft for every outcome of the verification (TiDAR), not only all-accepted
+    rolling_cache: bool = False  # rope gpt2 past block_size: evict old keys, keep drafting (approximate, not AR)
 
     def __post_init__(self) -> None:
         def bad(key: str, rule: str) -> UserError:

@@ -4,10 +4,11 @@ For a model (its config: model_type, draft_len, block_size, diffusion_block) and
 
 - refuses what cannot run (a one-line UserError before any work): a sampler the model cannot use (``speculative``
   without a draft stream, ``ar`` / ``speculative`` on a diffusion model), a ``draft_len`` that leaves no room for
-  text in ``block_size``;
+  text in ``block_size``, ``rolling_cache`` on a gpt2 model with learned positions (they end at block_size);
 - returns every setting that was given but will be ignored, one ``--key=value: reason`` line each (the CLI prints
   them as warnings, the server sends them as a ``warning`` event): keys the model or the chosen sampler does not
-  read, ``--approx_cache`` without semi-autoregressive decoding, ``--semi_ar_block`` not below the canvas, ``--length``
+  read, ``--rolling_cache`` without a KV cache or on a FIM gap, ``--approx_cache`` without semi-autoregressive
+  decoding, ``--semi_ar_block`` not below the canvas, ``--length``
   with an ``--infill`` template.
 
 A key counts as given when it is in ``given`` (the keys the user set: flags, a preset, a request's fields), or,
@@ -24,7 +25,7 @@ from ..core.errors import UserError
 from .samplers import CAUSAL_SAMPLERS, DIFFUSION_SAMPLERS, SamplerOptions, sampler_keys
 
 # what each model type reads beside its sampler's own options
-AR_OPTIONS = ("temperature", "top_k", "top_p", "use_kv_cache")
+AR_OPTIONS = ("temperature", "top_k", "top_p", "use_kv_cache", "rolling_cache")
 DIFFUSION_EXTRAS = ("sampler", "use_kv_cache", "semi_ar_block", "approx_cache", "new_block")
 
 
@@ -34,6 +35,10 @@ def refuse(config: Any, options: SamplerOptions) -> None:
         diffusion = ", ".join(DIFFUSION_SAMPLERS)
         raise UserError(f"--sampler={options.sampler} is for AR models (speculative: trained with objective=tidar); "
                         f"this is a diffusion model: choose one of {diffusion}")
+    if options.rolling_cache and config.model_type == "gpt2" and config.pos_emb != "rope":
+        raise UserError(f"--rolling_cache=True needs rotary positions (pos_emb=rope); this model's are "
+                        f"pos_emb={config.pos_emb}, which end at block_size {config.block_size}: drop --rolling_cache "
+                        "(past block_size the window then slides exactly)")
     if options.sampler != "speculative":
         return
     if not getattr(config, "draft_len", 0):
@@ -80,6 +85,11 @@ def ignored_settings(model_type: str, options: SamplerOptions, prompt: Any, bloc
     for f in fields(prompt):
         if f.name in unused_prompt and _is_set(prompt, f.name, f.default, given):
             out.append(f"--{f.name}={getattr(prompt, f.name)}: {why}")
+    if model_type == "gpt2" and options.rolling_cache:
+        if prompt.suffix is not None or prompt.infill is not None:
+            out.append("--rolling_cache=True: a FIM model fills its gap without a rolling cache")
+        elif options.sampler != "speculative" and not options.use_kv_cache:
+            out.append("--rolling_cache=True: it rolls the KV cache, and --use_kv_cache=False keeps none")
     if model_type == "gpt2":
         return out
     if options.approx_cache != "none" and diffusion_block:
@@ -98,10 +108,18 @@ def ignored_settings(model_type: str, options: SamplerOptions, prompt: Any, bloc
 
 def notes(config: Any, options: SamplerOptions, prompt: Any) -> list[str]:
     """What a generation with these settings does that the user may not expect, one line each (warnings, not
-    ignored settings): speculative decoding past block_size writes one token per full-window pass, no drafts."""
-    out = []
-    if options.sampler == "speculative" and config.model_type == "gpt2" and prompt.suffix is None \
-            and prompt.infill is None and prompt.max_new_tokens + 1 > config.block_size:
+    ignored settings), for a gpt2 generation that runs past block_size: speculative decoding writes one token per
+    full-window pass, no drafts; with ``rolling_cache`` the text there is an approximation of AR sampling."""
+    out: list[str] = []
+    if config.model_type != "gpt2" or prompt.suffix is not None or prompt.infill is not None \
+            or prompt.max_new_tokens + 1 <= config.block_size:
+        return out
+    cached = options.sampler == "speculative" or options.use_kv_cache
+    if options.rolling_cache and cached:
+        out.append(f"--rolling_cache=True: past block_size {config.block_size} the oldest keys are evicted and the "
+                   "rest reused (keys computed under a longer context, StreamingLLM-style): an approximation, not AR "
+                   "sampling of the model (--verbose counts these rolled passes)")
+    elif options.sampler == "speculative":
         out.append(f"--max_new_tokens={prompt.max_new_tokens} runs past block_size {config.block_size}: there the "
                    "speculative sampler writes one token per pass over the whole window, without drafts (exact AR "
                    "sampling; --verbose counts these window passes)")

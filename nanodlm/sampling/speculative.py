@@ -78,14 +78,18 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: to
 
 def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int, temperature: float,
                     top_k: int | None, top_p: float | None, generator: torch.Generator | None,
-                    predraft: bool = False, on_pass: Any = None) -> tuple[list[int], dict[str, Any]]:
+                    predraft: bool = False, on_pass: Any = None, rolling_cache: bool = False
+                    ) -> tuple[list[int], dict[str, Any]]:
     """Append n_new tokens to ids (one sample, batch 1) -> (ids + new, stats): ``passes``, ``tokens_per_pass``
     (tokens written by each pass), ``drafts_per_pass`` / ``accepted_per_pass`` (drafts verified / accepted),
     ``blocks_per_pass`` (blocks of masks drafted: 0, 1, or with ``predraft`` one per outcome), ``pass_tokens``
     (tokens through the model in each pass: its cost), ``window_passes`` (passes past block_size, see above).
     ``predraft``: every pass drafts for each number of drafts that may be accepted (n + 1 blocks of k masks,
-    TiDAR's), so the pass after a rejection verifies drafts too. on_pass(text, n_accepted, rejected: bool) is
-    called after every pass with the text so far."""
+    TiDAR's), so the pass after a rejection verifies drafts too. ``rolling_cache`` (a rope model; see the module
+    docstring): when the generation runs past block_size, a pass that would not fit its full draft evicts the
+    oldest cached keys instead of shrinking the draft or sliding; stats ``evicted`` (positions evicted before
+    each pass) and ``rolled_passes`` (passes after the first eviction: the approximate ones). on_pass(text,
+    n_accepted, rejected: bool) is called after every pass with the text so far."""
     k, bs = draft_len, model.config.block_size
     device = next(model.parameters()).device
     cache = model.new_kv_cache(1, device, cache_dtype(model, device))
@@ -93,14 +97,21 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
     drafts: list[int] = []
     q = torch.empty(0)
     stats: dict[str, Any] = {"passes": 0, "tokens_per_pass": [], "drafts_per_pass": [], "accepted_per_pass": [],
-                             "blocks_per_pass": [], "pass_tokens": [], "window_passes": 0}
+                             "blocks_per_pass": [], "pass_tokens": [], "window_passes": 0, "evicted": [],
+                             "rolled_passes": 0}
+    rolling = rolling_cache and target > bs  # within block_size the cache never rolls: the option changes nothing
 
     def probs(logits: torch.Tensor) -> torch.Tensor:
         return distribution(logits, temperature, top_k, top_p)
 
     while len(text) < target:
         before = len(text)
-        if before > bs:  # the text no longer fits: slide as generate_ar does (re-prefill the last bs tokens)
+        if rolling:  # make room for the pass's full draft by evicting the oldest keys (keys keep their positions)
+            evict = _to_evict(before - cache.offset, len(drafts), k, predraft, bs)
+            cache.evict(evict)
+            stats["evicted"].append(evict)
+            stats["rolled_passes"] += cache.offset > 0
+        if before > bs and not rolling:  # the text no longer fits: slide as generate_ar does (re-prefill the window)
             cache.reset()
             logits = model.decode(torch.tensor([text[-bs:]], device=device), cache)  # (1, 1, V)
             n_acc, nxt, drafts, rejected = 0, int(draw(probs(logits[0, -1]), generator)), [], False
@@ -109,10 +120,11 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
             stats["pass_tokens"].append(bs)  # a full window, for one token
             stats["window_passes"] += 1
         else:
-            drafts = drafts[:min(bs - before, target - before - 1)]  # the clean part must fit; no draft past target
+            slot = before - cache.offset  # the slot after the text (= before unless the cache rolled)
+            drafts = drafts[:min(bs - slot, target - before - 1)]  # the clean part must fit; no draft past target
             q = q[:len(drafts)]
             pos, nd = cache.pos, len(drafts)
-            clean = text[pos:] + drafts
+            clean = text[cache.offset + pos:] + drafts  # the text not yet cached (the newest token), the drafts
             room = bs - pos - len(clean)  # cache slots left for masks
             blocks = nd + 1 if predraft and room // (nd + 1) >= 2 else 1  # predraft: one block per outcome
             m = min(k, room // blocks)  # block b's masks sit at positions before + b ..; the first is the token's
@@ -123,7 +135,7 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
             n_acc, nxt = verify(p, q, torch.tensor(drafts, dtype=torch.long, device=device), generator)
             rejected = n_acc < nd
             text += drafts[:n_acc]
-            cache.advance(before - pos + n_acc)  # the pending tokens and the accepted drafts: exact keys
+            cache.advance(slot - pos + n_acc)  # the pending tokens and the accepted drafts (exact unless rolled)
             stats["drafts_per_pass"].append(nd)
             stats["blocks_per_pass"].append(blocks if m else 0)  # mask blocks drafted (predraft: one per outcome)
             stats["pass_tokens"].append(len(clean) + blocks * m)
@@ -141,6 +153,18 @@ def speculative_row(model: Model, ids: list[int], n_new: int, *, draft_len: int,
     return text[:target], stats
 
 
+def _to_evict(slot: int, n_drafts: int, k: int, predraft: bool, bs: int) -> int:
+    """Positions a rolling cache evicts before a pass so that its full draft fits: the text fills slots
+    0..slot - 1, the pass appends n_drafts drafts and k masks (``predraft``: one block of k per outcome, when
+    drafts and masks then take at most half the window), and slot + n_drafts + masks <= bs, keeping at least
+    the newest token. 0 when it already fits."""
+    masks = (n_drafts + 1) * k if predraft else k
+    if n_drafts + masks > bs // 2:
+        masks = k
+    masks = min(masks, bs - 1 - n_drafts)
+    return max(0, slot + n_drafts + masks - bs)
+
+
 def _prompt_lengths(canvas: torch.Tensor, mask_token_id: int, fixed: torch.Tensor | None) -> torch.Tensor:
     """(B,) leading given tokens of each row; ValueError unless a row is a prompt, then only [MASK]."""
     masked = canvas == mask_token_id
@@ -155,13 +179,14 @@ def _prompt_lengths(canvas: torch.Tensor, mask_token_id: int, fixed: torch.Tenso
 
 def sample_ar(model: Model, canvas: torch.Tensor, *, mask_token_id: int, temperature: float = 1.0,
               top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
-              fixed: torch.Tensor | None = None, on_step: OnStep | None = None, use_kv_cache: bool = True
-              ) -> tuple[torch.Tensor, dict[str, Any]]:
+              fixed: torch.Tensor | None = None, on_step: OnStep | None = None, use_kv_cache: bool = True,
+              rolling_cache: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """The ``ar`` sampler: ``generate_ar`` (one token per pass, KV cache) on each row's prompt, as a canvas sampler
-    (the same text as ``nanodlm sample`` of a gpt2 model); a TiDAR model's reference. on_step after every token."""
+    (the same text as ``nanodlm sample`` of a gpt2 model); a TiDAR model's reference. on_step after every token.
+    ``rolling_cache``: see ``generate_ar``; info ``rolled_passes`` (per row: passes with evicted keys)."""
     n_prompt = _prompt_lengths(canvas, mask_token_id, fixed)
     tokens, info = canvas.clone(), {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0,
-                                    "forward_passes": 0, "passes_per_sample": []}
+                                    "forward_passes": 0, "passes_per_sample": [], "rolled_passes": []}
     for b in range(tokens.size(0)):
         P, n = int(n_prompt[b]), tokens.size(1) - int(n_prompt[b])
 
@@ -177,16 +202,19 @@ def sample_ar(model: Model, canvas: torch.Tensor, *, mask_token_id: int, tempera
 
         stats = {"passes": 0}
         generate_ar(model, tokens[b:b + 1, :P], n, temperature=temperature, top_k=top_k, top_p=top_p,
-                    generator=generator, use_cache=use_kv_cache, on_token=on_token, stats=stats)
+                    generator=generator, use_cache=use_kv_cache, on_token=on_token, stats=stats,
+                    rolling_cache=rolling_cache)
         info["forward_passes"] += stats["passes"]
         info["passes_per_sample"].append(stats["passes"])
+        info["rolled_passes"].append(stats.get("rolled", 0))
     return tokens, info
 
 
 def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int, temperature: float = 1.0,
                        top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None,
                        fixed: torch.Tensor | None = None, on_step: OnStep | None = None,
-                       draft_len: int | None = None, predraft: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+                       draft_len: int | None = None, predraft: bool = False, rolling_cache: bool = False
+                       ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The ``speculative`` sampler: canvas (B, L) = a prompt, then [MASK] to the end -> tokens (B, L).
 
     Each row is written on its own (batch 1: rows accept different numbers of drafts, and the cache stays exact).
@@ -194,8 +222,9 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
     ``forward_passes`` (model calls, all rows), ``passes_per_sample``, ``tokens_per_pass`` (mean per row),
     ``accepted_per_pass`` (accepted drafts, mean per row), ``acceptance`` (accepted / drafted, per row),
     ``draft_len``, ``window_passes`` and ``pass_tokens`` (per row: passes past block_size, tokens through the
-    model). on_step(pass, tokens (B, L), revealed (the tokens this pass wrote), remasked (the position of a
-    rejected draft, now the corrected token)).
+    model), ``rolled_passes`` (per row: passes with evicted keys, ``rolling_cache`` only: approximate ones).
+    on_step(pass, tokens (B, L), revealed (the tokens this pass wrote), remasked (the position of a rejected
+    draft, now the corrected token)).
     """
     check_sampling_args(temperature, top_k, top_p)
     k = draft_len or check_tidar(model)
@@ -207,7 +236,8 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
     masked = tokens == mask_token_id
     info: dict[str, Any] = {"committed_per_step": [], "remasked_per_step": [], "steps_used": 0, "forward_passes": 0,
                             "passes_per_sample": [], "tokens_per_pass": [], "accepted_per_pass": [],
-                            "acceptance": [], "draft_len": k, "window_passes": [], "pass_tokens": []}
+                            "acceptance": [], "draft_len": k, "window_passes": [], "pass_tokens": [],
+                            "rolled_passes": []}
     with inference_mode(model):
         for b in range(tokens.size(0)):
             P = int(n_prompt[b])
@@ -231,7 +261,7 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
 
             out, stats = speculative_row(model, tokens[b, :P].tolist(), tokens.size(1) - P, draft_len=k,
                                        temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                                       predraft=predraft, on_pass=on_pass)
+                                       predraft=predraft, on_pass=on_pass, rolling_cache=rolling_cache)
             tokens[b] = torch.tensor(out, device=tokens.device)
             n = max(1, stats["passes"])
             info["forward_passes"] += stats["passes"]
@@ -241,4 +271,5 @@ def sample_speculative(model: Model, canvas: torch.Tensor, *, mask_token_id: int
             info["acceptance"].append(sum(stats["accepted_per_pass"]) / max(1, sum(stats["drafts_per_pass"])))
             info["window_passes"].append(stats["window_passes"])  # per row: full-window passes past block_size
             info["pass_tokens"].append(sum(stats["pass_tokens"]))  # per row: tokens through the model, all passes
+            info["rolled_passes"].append(stats["rolled_passes"])  # per row: passes over a rolled (evicted) cache
     return tokens, info
