@@ -122,6 +122,8 @@ def test_bad_values_get_the_cli_message(live, tiny_runs, capsys, values, flags):
     ({"max_new_tokens": 99999999999, "model": "ar"}, "above this server's limit of 16"),
     # what cannot run is a 400 before any event: a sampler the panel's model cannot use
     ({"model": "ar", "sampler": "speculative"}, "needs a TiDAR model"),
+    ({"model": "ar", "rolling_cache": True}, "--rolling_cache=True needs rotary positions"),  # learned positions
+    ({"rolling_cache": "yes"}, "key 'rolling_cache' expects true or false; got the string 'yes'"),
     ({"race": True, "sampler": "ar"}, "is for AR models"),
 ])
 def test_bad_requests_get_a_4xx_with_one_line(live, body, expect):

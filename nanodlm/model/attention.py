@@ -20,13 +20,14 @@ def rotary_cos_sin(T: int, head_size: int, device: torch.device, offset: int = 0
     return angles.cos(), angles.sin()
 
 
-def rotary_at(pos: torch.Tensor, head_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables (T, head_size // 2) fp32 at any positions pos (T,), e.g. past the model's table (a rolling
-    cache keeps absolute positions). Angles in float64 on the CPU: in fp32 an angle at position p is off by
-    ~p * 6e-8 rad, which grows without bound in a long generation; float64 keeps it below 1e-12 rad."""
+def rotary_at(pos: torch.Tensor, head_size: int, device: torch.device, dtype: torch.dtype = torch.float32
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (T, head_size // 2) in ``dtype`` at any positions pos (T,), e.g. past the model's table (a
+    rolling cache keeps absolute positions). Angles in float64 on the CPU (MPS has no float64): in fp32 an angle
+    at position p is off by ~p * 6e-8 rad, which grows without bound in a long generation."""
     inv_freq = 1.0 / (10000 ** (torch.arange(0, head_size, 2, dtype=torch.float64) / head_size))
     angles = torch.outer(pos.detach().to("cpu", torch.float64), inv_freq)  # (T, hs/2)
-    return angles.cos().float().to(device), angles.sin().float().to(device)
+    return angles.cos().to(device, dtype), angles.sin().to(device, dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

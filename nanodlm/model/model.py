@@ -401,7 +401,7 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         if "rope" in self.config.pos_emb:
             if cache is not None and cache.offset:  # a rolling cache: positions may run past the table
-                rope = rotary_at(pos, self.config.n_embd // self.config.n_head, x.device)
+                rope = rotary_at(pos, self.config.n_embd // self.config.n_head, x.device, self.rope_cos.dtype)
             else:
                 rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each
         x = self.transformer.drop(x)
