@@ -22,9 +22,20 @@ drafter and the verifier in one model and one pass (Liu et al. 2025, TiDAR, arXi
   tokens, no drafts, so the text still equals AR sampling of the same model (each token's context is the
   block_size tokens before it, which no cache of earlier passes holds). Such a pass costs a full window: the
   stats count them (``window_passes``) and every pass's tokens through the model (``pass_tokens``), and
-  ``settings.notes`` warns once before such a generation starts. A rolling cache would keep drafting there, but
-  it changes what the model reads (keys computed under a longer context, the first tokens evicted), so it is not
-  AR sampling of the model and is not used.
+  ``settings.notes`` warns once before such a generation starts.
+- ``rolling_cache`` (opt-in, rope models only; ``settings.refuse`` turns learned positions away): in a generation
+  that runs past block_size, a pass whose full draft would not fit evicts the oldest cached keys instead
+  (``KVCache.evict``), so it keeps drafting over a window of block_size positions. This is an approximation,
+  not AR sampling of the model: the kept keys of layers above the first were computed while the evicted tokens
+  were visible (a longer context than a fresh pass over the window would give them), and a token's context is
+  the block_size - (drafts + masks) tokens before it, not block_size (StreamingLLM's window attention, Xiao et
+  al. 2023, arXiv:2309.17453, without its sink tokens; Mistral's rolling buffer). Evictions start once the text
+  and a full draft no longer fit, a few tokens before block_size. Keys keep the absolute positions they were rotated at (``offset``; rotary tables past
+  block_size computed at those positions): rope scores depend only on the distance between positions, which
+  stays below block_size as in training, so no re-rotation is needed (StreamingLLM re-bases positions for its
+  sinks, whose distance would otherwise grow). A generation within block_size is unchanged, bit for bit; the
+  stats count the passes over a rolled cache (``rolled_passes``) and the keys evicted before each pass
+  (``evicted``), and ``pass_tokens`` stays each pass's tokens through the model.
 Every model call is one forward pass in ``forward_passes``.
 """
 
