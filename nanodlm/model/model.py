@@ -347,7 +347,8 @@ class GPT(nn.Module):
 
     def decode(self, idx: torch.Tensor, cache: KVCache, *, keep: bool | int = True, all_logits: bool = False
                ) -> torch.Tensor:
-        """Cached inference: idx (B, T) at positions cache.pos .. cache.pos + T - 1 -> logits, shaped as forward's.
+        """Cached inference: idx (B, T) in slots cache.pos .. cache.pos + T - 1 -> logits, shaped as forward's. The
+        positions are the slots plus ``cache.offset`` (0 unless a rolling cache evicted keys: rope models only).
 
         ``keep``: True keeps all T positions in the cache, False none (a draft still being denoised), an int n the
         first n. gpt2: a prefill on an empty cache, then one token at a time. Block diffusion: a span starting at a

@@ -30,12 +30,12 @@ drafter and the verifier in one model and one pass (Liu et al. 2025, TiDAR, arXi
   were visible (a longer context than a fresh pass over the window would give them), and a token's context is
   the block_size - (drafts + masks) tokens before it, not block_size (StreamingLLM's window attention, Xiao et
   al. 2023, arXiv:2309.17453, without its sink tokens; Mistral's rolling buffer). Evictions start once the text
-  and a full draft no longer fit, a few tokens before block_size. Keys keep the absolute positions they were rotated at (``offset``; rotary tables past
-  block_size computed at those positions): rope scores depend only on the distance between positions, which
-  stays below block_size as in training, so no re-rotation is needed (StreamingLLM re-bases positions for its
-  sinks, whose distance would otherwise grow). A generation within block_size is unchanged, bit for bit; the
-  stats count the passes over a rolled cache (``rolled_passes``) and the keys evicted before each pass
-  (``evicted``), and ``pass_tokens`` stays each pass's tokens through the model.
+  and a full draft no longer fit, a few tokens before block_size. Keys keep the absolute positions they were
+  rotated at (``offset``; rotary tables past block_size computed at those positions): rope scores depend only on
+  the distance between positions, which stays below block_size as in training, so no re-rotation is needed
+  (StreamingLLM re-bases positions for its sinks, whose distance would otherwise grow). A generation within
+  block_size is unchanged, bit for bit; the stats count the passes over a rolled cache (``rolled_passes``) and
+  the keys evicted before each pass (``evicted``), and ``pass_tokens`` stays each pass's tokens through the model.
 Every model call is one forward pass in ``forward_passes``.
 """
 
