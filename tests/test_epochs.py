@@ -250,3 +250,16 @@ def test_a_new_machine_goes_on_from_the_committed_curves(work: Path, tmp_path_fa
     assert (Path(runs["ar"]["out_dir"]) / "ckpt.pt").exists()  # went on: retrained to the same curve
     assert runs["ar"]["curve"] == next(r for r in first["subsets"][0]["runs"]
                                        if r["recipe"] == "ar" and r["seed"] == 1337)["curve"]
+
+
+def test_the_trend_is_a_line_in_log_epochs_through_the_last_two_octaves() -> None:
+    from nanodlm.bench.epochs_report import trend
+
+    curve = [{"epochs": 2.0 ** k, "test": 3.0 - 0.1 * k} for k in range(8)]  # falls 0.1 an octave
+    curve[0]["test"] = 9.0  # outside the last two octaves: not in the fit
+    t = trend(curve, target=2.0)
+    assert t["points"] == 3 and t["slope_per_octave"] == pytest.approx(-0.1)
+    assert t["line_reaches_target_at_epochs"] == pytest.approx(2.0 ** 10)  # 2.3 at 2^7, 0.3 more = 3 octaves
+    assert trend(curve, target=2.5)["line_reaches_target_at_epochs"] is None  # already below: nothing to reach
+    flat = [{"epochs": 2.0 ** k, "test": 2.4 + 0.01 * k} for k in range(4)]
+    assert trend(flat, target=2.0)["line_reaches_target_at_epochs"] is None and trend(flat[:2], 2.0) is None

@@ -38,6 +38,24 @@ def _side_at_budget(runs: list[dict[str, Any]], iters: int) -> dict[str, Any] | 
             "test": row["test"], "test_stderr": row["test_stderr"]}
 
 
+def trend(curve: list[dict[str, Any]], target: float, octaves: float = 2.0) -> dict[str, Any] | None:
+    """Where a falling test curve points: a least-squares line of test loss against log2(epochs) through its
+    last ``octaves`` octaves (at least 3 points), its slope per octave, and the epochs at which the line would
+    reach ``target`` (None if it does not fall). An extrapolation, not a measurement: said so in the report."""
+    if not curve:
+        return None
+    last = curve[-1]["epochs"]
+    pts = [(math.log2(r["epochs"]), r["test"]) for r in curve if r["epochs"] >= last / 2 ** octaves]
+    if len(pts) < 3:
+        return None
+    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    at_last = my + slope * (math.log2(last) - mx)
+    reach = 2 ** (math.log2(last) + (target - at_last) / slope) if slope < 0 and target < at_last else None
+    return {"from_epochs": 2 ** min(x for x, _ in pts), "to_epochs": last, "points": len(pts),
+            "slope_per_octave": slope, "target": target, "line_reaches_target_at_epochs": reach}
+
+
 def _mean_se(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
@@ -55,6 +73,8 @@ def report(args: Any, subsets: list[tuple[int, float]], plans: dict[str, dict[st
         "report_on": "test (second half of val.bin): every figure below named test",
         "loss": "AR: next-token cross-entropy; diffusion: NELBO (an upper bound on its NLL), nats per token",
         "flops": "6 x non-embedding parameters x tokens processed (block diffusion: two streams)",
+        "trend": "no crossover: a straight line of diffusion's test loss against log2(epochs) through its last two "
+                 "octaves, extended to AR's best test loss (an extrapolation, not a measurement)",
         "judge": "not run: judge PPL at real entropy of each side's best checkpoint is still to do"}}
     for si, (train_tokens, budget) in enumerate(subsets):
         runs = [_run_entry(p) for p in plans.values() if p["subset"] == si]
@@ -85,9 +105,13 @@ def report(args: Any, subsets: list[tuple[int, float]], plans: dict[str, dict[st
                     crossover = epochs
             budget_curve.append(row)
         ratio = (sides["diffusion"]["test"] / sides["ar"]["test"]) if len(sides) == 2 else None
+        where = None  # no crossover yet: where diffusion's best recipe's curve points, against AR's best test loss
+        if ratio is not None and crossover is None:
+            best_run = next(r for r in main if r["side"] == "diffusion" and r["recipe"] == sides["diffusion"]["recipe"])
+            where = trend(best_run["curve"], sides["ar"]["test"])
         out["subsets"].append({"train_tokens": train_tokens, "epochs": budget, "runs": runs, "sides": sides,
                                "best_diffusion_over_best_ar": ratio, "budget_curve": budget_curve,
-                               "crossover_epochs": crossover})
+                               "crossover_epochs": crossover, "trend": where})
         if sides:
             line = ", ".join(f"{s} {v['recipe']} test {v['test']:.4f} at epoch {v['best_epochs']:g}"
                              for s, v in sides.items())
