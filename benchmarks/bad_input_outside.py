@@ -133,6 +133,7 @@ def cases(w: dict[str, str], T: list[str], Case: type) -> list[Any]:
           must_say="draft_len"),
         c("sample draft_len=1000", ["sample", *tidar, "--draft_len=1000"], must_say="--draft_len"),
         c("sample speculative on a plain gpt2", ["sample", *ar, "--sampler=speculative"], must_say="TiDAR"),
+        c("sample rolling_cache, learned positions", ["sample", *ar, "--rolling_cache=True"], must_say="pos_emb=rope"),
         # --- settings given and not read: warned whatever their value
         c("sample sampler=remask (the default) on gpt2", ["sample", *ar, "--sampler=remask"], expect="warn",
           must_say="--sampler=remask"),
@@ -140,6 +141,8 @@ def cases(w: dict[str, str], T: list[str], Case: type) -> list[Any]:
         c("sample use_kv_cache=False with speculative", ["sample", *tidar, "--use_kv_cache=False"], expect="warn",
           must_say="--use_kv_cache"),
         c("sample show when piped", ["sample", *dm, "--show"], expect="warn", must_say="--show"),
+        c("sample rolling_cache on diffusion", ["sample", *dm, "--rolling_cache=True"], expect="warn",
+          must_say="--rolling_cache"),
         c("sample max_new_tokens=500 on diffusion", ["sample", *dm, "--max_new_tokens=500"], expect="warn",
           must_say="--max_new_tokens"),
         # --- a resume under another loss
@@ -153,6 +156,8 @@ def cases(w: dict[str, str], T: list[str], Case: type) -> list[Any]:
               ("diffusion", '{"length": "16"}', "error", "length"),
               ("diffusion", '{"race": "yes"}', "error", "race"),
               ("tidar", '{"predraft": "no"}', "error", "predraft"),
+              ("tidar", '{"rolling_cache": "yes"}', "error", "rolling_cache"),
+              ("diffusion", '{"model": "ar", "rolling_cache": true}', "error", "pos_emb=rope"),
               ("tidar", '{"model": "ar", "sampler": "speculative"}', "error", "TiDAR"),
               ("diffusion", '{"race": true, "sampler": "ar"}', "error", "AR models"),
               ("tidar", '{"race": true, "sampler": "remask"}', "error", "diffusion sampler"),
