@@ -35,7 +35,8 @@ drafter and the verifier in one model and one pass (Liu et al. 2025, TiDAR, arXi
   the distance between positions, which stays below block_size as in training, so no re-rotation is needed
   (StreamingLLM re-bases positions for its sinks, whose distance would otherwise grow). A generation within
   block_size is unchanged, bit for bit; the stats count the passes over a rolled cache (``rolled_passes``) and
-  the keys evicted before each pass (``evicted``), and ``pass_tokens`` stays each pass's tokens through the model.
+  the keys evicted before each pass (``evicted``), and ``pass_tokens`` stays each pass's tokens through the model
+  (an eviction also copies the kept keys and values to the front of the cache: memory traffic, not model tokens).
 Every model call is one forward pass in ``forward_passes``.
 """
 
