@@ -8,8 +8,7 @@ For a model (its config: model_type, draft_len, block_size, diffusion_block) and
 - returns every setting that was given but will be ignored, one ``--key=value: reason`` line each (the CLI prints
   them as warnings, the server sends them as a ``warning`` event): keys the model or the chosen sampler does not
   read, ``--rolling_cache`` without a KV cache or on a FIM gap, ``--approx_cache`` without semi-autoregressive
-  decoding, ``--semi_ar_block`` not below the canvas, ``--length``
-  with an ``--infill`` template.
+  decoding, ``--semi_ar_block`` not below the canvas, ``--length`` with an ``--infill`` template.
 
 A key counts as given when it is in ``given`` (the keys the user set: flags, a preset, a request's fields), or,
 without ``given``, when it differs from its default (library callers).
