@@ -5,11 +5,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
+
+LONG_WORD = re.compile(r"\S{300,}")  # a value echoed whole could make a message of any length
+
+
+def _cut(m: re.Match[str]) -> str:
+    word = m.group(0)
+    return f"{word[:60]}...({len(word)} characters)...{word[-20:]}"
 
 
 class UserError(Exception):
-    """Bad input from the user: the message names the problem and the fix."""
+    """Bad input from the user: the message names the problem and the fix. A run of 300 or more characters
+    without a space in it (a value echoed back: "9" * 5000) is cut to its ends, so the message stays short."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (LONG_WORD.sub(_cut, args[0]),)
+        super().__init__(*args)
 
 
 SEED_RANGE = 2**63  # torch.Generator.manual_seed takes a signed 64-bit integer

@@ -57,9 +57,7 @@ class Prompt:
 
     def __post_init__(self) -> None:
         if len(self.placeholder) != 1:
-            p = self.placeholder  # a long value is cut: the message stays one short line
-            got = repr(p) if len(p) <= 20 else f"{p[:20]!r}... ({len(p)} characters)"
-            raise UserError(f"prompt key 'placeholder' must be a single character; got {got}")
+            raise UserError(f"prompt key 'placeholder' must be a single character; got {self.placeholder!r}")
         if self.length is not None and self.length < 1:
             raise UserError(f"prompt key 'length' must be >= 1 (or None for block_size); got {self.length}")
         if self.max_new_tokens < 1:
