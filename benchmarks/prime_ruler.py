@@ -154,22 +154,24 @@ def summary(result: dict) -> dict:
 
 def plot(paths: list[str], png: str) -> None:
     """Each scored run's val loss (the training objective on val batches: the NELBO estimate for mdlm and prime)
-    against iterations, one line per run (seed 1337 solid, other seeds dotted), from the screen and report JSON."""
+    against iterations, one line per run (a colour per objective; seed 1337 solid, 1338 dashed, 1339 dotted), from
+    the screen and report JSON."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    seen = set()
+    seen, colors = set(), {}
     for path in paths:
         for r in read_json(Path(path), "prime_ruler JSON")["rows"]:
             if (r["name"], r["seed"]) in seen:
                 continue
             seen.add((r["name"], r["seed"]))
             its, vals = zip(*[(i, v) for i, v in r["val_curve"] if i > 0])
-            ax.plot(its, vals, "-o" if r["seed"] == SEEDS[0] else ":", ms=3,
-                    label=f"{r['name']} (seed {r['seed']})")
+            color = colors.setdefault(r["name"], f"C{len(colors)}")  # one colour per objective, a style per seed
+            ax.plot(its, vals, {SEEDS[0]: "-o", SEEDS[1]: "--", SEEDS[2]: ":"}.get(r["seed"], "-."), ms=3,
+                    color=color, label=f"{r['name']} (seed {r['seed']})")
     ax.axhline(fair()["ar"]["dev"], color="k", lw=0.8, ls="--", label="AR dev CE (the ruler's)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("val loss = NELBO estimate (nats/char)")
