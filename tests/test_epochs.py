@@ -263,3 +263,16 @@ def test_the_trend_is_a_line_in_log_epochs_through_the_last_two_octaves() -> Non
     assert trend(curve, target=2.5)["line_reaches_target_at_epochs"] is None  # already below: nothing to reach
     flat = [{"epochs": 2.0 ** k, "test": 2.4 + 0.01 * k} for k in range(4)]
     assert trend(flat, target=2.0)["line_reaches_target_at_epochs"] is None and trend(flat[:2], 2.0) is None
+
+
+def test_a_job_the_cache_already_holds_launches_nothing(tmp_path: Path) -> None:
+    ran = []
+    job = epochs_bench.Job((0, 0, 0), "run", {"stop_iters": 1})
+    pool = epochs_bench.Pool(1, ["false"], tmp_path, ran.append, done=lambda j: True)  # `false` would fail the job
+    pool.submit(job)
+    pool.drain()
+    assert ran == [job] and not (tmp_path / "run.log").exists()
+    failing = epochs_bench.Pool(1, ["false"], tmp_path, ran.append)
+    failing.submit(job)
+    with pytest.raises(UserError, match="run run failed"):
+        failing.drain()

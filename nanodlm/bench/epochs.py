@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,11 +129,13 @@ class Job:
 
 class Pool:
     """``lanes`` worker threads taking jobs by priority; each job runs ``curves.run_curve`` in a subprocess
-    (through ``launcher``) or, with one lane and no launcher, in this process."""
+    (through ``launcher``) or, with one lane and no launcher, in this process. A job ``done`` says needs nothing
+    (the cache holds it) launches nothing: it would only wait in the launcher's line for a slot to do nothing."""
 
-    def __init__(self, lanes: int, launcher: list[str], log_dir: Path, on_done) -> None:
+    def __init__(self, lanes: int, launcher: list[str], log_dir: Path, on_done,
+                 done: Callable[[Job], bool] = lambda job: False) -> None:
         self.inline = lanes == 1 and not launcher
-        self.launcher, self.log_dir, self.on_done = launcher, log_dir, on_done
+        self.launcher, self.log_dir, self.on_done, self.done = launcher, log_dir, on_done, done
         self.heap: list[Job] = []
         self.cv = threading.Condition()
         self.busy, self.errors = 0, []
@@ -144,6 +147,8 @@ class Pool:
             self.cv.notify()
 
     def _run(self, job: Job) -> None:
+        if self.done(job):
+            return
         if self.inline:
             run_curve(job.spec)
             return
@@ -305,7 +310,8 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
         restored = seed_curves(Path(args.seed_curves), work_dir / "runs")
         print(f"seeded {len(restored)} run(s) from {args.seed_curves}: {', '.join(restored) or 'none new'}")
     screening = len([r for r in recipes if side(r) == "ar"]) > args.keep
-    pool = Pool(args.lanes, shlex.split(args.launcher), work_dir / "jobs", after)
+    pool = Pool(args.lanes, shlex.split(args.launcher), work_dir / "jobs", after,
+                done=lambda j: _reached(plans[j.name], j.spec["stop_iters"]))
     for si in range(len(subsets)):
         for recipe in recipes:
             p = plan(si, recipe, args.seed)
