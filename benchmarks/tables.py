@@ -5,7 +5,7 @@
     python benchmarks/tables.py fast DEV.json TEST.json [...] > nanodlm/configs/sample/fast.py  # bench parallel
     python benchmarks/tables.py prime benchmarks/prime-screen-cpu-DATE.json benchmarks/prime-report-cpu-DATE.json
     python benchmarks/tables.py epochs benchmarks/epochs-cpu-DATE.json
-    python benchmarks/tables.py infill benchmarks/infill-test-cpu-DATE.json
+    python benchmarks/tables.py infill benchmarks/infill-test2-cpu-2026-12-07.json
 
 Every figure printed is the JSON's, rounded only here; ratios are computed from the JSON's own numbers.
 """
