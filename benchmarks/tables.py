@@ -201,11 +201,23 @@ def epochs(paths: list[str]) -> list[str]:
                              "diffusion test NELBO", "diffusion / AR"]), row(["---"] * 6)]
             for c in sub["budget_curve"]:
                 a, d = c["ar"], c["diffusion"]
-                out.append(row([f"{c['epochs']:g}", a and f"{a['recipe']}, {a['epochs']:g}", a and f"{a['test']:.4f}",
-                                d and f"{d['recipe']}, {d['epochs']:g}", d and f"{d['test']:.4f}",
+                out.append(row([f"{c['epochs']:g}", f"{a['recipe']}, {a['epochs']:g}" if a else "–",
+                                f"{a['test']:.4f}" if a else "–", f"{d['recipe']}, {d['epochs']:g}" if d else "–",
+                                f"{d['test']:.4f}" if d else "–",
                                 f"{c['diffusion_over_ar']:.3f}" if c.get("diffusion_over_ar") else "–"]))
             cross = sub["crossover_epochs"]
-            out += ["", f"crossover: {'none' if cross is None else f'{cross:g} epochs'}", ""]
+            out += ["", f"crossover: {'none' if cross is None else f'{cross:g} epochs'}"]
+            for name, s in sub["sides"].items():  # each side's chosen recipe over its training seeds
+                over = s.get("test_over_seeds") or {}
+                if len(s.get("seeds", [])) > 1:
+                    out.append(f"{name} ({s['recipe']}) over seeds {', '.join(map(str, s['seeds']))}: test "
+                               + pm(over["mean"], over["se"], ".4f"))
+            if sub.get("trend"):
+                t = sub["trend"]
+                out.append(f"trend (an extrapolation): diffusion's test loss falls {-t['slope_per_octave']:.4f} per "
+                           f"doubling of epochs from {t['from_epochs']:g} to {t['to_epochs']:g}; that line reaches "
+                           f"AR's best {t['target']:.4f} at {t['line_reaches_target_at_epochs']:.0f} epochs")
+            out.append("")
     return out
 
 

@@ -276,3 +276,29 @@ def test_a_job_the_cache_already_holds_launches_nothing(tmp_path: Path) -> None:
     failing.submit(job)
     with pytest.raises(UserError, match="run run failed"):
         failing.drain()
+
+
+def _copying_module():
+    import importlib.util
+    import sys
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "epochs_copying.py"
+    spec = importlib.util.spec_from_file_location("epochs_copying", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_copying_measures_verbatim_training_text():
+    """benchmarks/epochs_copying.py: the longest verbatim span and the share of n-character windows found in
+    the training text, checked against spans planted by hand."""
+    copying = _copying_module()
+    train = "the quick brown fox jumps over the lazy dog; " * 3
+    planted = "zzzz" + "brown fox jumps over the" + "qqqq"  # a 24-character span of the training text
+    assert copying.longest_copy(planted, train) == 24
+    assert copying.longest_copy("zzzzzzzzzzzzzzzz", train) == 0
+    seen = {8: set(copying.windows(train, 8))}
+    share = copying.copy_share([planted], seen)[8]
+    # windows wholly inside the planted span: 24 - 8 + 1 of the text's 32 - 8 + 1
+    assert share == pytest.approx(17 / 25)
+    assert copying.copy_share(["abcdefghijklmnop"], seen)[8] == 0.0
