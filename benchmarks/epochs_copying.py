@@ -15,7 +15,7 @@ number of passages, the same seeds) gives the share that honest Shakespeare-like
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import os
 import statistics
 from pathlib import Path
@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from nanodlm.bench.common import mean_se, now, write_json
+from nanodlm.bench.epochs_judge import side_sampling
 from nanodlm.bench.presets import PRESETS
 from nanodlm.core.fileio import read_json
-from nanodlm.core.report import write_json
 from nanodlm.data.dataset import load_meta, open_split
 from nanodlm.data.tokenizers import load_tokenizer
 from nanodlm.evaluation.protocol import dev_test, passages
 from nanodlm.runs.checkpoint import load_model
-from nanodlm.sampling.generate import Prompt, SamplerOptions, generate
+from nanodlm.sampling.generate import generate
 
 P = PRESETS["cpu"]
 
@@ -68,11 +69,8 @@ def longest_copy(text: str, train: str, start: int = 8) -> int:
 
 def summarize(per_seed: list[dict[str, Any]], ns: list[int]) -> dict[str, Any]:
     """Mean and standard error over seeds of each n's share, and the longest copies' median and max."""
-    def stats(xs: list[float]) -> dict[str, float]:
-        se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
-        return {"mean": statistics.fmean(xs), "se": se}
     longest = [x for row in per_seed for x in row["longest"]]
-    return {"share": {str(n): stats([row["share"][n] for row in per_seed]) for n in ns},
+    return {"share": {str(n): mean_se([row["share"][n] for row in per_seed]) for n in ns},
             "longest_median": statistics.median(longest), "longest_max": max(longest),
             "example": per_seed[0]["example"]}
 
@@ -112,12 +110,8 @@ def main() -> None:
         for side in ("ar", "diffusion"):
             ckpt = Path(judge[side]["checkpoint"])
             model, _, tok = load_model(str(ckpt.parent), ckpt.name, "cpu")
-            if side == "ar":
-                options, prompt = SamplerOptions(sampler="ar", temperature=judge[side]["chosen"]), \
-                    Prompt(max_new_tokens=length)
-            else:
-                options, prompt = SamplerOptions(steps=P["steps"], prior_weight=judge[side]["chosen"]), \
-                    Prompt(length=length)
+            knob, _, prompt, options = side_sampling(model, side, "cpu")  # as the judge sampled it
+            options = dataclasses.replace(options, **{knob: judge[side]["chosen"]})
             per_seed = []
             for seed in seeds:
                 texts = generate(model, tok, options, prompt, num_samples=num, seed=seed).completions
@@ -131,8 +125,7 @@ def main() -> None:
         shares = ", ".join(f"{n}: {rows['real_test_text']['share'][str(n)]['mean']:.3f}" for n in ns)
         print(f"{sub['train_tokens']} real test text: {shares}", flush=True)
         out["subsets"].append(rows)
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    out.update(load_end=os.getloadavg(), date=now,
+    out.update(load_end=os.getloadavg(), date=now(),
                command="python benchmarks/epochs_copying.py " + args.epochs_json + f" --ns={args.ns}")
     write_json(args.json, out)
     print(f"wrote {args.json}")

@@ -208,8 +208,8 @@ def epochs(paths: list[str]) -> list[str]:
             cross = sub["crossover_epochs"]
             out += ["", f"crossover: {'none' if cross is None else f'{cross:g} epochs'}"]
             for name, s in sub["sides"].items():  # each side's chosen recipe over its training seeds
-                over = s.get("test_over_seeds") or {}
                 if len(s.get("seeds", [])) > 1:
+                    over = s["test_over_seeds"]
                     out.append(f"{name} ({s['recipe']}) over seeds {', '.join(map(str, s['seeds']))}: test "
                                + pm(over["mean"], over["se"], ".4f"))
             if sub.get("trend"):

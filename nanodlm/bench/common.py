@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import time
@@ -94,6 +95,14 @@ def machine_info(device: str) -> dict[str, Any]:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def mean_se(values: list[float]) -> dict[str, float]:
+    """{"mean", "se"}: the mean of ``values`` and its standard error (sample s.d. / sqrt(n); NaN for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
+    return {"mean": mean, "se": se}
 
 
 def sync(device: str) -> None:

@@ -14,6 +14,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data.dataset import load_meta, open_split
 from ..data.tokenizers import load_tokenizer
 from ..evaluation.protocol import dev_test
@@ -43,6 +45,18 @@ def judge_model(work_dir: Path, dataset: str, preset: str, device: str, launcher
     return Judge(model, tok)
 
 
+def side_sampling(model: torch.nn.Module, side: str, preset: str) -> tuple[str, list[float], Prompt, SamplerOptions]:
+    """How the judge samples one side: (the knob swept, its grid, the prompt, the options besides the knob). AR
+    sweeps temperature; diffusion the ruler's prior_weight with remask at the preset's steps (block diffusion: one
+    step per character, the ruler's 256)."""
+    p = PRESETS[preset]
+    length = p["length"]
+    if side == "ar":
+        return "temperature", p["temperature"], Prompt(max_new_tokens=length), SamplerOptions(sampler="ar")
+    steps = length if model.config.diffusion_block else p["steps"]
+    return "prior_weight", p["knob"]["prior_weight"], Prompt(length=length), SamplerOptions(steps=steps)
+
+
 def judge_sides(result: dict[str, Any], work_dir: Path, judge_dir: Path, dataset: str, preset: str, device: str,
                 launcher: list[str]) -> None:
     """Adds ``judge`` (per side: the frontier and PPL at real test entropy) to each subset of ``result`` whose two
@@ -63,13 +77,7 @@ def judge_sides(result: dict[str, Any], work_dir: Path, judge_dir: Path, dataset
             run = next(r for r in sub["runs"] if r["recipe"] == chosen["recipe"] and r["seed"] == result["protocol"][
                 "seed"])
             model, _, tok = load_model(run["out_dir"], BEST, device)
-            if side == "ar":
-                knob, values, prompt = "temperature", p["temperature"], Prompt(max_new_tokens=length)
-                options = SamplerOptions(sampler="ar")
-            else:
-                steps = length if model.config.diffusion_block else p["steps"]  # block diffusion: the ruler's 256
-                knob, values, prompt = "prior_weight", p["knob"]["prior_weight"], Prompt(length=length)
-                options = SamplerOptions(steps=steps)
+            knob, values, prompt, options = side_sampling(model, side, preset)
             generate(model, tok, dataclasses.replace(options, steps=1), prompt, num_samples=num, seed=0)  # warm-up
             print(f"judging {side} {chosen['recipe']} ({run['out_dir']}/{BEST}): sweeping {knob}")
             curves = sweep(model, tok, options, prompt, judge, knob, values, seeds, num)

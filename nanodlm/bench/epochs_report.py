@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .common import mean_se
 from .curves import best_row, choose_dev, read_curve, stalled
 
 SIDES = ("ar", "diffusion")
@@ -56,13 +57,6 @@ def trend(curve: list[dict[str, Any]], target: float, octaves: float = 2.0) -> d
             "slope_per_octave": slope, "target": target, "line_reaches_target_at_epochs": reach}
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
-    return mean, se
-
-
 def report(args: Any, subsets: list[tuple[int, float]], plans: dict[str, dict[str, Any]],
            work_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"benchmark": "epochs", "subsets": [], "protocol": {
@@ -92,7 +86,7 @@ def report(args: Any, subsets: list[tuple[int, float]], plans: dict[str, dict[st
                         "best_epochs": best["best_dev"]["epochs"],
                         "test": best["best_dev"]["test"], "test_stderr": best["best_dev"]["test_stderr"],
                         "dev": best["best_dev"]["dev"], "seeds": [r["seed"] for r in seeds],
-                        "test_over_seeds": dict(zip(("mean", "se"), _mean_se(tests), strict=True)) if tests else None}
+                        "test_over_seeds": mean_se(tests) if tests else None}
         points = sorted({row["iters"]: row["epochs"] for r in main for row in r["curve"]}.items())
         budget_curve, crossover = [], None
         for iters, epochs in points:

@@ -50,7 +50,7 @@ from ..sampling.ar_sampling import generate_ar
 from ..sampling.fim import fim_middle_nll, generate_fim
 from ..sampling.samplers import SamplerOptions, get_sampler
 from ..training.distributed import resolve_device
-from .common import machine_info, now, parse_list, split_args, write_json
+from .common import machine_info, mean_se, now, parse_list, split_args, write_json
 
 METHODS = ("diffusion", "fim", "fim_spm", "ar")
 
@@ -86,13 +86,6 @@ class InfillArgs:
             raise UserError(f"--split must be dev or test; got {self.split!r}")
         if self.windows < 1 or self.n_draws < 1 or self.seam < 1 or self.steps < 0 or self.window_len < 0:
             raise UserError("--windows, --n_draws and --seam must be >= 1, --steps and --window_len >= 0")
-
-
-def _mean_se(values: list[float]) -> dict[str, float]:
-    n = len(values)
-    mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
-    return {"mean": mean, "se": se}
 
 
 class Methods:
@@ -277,17 +270,17 @@ def bench_infill(argv: list[str]) -> dict[str, Any]:
 
 def _summarize(L: int, per_seed: dict[str, Any], methods: list[str], skeys: list[str],
                args: InfillArgs) -> dict[str, Any]:
-    likelihood = {k: _mean_se(per_seed["likelihood"][k]) for k in methods}
-    likelihood["diffusion_l2r"] = _mean_se(per_seed["l2r"])
+    likelihood = {k: mean_se(per_seed["likelihood"][k]) for k in methods}
+    likelihood["diffusion_l2r"] = mean_se(per_seed["l2r"])
     row: dict[str, Any] = {"L": L, "likelihood": likelihood,
-                           "greedy_accuracy": {k: _mean_se(per_seed["accuracy"][k]) for k in methods}}
+                           "greedy_accuracy": {k: mean_se(per_seed["accuracy"][k]) for k in methods}}
     if not per_seed["real"]:
         return row
-    real = {key: _mean_se([r[key] for r in per_seed["real"]]) for key in ("judge_nll", "seam_nll", "entropy_bits")}
+    real = {key: mean_se([r[key] for r in per_seed["real"]]) for key in ("judge_nll", "seam_nll", "entropy_bits")}
     row["real"] = real
     row["sampled"] = {}
     for k in skeys:
-        curve = [{"temperature": t, **{key: _mean_se([r[key] for r in rs])["mean"]
+        curve = [{"temperature": t, **{key: mean_se([r[key] for r in rs])["mean"]
                                        for key in ("judge_nll", "seam_nll", "entropy_bits")}}
                  for t, rs in sorted(per_seed["sampled"][k].items()) if rs]
         target = real["entropy_bits"]["mean"]
@@ -305,7 +298,7 @@ def _summarize(L: int, per_seed: dict[str, Any], methods: list[str], skeys: list
                              "chosen_temperatures": pair and sorted(pair), "at_chosen": chosen,
                              "judge_nll_at_real_entropy": _at_entropy(curve, "judge_nll", target),
                              "seam_nll_at_real_entropy": _at_entropy(curve, "seam_nll", target),
-                             "passes_per_fill": _mean_se(per_seed["passes"][k])["mean"]}
+                             "passes_per_fill": mean_se(per_seed["passes"][k])["mean"]}
     return row
 
 
