@@ -199,7 +199,7 @@ def test_model_keys_have_one_home() -> None:
     # TrainConfig's model keys are ModelArgs' fields: one default, one check, and GPTConfig agrees
     from dataclasses import fields
 
-    from nanodlm.model.model import GPTConfig, ModelArgs
+    from nanodlm.model.config import GPTConfig, ModelArgs
 
     for f in fields(ModelArgs):
         assert getattr(TrainConfig(), f.name) == f.default

@@ -161,7 +161,8 @@ def test_graph_is_read_correctly() -> None:
     graph = import_graph()
     assert {"model.model", "diffusion.tidar", "sampling.samplers", "training.train", "runs.checkpoint"} <= set(graph)
     assert ("model.model", False) in graph["runs.checkpoint"] and ("core.fileio", False) in graph["data.dataset"]
-    assert set(graph["model.model"]) == {("model.attention", False), ("model.subtokens", False)}  # torch, own folder
+    own_folder = {("model.attention", False), ("model.config", False), ("model.subtokens", False)}
+    assert set(graph["model.model"]) == own_folder  # torch, and its own folder
     assert not graph["model.attention"] and not graph["core.errors"] and not graph["model.subtokens"]
     assert layer_of("cli") == TOP and layer_of("bench.quality") == "bench" and layer_of("web.serve") == "web"
     # the cycle finder finds a planted cycle

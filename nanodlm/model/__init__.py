@@ -1,1 +1,2 @@
-"""The model: GPT and its config (model.py), attention masks and KV caches (attention.py). Nothing of training."""
+"""The model: GPT (model.py), its config (config.py), attention masks and KV caches (attention.py).
+Nothing of training."""

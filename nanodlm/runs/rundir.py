@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..core.fileio import atomic_write, parse_json, read_json
-from ..model.model import ModelArgs
+from ..model.config import ModelArgs
 from .checkpoint import load_checkpoint
 
 CHECKPOINTS = ("ckpt.pt", "best.pt")

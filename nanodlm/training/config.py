@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ..core.errors import UserError, check_finite
 from ..core.fileio import parse_json
 from ..diffusion.diffusion import MODEL_OBJECTIVES
-from ..model.model import ModelArgs
+from ..model.config import ModelArgs
 from .distributed import BACKENDS, DTYPES
 
 T = TypeVar("T")
