@@ -178,6 +178,16 @@ def prime(paths: list[str]) -> list[str]:
     return out
 
 
+def run_state(run: dict) -> str:
+    """How far a run of ``bench epochs`` stands, for its table row: finished (""), stopped by the screen, or
+    unfinished. Only AR's full-budget recipes have a screen: not diffusion, not a recipe on its own shorter budget
+    (``ar_mask@32``), whose quarter-budget point is one point among others."""
+    if run["finished"]:
+        return ""
+    screened = run["side"] == "ar" and "@" not in run["recipe"]
+    return " (the screen's stop)" if screened and run["reached_iters"] == run["screen_iters"] else " (unfinished)"
+
+
 def epochs(paths: list[str]) -> list[str]:
     """bench epochs: per subset, each run's best-dev point (its test loss there), each side's choice, the budget
     curve (each side early-stopped within E epochs, chosen on dev) and the crossover."""
@@ -193,8 +203,7 @@ def epochs(paths: list[str]) -> list[str]:
             for r in sub["runs"]:
                 if r["curve"]:
                     b, last = r["best_dev"], r["curve"][-1]
-                    state = "" if r["finished"] else (" (the screen's stop)" if r["reached_iters"] == r[
-                        "screen_iters"] else " (unfinished)")
+                    state = run_state(r)
                     out.append(row([f"{r['recipe']} ({r['seed']})", f"{last['epochs']:g}{state}", f"{b['epochs']:g}",
                                     f"{b['dev']:.4f}", pm(b["test"], b["test_stderr"], ".4f")]))
             out += ["", row(["budget (epochs)", "AR: recipe, epoch", "AR test CE", "diffusion: recipe, epoch",

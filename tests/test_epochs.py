@@ -302,3 +302,15 @@ def test_copying_measures_verbatim_training_text():
     # windows wholly inside the planted span: 24 - 8 + 1 of the text's 32 - 8 + 1
     assert share == pytest.approx(17 / 25)
     assert copying.copy_share(["abcdefghijklmnop"], seen)[8] == 0.0
+
+
+def test_only_a_screened_ar_recipe_is_labelled_as_stopped_by_the_screen() -> None:
+    from test_tables import load_tables
+
+    state = load_tables().run_state
+    at_quarter = {"finished": False, "reached_iters": 25, "screen_iters": 25}
+    assert state({**at_quarter, "side": "ar", "recipe": "ar_mask"}) == " (the screen's stop)"
+    assert state({**at_quarter, "side": "ar", "recipe": "ar_mask@32"}) == " (unfinished)"  # no screen on a short budget
+    assert state({**at_quarter, "side": "diffusion", "recipe": "diffusion"}) == " (unfinished)"
+    assert state({**at_quarter, "side": "ar", "recipe": "ar", "reached_iters": 40}) == " (unfinished)"
+    assert state({**at_quarter, "side": "ar", "recipe": "ar", "finished": True}) == ""
