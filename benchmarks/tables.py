@@ -180,12 +180,12 @@ def prime(paths: list[str]) -> list[str]:
 
 def run_state(run: dict) -> str:
     """How far a run of ``bench epochs`` stands, for its table row: finished (""), stopped by the screen, or
-    unfinished. Only AR's full-budget recipes have a screen: not diffusion, not a recipe on its own shorter budget
-    (``ar_mask@32``), whose quarter-budget point is one point among others."""
+    unfinished. A run that is never screened (diffusion, an AR recipe on its own shorter budget) has
+    ``screen_iters`` null."""
     if run["finished"]:
         return ""
-    screened = run["side"] == "ar" and "@" not in run["recipe"]
-    return " (the screen's stop)" if screened and run["reached_iters"] == run["screen_iters"] else " (unfinished)"
+    at_screen = run.get("screen_iters") is not None and run["reached_iters"] == run["screen_iters"]
+    return " (the screen's stop)" if at_screen else " (unfinished)"
 
 
 def epochs(paths: list[str]) -> list[str]:

@@ -197,6 +197,7 @@ def test_bench_epochs_end_to_end_screens_on_dev_and_reports_on_test(work: Path) 
     assert all(r["finished"] and r["max_iters"] == epochs_to_iters(2, 2000, 4 * 64) for r in short)
     stopped = next(r for r in ar if not r["finished"])
     assert stopped["reached_iters"] == stopped["screen_iters"]
+    assert all(r["screen_iters"] is None for r in sub["runs"] if r["side"] == "diffusion" or "@" in r["recipe"])
     screen_dev = {r["recipe"]: best_row(r["curve"], r["screen_iters"])["dev"] for r in ar}
     assert screen_dev[stopped["recipe"]] == max(screen_dev.values())  # the worst on dev was dropped
     for s in ("ar", "diffusion"):
@@ -304,13 +305,12 @@ def test_copying_measures_verbatim_training_text():
     assert copying.copy_share(["abcdefghijklmnop"], seen)[8] == 0.0
 
 
-def test_only_a_screened_ar_recipe_is_labelled_as_stopped_by_the_screen() -> None:
+def test_only_a_screened_run_is_labelled_as_stopped_by_the_screen() -> None:
     from test_tables import load_tables
 
     state = load_tables().run_state
     at_quarter = {"finished": False, "reached_iters": 25, "screen_iters": 25}
-    assert state({**at_quarter, "side": "ar", "recipe": "ar_mask"}) == " (the screen's stop)"
-    assert state({**at_quarter, "side": "ar", "recipe": "ar_mask@32"}) == " (unfinished)"  # no screen on a short budget
-    assert state({**at_quarter, "side": "diffusion", "recipe": "diffusion"}) == " (unfinished)"
-    assert state({**at_quarter, "side": "ar", "recipe": "ar", "reached_iters": 40}) == " (unfinished)"
-    assert state({**at_quarter, "side": "ar", "recipe": "ar", "finished": True}) == ""
+    assert state(at_quarter) == " (the screen's stop)"
+    assert state({**at_quarter, "screen_iters": None}) == " (unfinished)"  # never screened: diffusion, ar_mask@32
+    assert state({**at_quarter, "reached_iters": 40}) == " (unfinished)"  # past the screen, not finished
+    assert state({**at_quarter, "finished": True}) == ""

@@ -252,8 +252,12 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
         spec = {"config": config_to_dict(cfg), "points": points, "stop_iters": total,
                 "eval_windows": SIZES[args.preset]["eval_windows"],
                 "eval_batch_size": SIZES[args.preset]["eval_batch_size"], "patience": args.patience}
+        # only AR's full-budget recipes are screened (when there are more of them than --keep); for every other run
+        # (diffusion, an AR recipe on its own shorter budget) the quarter-budget point is one point among others
+        screened = side(recipe) == "ar" and not own_budget and screening
         p = {"name": run, "subset": si, "recipe": recipe, "side": side(recipe), "seed": seed, "spec": spec,
-             "screen_iters": epochs_to_iters(screen, train_tokens, tokens_per_iter), "total": total}
+             "screen_iters": epochs_to_iters(screen, train_tokens, tokens_per_iter) if screened else None,
+             "total": total}
         plans[run] = p
         return p
 
