@@ -123,3 +123,12 @@ def test_bad_input_is_a_one_line_error(capsys: pytest.CaptureFixture[str], tiny_
     assert cli_main(["bench", "train", "--steps=3"]) == 1  # not a bench key, so a TrainConfig key: unknown
     assert "unknown config key 'steps'" in capsys.readouterr().err
     assert bench.main(["quality", "--help"]) == 0 and "--preset" in capsys.readouterr().out
+
+
+def test_mean_se_is_the_mean_and_its_standard_error() -> None:
+    from nanodlm.bench.common import mean_se
+
+    two = mean_se([2.0, 3.0])  # sample s.d. sqrt(0.5), over sqrt(2): 0.5
+    assert two["mean"] == pytest.approx(2.5) and two["se"] == pytest.approx(0.5)
+    assert mean_se([1.0, 1.0, 1.0])["se"] == 0.0
+    assert math.isnan(mean_se([4.0])["se"]) and mean_se([4.0])["mean"] == 4.0

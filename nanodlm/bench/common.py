@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -100,9 +101,8 @@ def now() -> str:
 def mean_se(values: list[float]) -> dict[str, float]:
     """{"mean", "se"}: the mean of ``values`` and its standard error (sample s.d. / sqrt(n); NaN for one value)."""
     n = len(values)
-    mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
-    return {"mean": mean, "se": se}
+    return {"mean": statistics.fmean(values),
+            "se": statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")}
 
 
 def sync(device: str) -> None:
