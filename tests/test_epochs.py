@@ -21,6 +21,7 @@ from nanodlm.bench.curves import (
     stalled,
     subset_dataset,
 )
+from nanodlm.bench.presets import PRESETS
 from nanodlm.core.errors import UserError
 from nanodlm.diffusion.diffusion import mask_inputs
 from nanodlm.model.model import GPT, GPTConfig
@@ -60,7 +61,8 @@ def test_subset_larger_than_the_split_or_below_a_window_is_a_one_line_error(work
         subset_dataset(work / "data", "tiny", n + 1, 32)
     with pytest.raises(UserError, match="below one training window"):
         subset_dataset(work / "data", "tiny", 32, 32)
-    for bad in ("--epochs=0", "--epochs=-4", "--train_chars=100,200 --epochs=1,2,3"):
+    for bad in ("--epochs=0", "--epochs=-4", "--train_chars=100,200 --epochs=1,2,3", "--knob_values=0,-1",
+                "--knob_values=high"):
         with pytest.raises(UserError):
             epochs_bench.bench_epochs([*bad.split(), f"--work_dir={work}", "--dataset=tiny", "--preset=smoke"])
 
@@ -220,8 +222,11 @@ def test_bench_epochs_end_to_end_screens_on_dev_and_reports_on_test(work: Path) 
 def test_bench_epochs_judges_each_sides_best_dev_checkpoint(work: Path) -> None:
     argv = ["--preset=smoke", "--dataset=tiny", "--train_chars=2000", "--epochs=4", "--evals_per_octave=1",
             "--recipes=ar,diffusion", "--extra_seeds=", "--ar_budgets=", "--judge=true", f"--work_dir={work}",
-            f"--json={work / 'e.json'}"]
+            f"--json={work / 'e.json'}", "--knob_values=0,2"]
     judged = epochs_bench.bench_epochs(argv)["subsets"][0]["judge"]
+    # the widened grid replaces the preset's prior_weights (0, 0.7, 1.5) for diffusion only; AR keeps its temperatures
+    assert [p["value"] for p in judged["diffusion"]["frontier"]["dev"]] == judged["diffusion"]["values"] == [0, 2]
+    assert judged["ar"]["values"] == PRESETS["smoke"]["temperature"]
     for s in ("ar", "diffusion"):
         assert judged[s]["checkpoint"].endswith("best_dev.pt") and judged[s]["knob"] in ("temperature", "prior_weight")
         assert {p["value"] for p in judged[s]["frontier"]["test"]} == {p["value"] for p in judged[s]["frontier"]["dev"]}

@@ -103,6 +103,9 @@ class EpochsArgs:
     launcher: str = ""  # a command each worker starts under, e.g. ../shared/bin/cpu-slot
     judge: bool = False  # also judge each side's best checkpoint's samples (the ruler's judge, trained once)
     judge_work_dir: str = ""  # where the judge is trained or found ('' = work_dir; bench quality's cache shares it)
+    # the diffusion side's prior_weight grid for the judge, a comma list (default: the preset's, bench quality's);
+    # widen it where a model's test curve does not reach real text's entropy, so PPL there is read, not missing
+    knob_values: str | None = None
     seed_curves: str = ""  # an earlier bench epochs JSON (committed): its curves fill the cache where it has none
     report_only: bool = False  # train nothing: report the curves the cache holds now (where the runs stand)
     json: str | None = None  # default <work_dir>/epochs-<dataset>-<preset>.json
@@ -118,6 +121,8 @@ class EpochsArgs:
             raise UserError(f"--patience must be >= 0 (0 = no early stopping); got {self.patience}")
         if not 0 < self.screen_fraction <= 1:
             raise UserError(f"--screen_fraction must be in (0, 1]; got {self.screen_fraction}")
+        if self.knob_values is not None and min(parse_list(self.knob_values, float, "knob_values")) < 0:
+            raise UserError(f"--knob_values are prior_weights, each >= 0; got {self.knob_values!r}")
 
 
 @dataclass(order=True)
@@ -344,7 +349,9 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
     if args.judge:
         torch.set_num_threads(args.lanes)  # the lanes are idle now: sampling takes their cores
         judge_dir = Path(args.judge_work_dir).expanduser() if args.judge_work_dir else work_dir
-        judge_sides(result, work_dir, judge_dir, args.dataset, args.preset, args.device, shlex.split(args.launcher))
+        knob_values = parse_list(args.knob_values, float, "knob_values") if args.knob_values is not None else None
+        judge_sides(result, work_dir, judge_dir, args.dataset, args.preset, args.device, shlex.split(args.launcher),
+                    knob_values)
     result["protocol"].update(wall_s=time.perf_counter() - started, load_start=load_start, load_end=os.getloadavg(),
                               date=now(), machine=machine_info(args.device), base=BASE, recipes=RECIPES,
                               command="nanodlm bench epochs " + " ".join(shlex.quote(a) for a in argv))

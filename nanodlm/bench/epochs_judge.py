@@ -45,20 +45,21 @@ def judge_model(work_dir: Path, dataset: str, preset: str, device: str, launcher
     return Judge(model, tok)
 
 
-def side_sampling(model: torch.nn.Module, side: str, preset: str) -> tuple[str, list[float], Prompt, SamplerOptions]:
+def side_sampling(model: torch.nn.Module, side: str, preset: str, knob_values: list[float] | None = None
+                  ) -> tuple[str, list[float], Prompt, SamplerOptions]:
     """How the judge samples one side: (the knob swept, its grid, the prompt, the options besides the knob). AR
-    sweeps temperature; diffusion the ruler's prior_weight with remask at the preset's steps (block diffusion: one
-    step per character, the ruler's 256)."""
+    sweeps temperature; diffusion the ruler's prior_weight (``knob_values``, default the preset's grid) with remask
+    at the preset's steps (block diffusion: one step per character, the ruler's 256)."""
     p = PRESETS[preset]
     length = p["length"]
     if side == "ar":
         return "temperature", p["temperature"], Prompt(max_new_tokens=length), SamplerOptions(sampler="ar")
     steps = length if model.config.diffusion_block else p["steps"]
-    return "prior_weight", p["knob"]["prior_weight"], Prompt(length=length), SamplerOptions(steps=steps)
+    return "prior_weight", knob_values or p["knob"]["prior_weight"], Prompt(length=length), SamplerOptions(steps=steps)
 
 
 def judge_sides(result: dict[str, Any], work_dir: Path, judge_dir: Path, dataset: str, preset: str, device: str,
-                launcher: list[str]) -> None:
+                launcher: list[str], knob_values: list[float] | None = None) -> None:
     """Adds ``judge`` (per side: the frontier and PPL at real test entropy) to each subset of ``result`` whose two
     sides have a best-dev checkpoint, and the diffusion / AR ratio."""
     p = PRESETS[preset]
@@ -77,13 +78,13 @@ def judge_sides(result: dict[str, Any], work_dir: Path, judge_dir: Path, dataset
             run = next(r for r in sub["runs"] if r["recipe"] == chosen["recipe"] and r["seed"] == result["protocol"][
                 "seed"])
             model, _, tok = load_model(run["out_dir"], BEST, device)
-            knob, values, prompt, options = side_sampling(model, side, preset)
+            knob, values, prompt, options = side_sampling(model, side, preset, knob_values)
             generate(model, tok, dataclasses.replace(options, steps=1), prompt, num_samples=num, seed=0)  # warm-up
             print(f"judging {side} {chosen['recipe']} ({run['out_dir']}/{BEST}): sweeping {knob}")
             curves = sweep(model, tok, options, prompt, judge, knob, values, seeds, num)
             op = operating_point(curves, real)
             out[side] = {"recipe": chosen["recipe"], "checkpoint": f"{run['out_dir']}/{BEST}", "knob": knob,
-                         "chosen": op["chosen"], "ppl_at_real_entropy": op["ppl_at_real_entropy"],
+                         "values": values, "chosen": op["chosen"], "ppl_at_real_entropy": op["ppl_at_real_entropy"],
                          "ppl_at_real_entropy_se": op["ppl_at_real_entropy_se"],
                          "real_entropy_in_range": op["real_entropy_in_range"], "frontier": curves}
         a, d = out["ar"]["ppl_at_real_entropy"], out["diffusion"]["ppl_at_real_entropy"]
