@@ -65,6 +65,9 @@ def test_subset_larger_than_the_split_or_below_a_window_is_a_one_line_error(work
                 "--knob_values=high"):
         with pytest.raises(UserError):
             epochs_bench.bench_epochs([*bad.split(), f"--work_dir={work}", "--dataset=tiny", "--preset=smoke"])
+    for bad in ("--knob_values=0,-1", "--knob_values=high", "--knob_values=nan", "--knob_values=0,inf"):
+        with pytest.raises(UserError, match="knob_values"):  # named, before any data is read or run trained
+            epochs_bench.bench_epochs([bad, f"--work_dir={work}", "--dataset=tiny", "--preset=smoke"])
 
 
 @pytest.mark.parametrize("epochs,tokens,per_iter,iters", [(256, 125_000, 3072, 10417), (64, 500_000, 3072, 10417),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -121,8 +122,6 @@ class EpochsArgs:
             raise UserError(f"--patience must be >= 0 (0 = no early stopping); got {self.patience}")
         if not 0 < self.screen_fraction <= 1:
             raise UserError(f"--screen_fraction must be in (0, 1]; got {self.screen_fraction}")
-        if self.knob_values is not None and min(parse_list(self.knob_values, float, "knob_values")) < 0:
-            raise UserError(f"--knob_values are prior_weights, each >= 0; got {self.knob_values!r}")
 
 
 @dataclass(order=True)
@@ -227,6 +226,9 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
     if unknown or not recipes:
         raise UserError(f"--recipes must name some of {', '.join(RECIPES)}; got {args.recipes!r}")
     extra_seeds = parse_list(args.extra_seeds, int, "extra_seeds") if args.extra_seeds.strip() else []
+    knob_values = parse_list(args.knob_values, float, "knob_values") if args.knob_values is not None else None
+    if knob_values and not all(math.isfinite(v) and v >= 0 for v in knob_values):
+        raise UserError(f"--knob_values are prior_weights, each finite and >= 0; got {args.knob_values!r}")
     subsets = _subsets(args)
     model = {**PRESETS[args.preset]["model"], **BASE, "plot": False, "progress": False, "threads": 1,
              "device": args.device, **{k: SIZES[args.preset][k] for k in ("eval_interval", "eval_iters")}}
@@ -349,7 +351,6 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
     if args.judge:
         torch.set_num_threads(args.lanes)  # the lanes are idle now: sampling takes their cores
         judge_dir = Path(args.judge_work_dir).expanduser() if args.judge_work_dir else work_dir
-        knob_values = parse_list(args.knob_values, float, "knob_values") if args.knob_values is not None else None
         judge_sides(result, work_dir, judge_dir, args.dataset, args.preset, args.device, shlex.split(args.launcher),
                     knob_values)
     result["protocol"].update(wall_s=time.perf_counter() - started, load_start=load_start, load_end=os.getloadavg(),
