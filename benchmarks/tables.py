@@ -184,8 +184,7 @@ def run_state(run: dict) -> str:
     ``screen_iters`` null."""
     if run["finished"]:
         return ""
-    at_screen = run.get("screen_iters") is not None and run["reached_iters"] == run["screen_iters"]
-    return " (the screen's stop)" if at_screen else " (unfinished)"
+    return " (the screen's stop)" if run["reached_iters"] == run.get("screen_iters") else " (unfinished)"
 
 
 def epochs(paths: list[str]) -> list[str]:

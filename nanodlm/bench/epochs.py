@@ -239,6 +239,7 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
 
     # ---- plans: every (subset, recipe, seed) run with its points; finished rows come from the cache
     plans: dict[str, dict[str, Any]] = {}
+    screening = len([r for r in recipes if side(r) == "ar"]) > args.keep  # AR recipes screened when over --keep
 
     def plan(si: int, recipe: str, seed: int) -> dict[str, Any]:
         train_tokens, budget = subsets[si]
@@ -320,7 +321,6 @@ def bench_epochs(argv: list[str]) -> dict[str, Any]:
     if args.seed_curves:
         restored = seed_curves(Path(args.seed_curves), work_dir / "runs")
         print(f"seeded {len(restored)} run(s) from {args.seed_curves}: {', '.join(restored) or 'none new'}")
-    screening = len([r for r in recipes if side(r) == "ar"]) > args.keep
     pool = Pool(args.lanes, shlex.split(args.launcher), work_dir / "jobs", after,
                 done=lambda j: _reached(plans[j.name], j.spec["stop_iters"]))
     for si in range(len(subsets)):
